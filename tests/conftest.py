@@ -1,0 +1,49 @@
+"""Shared fixtures: the embedded dataset built once per test session, and the kit's train_gpt module."""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# A model small enough to train in seconds on two CPU cores.
+TINY_ENV = {
+    "NUM_LAYERS": "2", "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "ITERATIONS": "3",
+    "WARMUP_STEPS": "0", "TRAIN_BATCH_TOKENS": "4096", "TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64",
+    "EVAL_STRIDE": "32", "EVAL_BATCH_SEQS": "256", "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "1",
+    "MAX_WALLCLOCK_SECONDS": "0", "WARMDOWN_ITERS": "2", "SEED": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """(data_path, tokenizer_path) of the embedded default corpus, vocabulary 1024."""
+    out = tmp_path_factory.mktemp("data")
+    subprocess.run([sys.executable, "-m", "data.prepare", "--out-dir", str(out)], cwd=ROOT, check=True,
+                   capture_output=True)
+    return out / "datasets" / "wiki_sp1024", out / "tokenizers" / "wiki_1024_bpe.model"
+
+
+@pytest.fixture(scope="session")
+def tg():
+    """train_gpt.py imported as a module."""
+    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "train_gpt.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_gpt"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(env: dict, cwd: Path, nproc: int = 1, script: Path = ROOT / "train_gpt.py",
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train_gpt.py (through torchrun when nproc > 1) with a clean environment plus `env`."""
+    full = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "TMPDIR")}
+    full.update(env)
+    full.setdefault("OMP_NUM_THREADS", "1")
+    cmd = [sys.executable, str(script)] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
