@@ -41,6 +41,7 @@ FLAGS = [  # (ENV_NAME, type, default, meaning)
     ("SEED", int, 1337, "random seed (init and nothing else: the data order is fixed)"),
     ("DEVICE", str, "auto", "auto|cuda|cpu"),
     ("COMPILE", int, 1, "torch.compile the model on CUDA (never on the CPU)"),
+    ("COMPILE_MODE", str, "default", "torch.compile mode: default | max-autotune-no-cudagraphs | ..."),
     # model shape
     ("VOCAB_SIZE", int, 1024, "vocabulary size; must equal the tokenizer's"),
     ("NUM_LAYERS", int, 9, "transformer blocks (U-Net skips: first half pushes, second half pops)"),
@@ -107,7 +108,7 @@ FLAGS = [  # (ENV_NAME, type, default, meaning)
     ("ZSTD_LEVEL", int, 22, "zstd compression level of the artifact"),
     ("EVAL_SEQ_LEN", int, 0, "sliding-window length (0: TRAIN_SEQ_LEN)"),
     ("EVAL_STRIDE", int, 64, "sliding-window stride (= EVAL_SEQ_LEN: plain non-overlapping evaluation)"),
-    ("EVAL_BATCH_SEQS", int, 32, "windows per evaluation batch and rank"),
+    ("EVAL_BATCH_SEQS", int, 64, "windows per evaluation batch and rank"),
     ("FLOAT_EVAL", int, 1, "also score the float model before quantisation (diagnostic)"),
     # evaluation-time methods
     ("PPMC", int, 0, "mix an online PPM-C model over token ids with the network: a * p_net + (1 - a) * p_ppm"),
@@ -287,7 +288,8 @@ class TokenLoader:
     def next_batch(self, batch_tokens: int, seq_len: int, grad_accum: int) -> tuple[Tensor, Tensor]:
         span = batch_tokens // (self.world_size * grad_accum) + 1
         chunk = self.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span]
-        t = torch.from_numpy(chunk.astype(np.int64)).to(self.device, non_blocking=True)
+        t = torch.from_numpy(chunk.astype(np.int64))
+        t = t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t  # no host stall
         return t[:-1].view(-1, seq_len), t[1:].view(-1, seq_len)
 
 
@@ -705,6 +707,9 @@ def window_nll(model: GPT, tokens: Tensor, wins: list[tuple[int, int, int]], bat
     ar = torch.arange(int(w[0, 2] - 1 - w[0, 0]) if len(wins) else 0, device=device)  # all windows: same length
     for i in range(0, len(w), batch_seqs):
         s, a, e = w[i:i + batch_seqs].unbind(1)
+        if len(w) > batch_seqs and s.numel() < batch_seqs:  # pad the last batch (one shape for compiled code)
+            s, a, e = (F.pad(t, (0, batch_seqs - t.numel()), value=int(t[-1])) for t in (s, a, e))
+            a = torch.where(torch.arange(batch_seqs, device=device) < len(w) - i, a, e)  # pads score nothing
         idx = s[:, None] + ar
         scored = (ar >= (a - 1 - s)[:, None]) & (ar < (e - 1 - s)[:, None])
         with autocast(device):
@@ -985,20 +990,17 @@ SMALL_TENSOR = 65_536
 
 def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """Per-row symmetric quantisation; for each row keep the clip percentile with the lowest squared error."""
-    qmax = 2 ** (bits - 1) - 1
-    w = w.float()
+    qmax, w = 2 ** (bits - 1) - 1, w.float()
+    clips = torch.quantile(w.abs(), torch.tensor(CLIP_PERCENTILES, device=w.device), dim=1)  # one sort per row
     best_q, best_scale, best_err = None, None, None
-    for pct in CLIP_PERCENTILES:
-        clip = torch.quantile(w.abs(), pct, dim=1) if pct < 1 else w.abs().amax(dim=1)
+    for clip in clips:
         scale = (clip / qmax).clamp_min(1e-8).half()
         q = torch.clamp(torch.round(w / scale.float()[:, None]), -qmax - 1, qmax)
         err = (q * scale.float()[:, None] - w).square().sum(dim=1)
-        if best_err is None:
-            best_q, best_scale, best_err = q, scale, err
-        else:
-            better = err < best_err
-            best_q = torch.where(better[:, None], q, best_q)
-            best_scale, best_err = torch.where(better, scale, best_scale), torch.minimum(err, best_err)
+        better = err < best_err if best_err is not None else torch.ones_like(err, dtype=torch.bool)
+        best_q = q if best_q is None else torch.where(better[:, None], q, best_q)
+        best_scale = scale if best_scale is None else torch.where(better, scale, best_scale)
+        best_err = err if best_err is None else torch.minimum(err, best_err)
     return best_q.to(torch.int8), best_scale
 
 
@@ -1225,12 +1227,14 @@ def main() -> int:
     if use_cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.enable_cudnn_sdp(False)  # SDPA: the flash kernel (math stays as the fp32 fallback)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
     if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo", **({"device_id": device} if use_cuda else {}))
     master = rank == 0
     global ATTENTION
     ATTENTION = attention_kernel(device)
-    compile_mode = "default" if use_cuda and args.compile and not args.eval_only else "none"
+    compile_mode = args.compile_mode if use_cuda and args.compile else "none"
     code = code_bytes()
     code_sha = hashlib.sha256(code).hexdigest()
     log_path = Path("logs") / f"{args.run_id}.txt"
@@ -1281,9 +1285,12 @@ def main() -> int:
     stats, model_bytes, artifact_path = {}, None, Path(args.eval_only or Path("artifacts") / f"{args.run_id}.ptz")
     if args.eval_only:
         load_for_eval(args, base_model, code_sha, log)
+        if compile_mode != "none":
+            base_model.hidden = torch.compile(base_model.hidden, dynamic=False, mode=compile_mode)
         model_bytes = artifact_path.stat().st_size
     else:
-        model = torch.compile(base_model, dynamic=False, fullgraph=True) if compile_mode != "none" else base_model
+        model = base_model if compile_mode == "none" else torch.compile(base_model, dynamic=False, fullgraph=True,
+                                                                        mode=compile_mode)
         if distributed:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
                                                         broadcast_buffers=False)
@@ -1292,6 +1299,8 @@ def main() -> int:
             L = args.train_seq_len
             return reduce_score(*sliding_eval(base_model, val_tokens, args, rank, world_size, L, L), val_bytes)
         stats = train(args, base_model, model, train_files, rank, world_size, device, log, validate)
+        if compile_mode != "none":  # the final evaluation runs a compiled forward too (one shape: padded batches)
+            base_model.hidden = torch.compile(base_model.hidden, dynamic=False, mode=compile_mode)
         if args.float_eval:
             (pos, nll), ms = timed(lambda: sliding_eval(base_model, val_tokens, args, rank, world_size))
             score("float_sliding_window", "final_float_sliding_window_exact", pos, nll, ms)

@@ -60,6 +60,8 @@ def test_plain_evaluation_when_stride_equals_seq_len(tg):
     x, y = tokens[:-1].view(5, 16), tokens[1:].view(5, 16)
     ref = -torch.log_softmax(model(x), -1).gather(2, y[..., None]).flatten()
     torch.testing.assert_close(nll, ref, rtol=0, atol=1e-12)
+    for batch in (1, 2, 3):  # a padded last batch scores nothing twice and nothing extra
+        torch.testing.assert_close(tg.score_nll(model, tokens, 16, 16, batch_seqs=batch), ref, rtol=0, atol=1e-12)
 
 
 def test_distribution_is_normalised_and_matches_gold(tg):
