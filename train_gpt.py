@@ -105,6 +105,7 @@ FLAGS = [  # (ENV_NAME, type, default, meaning)
     # export and evaluation
     ("QUANT_BITS", int, 6, "bits per weight of large matrices: 5, 6 or 8"),
     ("QUANT_EMBED_BITS", int, 8, "bits per weight of the token embedding: 5, 6 or 8"),
+    ("QUANT_MLP_BITS", int, 0, "bits per weight of MLP matrices (0: QUANT_BITS)"),
     ("ZSTD_LEVEL", int, 22, "zstd compression level of the artifact"),
     ("EVAL_SEQ_LEN", int, 0, "sliding-window length (0: TRAIN_SEQ_LEN)"),
     ("EVAL_STRIDE", int, 64, "sliding-window stride (= EVAL_SEQ_LEN: plain non-overlapping evaluation)"),
@@ -177,8 +178,9 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
                           f"= {micro} (8 micro-batches of whole sequences per step)")
     if not 0 < a.eval_stride <= a.eval_seq_len:
         raise ConfigError(f"EVAL_STRIDE={a.eval_stride} must be in 1..EVAL_SEQ_LEN={a.eval_seq_len}")
-    if a.quant_bits not in (5, 6, 8) or a.quant_embed_bits not in (5, 6, 8):
-        raise ConfigError(f"QUANT_BITS={a.quant_bits} / QUANT_EMBED_BITS={a.quant_embed_bits}: use 5, 6 or 8")
+    if {a.quant_bits, a.quant_embed_bits, a.quant_mlp_bits or 6} - {5, 6, 8}:
+        raise ConfigError(f"QUANT_BITS={a.quant_bits} / QUANT_EMBED_BITS={a.quant_embed_bits} / QUANT_MLP_BITS="
+                          f"{a.quant_mlp_bits}: use 5, 6 or 8")
     choices = {"GATED_ATTENTION_MODE": ("head", "element"), "REVIEW_GATE": ("full", "lowrank", "head", "scalar"),
                "MLP_ACT": ("relu2", "leaky_relu2")}
     for name, allowed in choices.items():
@@ -190,6 +192,12 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
         raise ConfigError(f"PPMC_ALPHA={a.ppmc_alpha} must be in [0, 1] and PPMC_ORDER={a.ppmc_order} >= 0")
     if a.eval_only and not Path(a.eval_only).is_file():
         raise ConfigError(f"EVAL_ONLY={a.eval_only} is not a file; give the path of an artifacts/<RUN_ID>.ptz")
+    ranges = [("BIGRAM_BUCKETS", a.bigram_buckets >= 2, ">= 2"), ("REVIEW_RANK", a.review_rank >= 1, ">= 1"),
+              ("MLP_MULT", a.mlp_mult > 0, "> 0"), ("XSA_LAST_N", 0 <= a.xsa_last_n <= a.num_layers, "in 0..NUM_LAYERS"),
+              ("EMA_DECAY", 0 <= a.ema_decay <= 1, "in [0, 1]")]
+    for name, ok, rule in ranges:
+        if not ok:
+            raise ConfigError(f"{name}={getattr(a, name.lower())} is out of range: it must be {rule}")
     if a.review_residual and a.highway:
         raise ConfigError("REVIEW_RESIDUAL=1 and HIGHWAY=1 are alternatives: set one")
     head_dim = a.model_dim // a.num_heads
@@ -288,8 +296,7 @@ class TokenLoader:
     def next_batch(self, batch_tokens: int, seq_len: int, grad_accum: int) -> tuple[Tensor, Tensor]:
         span = batch_tokens // (self.world_size * grad_accum) + 1
         chunk = self.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span]
-        t = torch.from_numpy(chunk.astype(np.int64))
-        t = t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t  # no host stall
+        t = torch.from_numpy(chunk.astype(np.int64)).to(self.device, non_blocking=True)
         return t[:-1].view(-1, seq_len), t[1:].view(-1, seq_len)
 
 
@@ -419,8 +426,8 @@ class ValueResidual(nn.Module):
         self.vr_lambda = nn.Parameter(torch.full((2,), 0.5))
 
     def forward(self, v: Tensor, v0: Tensor | None) -> Tensor:
-        if v0 is None:  # layer 0 produces v0; its pair stays unused, as in the published count
-            return v
+        if v0 is None:  # layer 0 produces v0; its pair is unused (published count), tied in with weight 0 for DDP
+            return v + 0.0 * self.vr_lambda.sum().to(v.dtype)
         lam = self.vr_lambda.to(v.dtype)
         return lam[0] * v0 + lam[1] * v
 
@@ -555,6 +562,8 @@ class GPT(nn.Module):
         """Final normalised hidden states (B, T, d); the head is applied separately so that evaluation can
         send only the scored positions through it."""
         x = self.tok_emb(idx)
+        if torch.is_autocast_enabled(x.device.type):  # bf16 residual stream under autocast (fp32 master weights)
+            x = x.to(torch.get_autocast_dtype(x.device.type))
         x = rms(x if self.bigram is None else self.bigram(x, idx))
         x = x0 = x if self.smear is None else self.smear(x, idx)
         skips, v0 = [], None
@@ -822,9 +831,11 @@ def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world
                 loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[tgt].flatten(), reduction="sum")
                 (loss / (hi - lo)).backward()
                 ledger.trained(tgt.flatten())
-            if distributed:
-                for p in params:
-                    dist.all_reduce(p.grad)
+            if distributed:  # one all-reduce of all gradients
+                flat = torch.cat([p.grad.flatten() for p in params])
+                dist.all_reduce(flat)
+                for p, g in zip(params, flat.split([p.numel() for p in params])):
+                    p.grad.copy_(g.view_as(p))
             if args.ttt_grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
             opt.step()
@@ -1009,7 +1020,8 @@ def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict) -
     for name, t in state.items():
         t = t.detach().cpu()
         if t.ndim == 2 and t.numel() > SMALL_TENSOR:
-            bits = args.quant_embed_bits if name == "tok_emb.weight" else args.quant_bits
+            bits = (args.quant_embed_bits if name == "tok_emb.weight" else args.quant_mlp_bits or args.quant_bits
+                    if ".mlp." in name else args.quant_bits)
             q, scale = quantize_rows(t, bits)
             arrays = {"q": q.numpy(), "scale": scale.numpy()}
         else:
@@ -1024,7 +1036,7 @@ def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict) -
         entries.append(entry)
     header = json.dumps({"format": 1, "meta": meta, "tensors": entries}).encode()
     payload = struct.pack("<I", len(header)) + header + b"".join(blobs)
-    return ARTIFACT_MAGIC + zstandard.ZstdCompressor(level=args.zstd_level).compress(payload)
+    return ARTIFACT_MAGIC + zstandard.ZstdCompressor(level=args.zstd_level, write_checksum=True).compress(payload)
 
 
 def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Tensor], dict]:
@@ -1192,20 +1204,21 @@ def train(args, base_model: GPT, model: nn.Module, train_files, rank, world_size
             "tokens_per_step": args.train_batch_tokens, "peak_mem_mib": peak_mib}
 
 
-def load_for_eval(args: Hyperparameters, model: GPT, code_sha: str, log) -> None:
-    """EVAL_ONLY: load an artifact into a model built from the current configuration, refusing a mismatch."""
+ARCH_KEYS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "TIE_EMBEDDINGS", "ROPE_BASE",
+             "LOGIT_SOFTCAP", "VALUE_RESIDUAL", "GATED_ATTENTION", "GATED_ATTENTION_MODE", "REVIEW_RESIDUAL", "HIGHWAY",
+             "REVIEW_GATE", "REVIEW_RANK", "SMEAR_GATE", "BIGRAM_HASH", "BIGRAM_BUCKETS", "BIGRAM_DIM", "XSA_LAST_N",
+             "ROPE_DIMS", "LN_SCALE", "MLP_ACT", "MLP_LEAKY_SLOPE")  # what an artifact's computation depends on
+
+
+def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
+    """EVAL_ONLY: the artifact's tensors and meta, refused unless it was made with this model configuration."""
     state, meta = unpack_artifact(Path(args.eval_only).read_bytes(), args.eval_only)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in state.items()}
-    if want != have:
-        diff = sorted(set(want.items()) ^ set(have.items()))[:4]
-        made = {k: v for k, v in meta.get("config", {}).items() if v != args.as_dict().get(k)}
-        raise ConfigError(f"EVAL_ONLY={args.eval_only} does not fit this configuration (tensors {diff}); it was made "
-                          f"with {json.dumps(made)[:300]}")
-    if meta.get("code_sha256") != code_sha:
-        log(f"warning: {args.eval_only} was made by a different train_gpt.py (code_sha256 "
-            f"{str(meta.get('code_sha256'))[:12]}...); scoring it with this one")
-    model.load_state_dict(state)
+    made, now = meta.get("config", {}), args.as_dict()
+    diff = [f"{k}={made.get(k)} (this run: {now[k]})" for k in ARCH_KEYS if made.get(k) != now[k]]
+    if diff:
+        raise ConfigError(f"EVAL_ONLY={args.eval_only} was made with a different model: {', '.join(diff)}; set the same "
+                          "values to score it")
+    return state, meta
 
 
 def main() -> int:
@@ -1213,6 +1226,7 @@ def main() -> int:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     args = Hyperparameters.from_env()
     check_config(args, world_size)
+    eval_state, eval_meta = read_eval_artifact(args) if args.eval_only else (None, {})
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     sp = load_tokenizer(args)
@@ -1284,7 +1298,10 @@ def main() -> int:
 
     stats, model_bytes, artifact_path = {}, None, Path(args.eval_only or Path("artifacts") / f"{args.run_id}.ptz")
     if args.eval_only:
-        load_for_eval(args, base_model, code_sha, log)
+        base_model.load_state_dict(eval_state)
+        if eval_meta.get("code_sha256") != code_sha:
+            log(f"warning: {args.eval_only} was made by a different train_gpt.py (code_sha256 "
+                f"{str(eval_meta.get('code_sha256'))[:12]}...); scoring it with this one")
         if compile_mode != "none":
             base_model.hidden = torch.compile(base_model.hidden, dynamic=False, mode=compile_mode)
         model_bytes = artifact_path.stat().st_size
@@ -1311,7 +1328,7 @@ def main() -> int:
             dist.barrier()
         model_bytes = len(blob)
         base_model.load_state_dict(unpack_artifact(artifact_path.read_bytes(), str(artifact_path))[0])
-    qname = f"int{args.quant_bits}"
+    qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
     total_bytes = model_bytes + len(code)
     log(f"Serialized model {qname}+zstd: {model_bytes} bytes")
     log(f"Code size: {len(code)} bytes")

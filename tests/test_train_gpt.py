@@ -238,3 +238,12 @@ def test_over_budget_run_says_so_and_fails(tg, dataset, tmp_path, monkeypatch):
     log = (tmp_path / "logs/big.txt").read_text().splitlines()
     assert log[-1].startswith("error: artifact is ") and "over the 10000-byte limit" in log[-1]
     assert json.loads((tmp_path / "logs/big.json").read_text())["over_budget"] is True
+
+
+def test_readme_lists_every_flag():
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import flags_table
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert flags_table.readme_with_table(text) == text, "run: python scripts/flags_table.py --write"

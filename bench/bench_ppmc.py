@@ -1,0 +1,74 @@
+"""Throughput of the PPM-C mixer's ppm_target_probs (CPU, numpy).
+
+    python bench/bench_ppmc.py [--tokens N] [--vocab V] [--order K] [--exclusion 0|1] [--reset never|doc]
+                               [--shard PATH] [--repeat R] [--impl auto|train_gpt|scratch]
+
+Scores N tokens: a real val shard (uint16 after a 1024-byte header) tiled to N tokens with --shard, else a
+synthetic Zipf stream with a BOS every 500-1500 tokens. Prints the seconds, tokens/s and the extrapolation to the
+official val set (62,021,632 tokens). Records nothing by itself.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+VAL_TOKENS = 62_021_632
+
+
+def implementation(which: str = "auto"):
+    if which in ("auto", "train_gpt"):
+        try:
+            import train_gpt
+            if hasattr(train_gpt, "ppm_target_probs"):
+                return train_gpt.ppm_target_probs, "train_gpt"
+        except ImportError:  # not importable here: fall back to the scratch block
+            if which == "train_gpt":
+                raise
+    from scratch.ppmc_block import ppm_target_probs
+    return ppm_target_probs, "scratch.ppmc_block"
+
+
+def stream(n: int, vocab: int, shard: str | None, bos: int = 1, seed: int = 0) -> np.ndarray:
+    if shard:
+        x = np.fromfile(shard, dtype="<u2", offset=1024)
+        return np.tile(x, -(-n // x.size))[:n]
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, vocab - 1) ** 1.1
+    x = rng.choice(np.arange(2, vocab, dtype=np.uint16), size=n, p=p / p.sum())
+    b = np.cumsum(rng.integers(500, 1501, n // 500 + 1))
+    x[b[b < n]] = bos
+    x[0] = bos
+    return x
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=10_000_000)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--order", type=int, default=2)
+    ap.add_argument("--exclusion", type=int, choices=(0, 1), default=1)
+    ap.add_argument("--reset", choices=("never", "doc"), default="never")
+    ap.add_argument("--shard", default=None, help="a val shard to tile to --tokens (default: synthetic Zipf)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs (the first one also pays for fresh memory)")
+    ap.add_argument("--impl", choices=("auto", "train_gpt", "scratch"), default="auto",
+                    help="auto: train_gpt.ppm_target_probs when it exists, else scratch/ppmc_block.py")
+    a = ap.parse_args()
+    fn, where = implementation(a.impl)
+    x = stream(a.tokens, a.vocab, a.shard)
+    print(f"ppm_target_probs from {where}: tokens={a.tokens:,} vocab={a.vocab} order={a.order} "
+          f"exclusion={a.exclusion} reset={a.reset} source={a.shard or 'synthetic zipf'}")
+    for r in range(a.repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        p = fn(x, a.vocab, order=a.order, exclusion=bool(a.exclusion), reset_doc=a.reset == "doc", bos_id=1)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"run {r + 1}: {dt:.2f} s (cpu {cpu:.2f} s), {a.tokens / dt:,.0f} tokens/s, "
+              f"extrapolated to {VAL_TOKENS:,} tokens: {dt * VAL_TOKENS / a.tokens:.1f} s, "
+              f"mean -log2 p = {-np.log2(p).mean():.4f} bits")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Smoke tests of the benchmark harness (bench/) on the CPU at tiny sizes. No timing is asserted; the agreement of
+the kit's sliding-window scorer and the benchmark's public-style reference evaluator is (it is correctness)."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def small_data(dataset, tmp_path_factory):
+    """The embedded dataset with its val split cut to 4,000 tokens (the runs' end-of-training validation and the
+    evaluations stay short); the train shard is linked, not copied."""
+    data_path, tok = dataset
+    out = tmp_path_factory.mktemp("bench_data")
+    for f in data_path.glob("fineweb_train_*.bin"):
+        (out / f.name).symlink_to(f)
+    src = data_path / "fineweb_val_000000.bin"
+    header = np.fromfile(src, dtype="<i4", count=256).copy()
+    val = np.fromfile(src, dtype="<u2", offset=1024)[:4000]
+    header[2] = val.size
+    with open(out / src.name, "wb") as f:
+        f.write(header.tobytes() + val.tobytes())
+    return out, tok
+
+
+def bench(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_reference_windows_are_the_kits(tg):
+    """The reference evaluator scores the same targets with the same contexts as train_gpt.windows."""
+    import bench_eval
+    for n in (2, 3, 10, 64, 65, 66, 100, 257):
+        for seq_len in (1, 8, 64):
+            for stride in sorted({1, max(1, seq_len // 4), seq_len // 2 or 1, seq_len}):
+                kit = [(s, t) for s, a, e in tg.windows(n, seq_len, stride) for t in range(a, e)]
+                starts, keep = bench_eval.reference_windows(n, seq_len, stride)
+                L = min(seq_len, n - 1)
+                ref = [(ws, t) for ws, k in zip(starts, keep) for t in range(ws + L - k + 1, ws + L + 1)]
+                assert ref == kit, (n, seq_len, stride)
+                assert [t for _, t in ref] == list(range(1, n))
+
+
+def test_run_once_reads_upstream_log_and_stops_at_peak(tmp_path):
+    """Upstream's spelling (peak ... reserved ...) is parsed, and a run is stopped once it logs peak memory."""
+    import bench_train
+    fake = tmp_path / "fake_upstream.py"
+    fake.write_text(textwrap.dedent("""
+        import time
+        print("logs/x.txt")
+        print("model_params:17059912")
+        t = 0.0
+        for s in range(1, 21):
+            t += 5000.0 if s == 1 else 100.0
+            if s <= 10 or s % 5 == 0:
+                print(f"step:{s}/20 train_loss:6.9000 train_time:{t:.0f}ms step_avg:{t / s:.2f}ms")
+        print(f"step:20/20 val_loss:6.9 val_bpb:4.0 train_time:{t:.0f}ms step_avg:{t / 20:.2f}ms")
+        print("peak memory allocated: 10184 MiB reserved: 10450 MiB", flush=True)
+        time.sleep(120)
+        print("final_int8_zlib_roundtrip_exact val_loss:6.9 val_bpb:4.0")
+    """))
+    t0 = time.perf_counter()
+    out = bench_train.run_once([sys.executable, str(fake)], {"PYTHONUNBUFFERED": "1"}, tmp_path / "run", "peak",
+                               60, False)
+    assert out["killed"] and not out["timed_out"] and time.perf_counter() - t0 < 50
+    parsed = bench_train.parse_log(out["lines"])
+    assert parsed["params"] == 17059912 and parsed["peak_mib"] == 10184 and parsed["peak_reserved_mib"] == 10450
+    ms, a, b = bench_train.steady_ms(parsed["steps"], 10)
+    assert (a, b) == (10, 20) and ms == pytest.approx(100.0)
+    assert bench_train.log_every(200) == 10 and 200 % bench_train.log_every(200) == 0
+
+
+def test_bench_train_kit_against_itself(small_data, tmp_path):
+    data, tok = small_data
+    out, results = tmp_path / "train.json", tmp_path / "RESULTS.md"
+    proc = bench("bench_train.py", "--tiny", "--other", ROOT / "train_gpt.py", "--rounds", "2", "--iterations", "3",
+                 "--threads", "1", "--data-path", data, "--tokenizer-path", tok, "--json", out, "--record",
+                 "--results", results)
+    res = json.loads(out.read_text())
+    assert [(r["role"], r["round"]) for r in res["runs"]] == [("kit", 1), ("other", 1), ("kit", 2), ("other", 2)]
+    for r in res["runs"]:
+        assert r["ms_per_step"] > 0 and r["tokens_per_s"] > 0 and r["measured_to"] == 3
+        assert r["params"] == res["runs"][0]["params"] and r["stopped_by_bench"]
+    assert res["summary"]["ratio_other_over_kit"] > 0 and len(res["summary"]["ratios"]) == 2
+    assert "ms/step ratio other/kit" in proc.stdout
+    assert "| train |" in results.read_text()
+
+
+def test_bench_eval_reference_agrees_with_kit(small_data, tmp_path):
+    data, tok = small_data
+    other = tmp_path / "record_train_gpt.py"
+    other.write_text("def eval_val_sliding(args, base_model, rank, world_size, device, val_tokens, stride=64):\n"
+                     "    raise NotImplementedError\n")
+    out = tmp_path / "eval.json"
+    proc = bench("bench_eval.py", "--tiny", "--rounds", "2", "--max-tokens", "3000", "--threads", "1",
+                 "--data-path", data, "--tokenizer-path", tok, "--other-script", other, "--json", out)
+    res = json.loads(out.read_text())
+    s = res["summary"]
+    assert abs(s["kit"]["val_bpb"] - s["reference"]["val_bpb"]) <= 1e-6 and s["agree"]
+    assert all(abs(r["val_bpb"] - s["kit"]["val_bpb"]) <= 1e-6 for r in res["runs"])
+    assert res["targets"] == 2999 and res["stride"] < res["seq_len"]  # overlapping windows
+    assert s["ratio_kit_over_reference"] > 0
+    assert "defines eval_val_sliding(args, base_model" in proc.stdout
+
+
+def test_bench_export_roundtrip_then_eval_the_artifact(small_data, tmp_path, tg):
+    data, tok = small_data
+    art, out = tmp_path / "tiny.ptz", tmp_path / "export.json"
+    bench("bench_export.py", "--tiny", "--max-tokens", "3000", "--threads", "1", "--data-path", data,
+          "--tokenizer-path", tok, "--save", art, "--json", out)
+    r = json.loads(out.read_text())["result"]
+    assert art.stat().st_size == r["artifact_bytes"] > 0 and r["pack_s"] > 0 and r["unpack_s"] > 0
+    assert np.isfinite(r["gap_bpb"]) and abs(r["gap_bpb"]) < 0.05
+    assert r["total_bytes"] == r["artifact_bytes"] + len((ROOT / "train_gpt.py").read_bytes())
+    state, meta = tg.unpack_artifact(art.read_bytes())  # a real kit artifact, EVAL_ONLY-loadable
+    assert meta["config"]["NUM_LAYERS"] == 2
+    out2 = tmp_path / "eval.json"
+    bench("bench_eval.py", "--artifact", art, "--rounds", "1", "--max-tokens", "2000", "--stride", "16",
+          "--threads", "1", "--data-path", data, "--tokenizer-path", tok, "--json", out2)
+    s = json.loads(out2.read_text())["summary"]
+    assert s["agree"] and abs(s["kit"]["val_bpb"] - s["reference"]["val_bpb"]) <= 1e-6
