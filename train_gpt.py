@@ -1245,6 +1245,9 @@ def main() -> int:
         torch.backends.cuda.enable_mem_efficient_sdp(False)
     if distributed:
         dist.init_process_group("nccl" if use_cuda else "gloo", **({"device_id": device} if use_cuda else {}))
+        ids = [args.run_id]  # a default (uuid) RUN_ID must be the same on every rank
+        dist.broadcast_object_list(ids, src=0)
+        args.run_id = ids[0]
     master = rank == 0
     global ATTENTION
     ATTENTION = attention_kernel(device)
