@@ -850,38 +850,76 @@ def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTT
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm, scored causally over the val stream.
-# Contexts of orders ORDER..0, then order -1 (uniform). In a context: P(x) = c(x)/(n+q), P(escape) = q/(n+q).
-# Exclusion: symbols offered by a higher (seen) order leave the lower orders' c, n and q. Without exclusion the
-# orders blend: P_k(x) = (c_k(x) + q_k P_{k-1}(x)) / (n_k + q_k). Counts are updated after each token is scored
-# (all orders 0..min(ORDER, t'), no update exclusion); PPMC_RESET=doc restarts the tables after each scored BOS.
+# PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm over the val stream, causally.
+# Token t uses the contexts of orders min(ORDER, t')..0 (t' = tokens counted since the last reset), then order -1
+# (uniform over the vocabulary). A seen context with counts c, total n and q distinct symbols gives P(x) = c(x)/(n+q)
+# and escape q/(n+q); an unseen order, or one left empty by exclusion, is skipped at no cost. Exclusion: symbols of
+# the higher orders used leave c, n and q of the lower ones; an order whose symbols, with those above it, cover the
+# whole vocabulary gets no escape (order -1 would be empty), so every distribution sums to 1. PPMC_EXCLUSION=0
+# blends instead: P_k(x) = (c_k(x) + q_k P_{k-1}(x)) / (n_k + q_k). Every order's counts are updated after the token
+# is scored; token 0 is counted, never scored; PPMC_RESET=doc clears all counts after a scored BOS, then counts it.
 #
-# Vectorised, exact (no per-token loop). For order k the context of token t is an integer id: order 0 = the
-# segment id (0 unless PPMC_RESET=doc), order k = the dense id of the order-(k-1) (context, symbol) pair at t-1.
-# One sort of (context*V + symbol, position) per order gives c_k (earlier occurrences of the pair), the pair ids
-# (next order's contexts) and, shifted by one position, the time-ordered occurrences of each order-(k+1) context:
-# n_{k+1}(t) = c_k(t-1), and q_{k+1}(t) = first occurrences of pairs counted within that context's run.
-# Exclusion needs X_k(t) = sum over y in S_{k+1}(t) of c_k(y; t) (S = symbols already seen in the order-(k+1)
-# context; nesting makes S_{k+1} the whole exclusion set of order k). It is needed only where the order-(k+1)
-# context was seen and did not offer the target (a few symbols per token on text). Each such (t, y) becomes a
-# look-up "events of pair (ctx_k(t), y) before t"; one sort of events and look-ups together answers all of them.
+# How (exact, vectorised, no per-token loop): the order-k context of t is an integer id: order 0 = the segment (0
+# unless PPMC_RESET=doc; the count of a BOS goes to the new one), order k = the dense id of the order-(k-1)
+# (context, symbol) pair at t-1. One sort of (context * V + symbol, position) per order gives c_k(t) (earlier
+# occurrences of the pair), the pair ids and, shifted by one position, every order-(k+1) context's occurrences in
+# time order: n_{k+1}(t) = c_k(t-1), q_{k+1}(t) = first occurrences of pairs so far within that context's run.
+# Exclusion needs X_k(t) = sum of c_k(y; t) over y in S_{k+1}(t), the symbols of the order-(k+1) context (nesting
+# makes it the whole exclusion set of order k): n'_k = n_k - X_k, q'_k = q_k - q_{k+1}. It is needed where that
+# context was seen but did not offer x_t, i.e. at each context's new symbols, so a context ending with q symbols
+# costs q^2/2 look-ups "occurrences of (ctx_k(t), y) before t" (text: 5-10 per token at ORDER=2; i.i.d. random
+# tokens: ~40), answered chunk by chunk by one sort of the occurrences and look-ups together (_lookup_sums).
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def _sort_by_key(key: np.ndarray, pos: np.ndarray, nb: int):
-    """Sort positions (increasing) by (key, position); returns (sorted keys, positions)."""
+    """Sort positions (increasing) by (key, position); returns (sorted keys, positions). Overwrites key."""
     if key.size == 0 or int(key.max()).bit_length() + nb <= 63:  # packed int64: a plain (SIMD) sort
-        s = np.sort((key << nb) | pos)
-        return s >> nb, s & ((1 << nb) - 1)
+        key <<= nb
+        key |= pos
+        key.sort()
+        return key >> nb, key & ((1 << nb) - 1)
     o = np.argsort(key, kind="stable")
     return key[o], pos[o]
 
 
 def _runs(ks: np.ndarray):
-    """Runs of equal values in a sorted array: run id of each element, index of each run's first element."""
+    """Runs of equal values in a sorted array: run-start flags, run id of each element, index of each run start."""
     new = np.ones(ks.size, bool)
     np.not_equal(ks[1:], ks[:-1], out=new[1:])
-    return np.cumsum(new) - 1, np.flatnonzero(new)
+    return new, np.cumsum(new) - 1, np.flatnonzero(new)
+
+
+def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb, chunk=1 << 20):
+    """For each query i (positions tq, increasing): the summed occurrences before tq[i] of the pairs
+    lp[o_i], ..., lp[o_i + cnt_i - 1] among the events (positions ev_pos, increasing; pair ids ev_pair).
+    Chunks of queries keep the arrays small: `seen` counts every pair's events before the chunk, and within it one
+    sort of events (pair, 2*local rank) and look-ups (pair, 2*local query + 1) puts each look-up just after the
+    events of its pair that precede it (rank[j]: queries at positions <= j)."""
+    X, seen = np.zeros(tq.size), np.zeros(n_pairs, np.int64)
+    evb = np.searchsorted(ev_pos, tq)  # events before each query
+    cost = np.cumsum(cnt + np.diff(evb, prepend=0))
+    i0 = e0 = 0
+    while i0 < tq.size:
+        i1 = max(i0 + 1, int(np.searchsorted(cost, (cost[i0 - 1] if i0 else 0) + chunk, "right")))
+        e1, c = int(evb[i1 - 1]), cnt[i0:i1]
+        g = ev_pair[e0:e1]
+        idx = np.repeat(o[i0:i1] - np.cumsum(c) + c, c)
+        idx += np.arange(idx.size)
+        a = np.concatenate(((g << (nb + 1)) | ((rank[ev_pos[e0:e1]] - i0) << 1),
+                            (lp[idx] << (nb + 1)) | np.repeat(2 * np.arange(i1 - i0) + 1, c)))
+        a.sort()
+        ev = 1 - (a & 1)
+        before = np.cumsum(ev) - ev  # events before each element ...
+        pair = a >> (nb + 1)
+        new = np.ones(a.size, bool)
+        np.not_equal(pair[1:], pair[:-1], out=new[1:])
+        before -= np.maximum.accumulate(np.where(new, before, 0))  # ... within its pair's run
+        m = np.flatnonzero(a & 1)
+        X[i0:i1] = np.bincount((a[m] >> 1) & ((1 << nb) - 1), weights=before[m] + seen[pair[m]], minlength=i1 - i0)
+        np.add.at(seen, g, 1)
+        i0, e0 = i1, e1
+    return X
 
 
 def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclusion: bool = True,
@@ -891,57 +929,58 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
     N, V = x.size, int(vocab_size)
     if N < 2:
         return np.zeros(0)
+    if x.min() < 0 or x.max() >= V or N >= 2 ** 31:
+        raise ValueError(f"PPM: tokens must lie in [0, {V}) and number fewer than 2**31")
     pos = np.arange(N + 1, dtype=np.int64)  # index N: a dummy, never-valid position
     nb = max(1, N.bit_length())
     isb = (x == bos_id) & (pos[:N] >= 1) if reset_doc else np.zeros(N, bool)
     sq = np.concatenate(([0], np.maximum.accumulate(np.where(isb, pos[:N], 0))))  # segment start of token t
-    z = lambda: np.zeros(N + 1, np.int64)
-    n, q, c, X, prev = [], [], [], [], None
+    n, q, c, X = [], [], [], []
     ctx = np.cumsum(isb)  # order-0 context of a count at t: its segment (a scored BOS opens the next one)
     for k in range(order + 1):
         valid = pos - k >= sq  # the order-k context of t lies inside t's segment
         valid[N] = False
-        p = pos[:N][valid[:N]]
-        ks, sp = _sort_by_key(ctx[p] * V + x[p], p, nb)
-        gid, starts = _runs(ks)
-        ck, pid = z(), np.full(N + 1, -1)
-        ck[sp], pid[sp] = np.arange(sp.size) - starts[gid], gid
+        vp = np.flatnonzero(valid)
+        ks, sp = _sort_by_key(ctx[vp] * V + x[vp], vp, nb)
+        new, gid, starts = _runs(ks)
+        w = np.arange(sp.size)
+        w -= starts[gid]  # earlier occurrences of the (context, symbol) pair, in sorted order
+        cp = np.zeros(N + 1, np.int64)  # (pair id, count) packed: one scatter into time order
+        cp[sp] = (gid << 32) | w
+        ck, pid = (cp & 0xFFFFFFFF).astype(np.int32), cp >> 32
         first = valid & (ck == 0)
         if k == 0:
             cs = np.concatenate(([0], np.cumsum(first[:N])))
-            nk, qk = pos - sq, cs - cs[sq]
-            c0 = ck.copy()  # at a scored BOS (reset) the old segment's count of BOS: BOS tokens in [sq, t)
-            cb = np.concatenate(([0], np.cumsum(x == bos_id)))
-            c0[:N][isb] = (cb[:N] - cb[sq[:N]])[isb]
-            c.append(c0)
+            nk, qk = (pos - sq).astype(np.int32), (cs - cs[sq]).astype(np.int32)
+            c.append(ck.copy())
+            if reset_doc:  # a scored BOS still sees the old segment: its count is of BOS tokens in [sq, t)
+                cb = np.concatenate(([0], np.cumsum(x == bos_id)))
+                c[0][:N][isb] = (cb[:N] - cb[sq[:N]])[isb]
         else:
-            psp, pgid, pstarts, ppid = prev
-            tt = psp + 1  # occurrences of order-k contexts, grouped by context, in time order
-            f = first[tt].astype(np.int64)
-            cs = np.cumsum(f) - f
-            base = cs[pstarts[pgid]]
-            nk, qk, off = z(), z(), z()
-            ok = valid[tt]
-            nk[tt[ok]], qk[tt[ok]], off[tt[ok]] = prev_ck[tt[ok] - 1], (cs - base)[ok], base[ok]
-            lcat = tt[f.astype(bool)]  # first-occurrence positions of each order-k context's symbols
-            X.append(z())
-            if exclusion:  # X_{k-1}(t) where the order-k context was seen but did not offer x_t
-                tq = np.flatnonzero(valid & (nk > 0) & (ck == 0))
-                cnt = qk[tq]
-                rt = np.repeat(tq, cnt)
-                f_at = lcat[np.repeat(off[tq] - (np.cumsum(cnt) - cnt), cnt) + np.arange(rt.size)]
-                ev = (pgid << (nb + 1)) | (psp << 1) | 1
-                a = np.sort(np.concatenate((ev, (ppid[f_at] << (nb + 1)) | (rt << 1))))
-                e = np.cumsum(a & 1) - (a & 1)
-                m = (a & 1) == 0
-                hits = e[m] - pstarts[a[m] >> (nb + 1)]
-                X[-1] = np.bincount((a[m] >> 1) & ((1 << nb) - 1), weights=hits, minlength=N + 1).astype(np.int64)
+            tt = psp + 1  # occurrences of each order-k context (= order-(k-1) pair at t-1), in time order
+            f = first[tt]
+            cs = np.cumsum(f)
+            cs -= f  # first occurrences of (context, symbol) pairs before, running over contexts
+            base = np.maximum.accumulate(np.where(pnew, cs, 0))  # ... at the start of this context's run
+            nq = np.zeros(N + 1, np.int64)  # (n, q) packed, scattered to time order
+            nq[tt] = (pw << 32) | (cs - base)
+            nq *= valid  # (a pair that straddles a reset is no context)
+            nk, qk = (nq >> 32).astype(np.int32), (nq & 0xFFFFFFFF).astype(np.int32)
+            X.append(np.zeros(N + 1, np.int32))
+            if exclusion:  # X_{k-1}(t): the order-(k-1) counts of the symbols the order-k context excludes
+                lp = ppid[tt[f]]  # each order-k context's symbols in first-seen order, as order-(k-1) pair ids
+                need = valid & (nk > 0) & (ck == 0)  # the order-k context was seen and did not offer x_t
+                tq = np.flatnonzero(need)
+                off = np.zeros(N + 1, np.int64)
+                off[tt] = base  # where each context's list starts in lp
+                X[-1][tq] = _lookup_sums(pvp, ppid[pvp], int(pstarts.size), tq, np.cumsum(need), lp, off[tq],
+                                         qk[tq].astype(np.int64), nb)
             c.append(ck)
         n.append(nk)
         q.append(qk)
-        prev, prev_ck = (sp, gid, starts, pid), ck
+        pvp, psp, pstarts, pnew, ppid, pw = vp, sp, starts, new, pid, w  # order k, for order k+1
         ctx = np.concatenate(([0], pid[:N]))  # order-(k+1) context of t = order-k pair id at t-1
-    X.append(z())
+    X.append(np.zeros(N + 1, np.int32))
     if exclusion:
         p, found = np.ones(N + 1), np.zeros(N + 1, bool)
         for k in range(order, -1, -1):
@@ -950,7 +989,7 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
             hit = act & (c[k] > 0)
             esc = np.where(q[k] < V, qe, 0)  # no escape once the whole vocabulary is excluded (sums to 1)
             d = np.maximum(n[k] - X[k] + esc, 1)
-            p *= np.where(hit, c[k] / d, np.where(act, esc / d, 1.0))
+            p *= np.where(act, np.where(hit, c[k], esc) / d, 1.0)
             found |= hit
         p = np.where(found, p, p / np.maximum(V - q[0], 1))
     else:
@@ -982,7 +1021,7 @@ def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2
     for ck in cnt[::-1]:
         ce = np.where(ex, 0.0, ck)
         ex |= ck > 0
-        n, esc = ce.sum(), np.count_nonzero(ce) if not ex.all() else 0
+        n, esc = ce.sum(), (0 if ex.all() else np.count_nonzero(ce))  # no escape into an empty order -1
         if n > 0:
             P += mass * ce / (n + esc)
             mass *= esc / (n + esc)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,14 +153,13 @@ def run_audit(script: Path, config: dict | None, search: list[Path], timeout: fl
     root, why = find_compliance(search)
     if root is None:
         return Audit("not-run", [], ran=False, note=why)
-    env = dict(os.environ)
-    # The run's settings, as the run saw them, so a reachability-aware auditor can use them.
-    for k, v in (config or {}).items():
-        if isinstance(k, str) and k.isupper() and k not in env:
-            env[k] = "1" if v is True else "0" if v is False else str(v)
+    # The run's settings, as the run saw them, so that reachability is resolved for this run (`--set NAME=VALUE`).
+    sets = [f"{k}={'1' if v is True else '0' if v is False else v}" for k, v in (config or {}).items()
+            if isinstance(k, str) and k.isupper() and v not in (None, "")]
     cmd = [sys.executable, "-m", "compliance", "audit", str(Path(script).resolve()), "--json"]
+    cmd += [arg for kv in sets for arg in ("--set", kv)]
     try:
-        proc = subprocess.run(cmd, cwd=str(root), env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=str(root), capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Audit("error", [], ran=False, note=f"auditor did not finish: {exc}")
     obj = _last_json_object(proc.stdout)
