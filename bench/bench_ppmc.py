@@ -1,7 +1,7 @@
 """Throughput of the PPM-C mixer's ppm_target_probs (CPU, numpy).
 
     python bench/bench_ppmc.py [--tokens N] [--vocab V] [--order K] [--exclusion 0|1] [--reset never|doc]
-                               [--shard PATH] [--repeat R] [--impl auto|train_gpt|scratch]
+                               [--shard PATH] [--repeat R]
 
 Scores N tokens: a real val shard (uint16 after a 1024-byte header) tiled to N tokens with --shard, else a
 synthetic Zipf stream with a BOS every 500-1500 tokens. Prints the seconds, tokens/s and the extrapolation to the
@@ -17,19 +17,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VAL_TOKENS = 62_021_632
-
-
-def implementation(which: str = "auto"):
-    if which in ("auto", "train_gpt"):
-        try:
-            import train_gpt
-            if hasattr(train_gpt, "ppm_target_probs"):
-                return train_gpt.ppm_target_probs, "train_gpt"
-        except ImportError:  # not importable here: fall back to the scratch block
-            if which == "train_gpt":
-                raise
-    from scratch.ppmc_block import ppm_target_probs
-    return ppm_target_probs, "scratch.ppmc_block"
 
 
 def stream(n: int, vocab: int, shard: str | None, bos: int = 1, seed: int = 0) -> np.ndarray:
@@ -54,12 +41,10 @@ def main() -> None:
     ap.add_argument("--reset", choices=("never", "doc"), default="never")
     ap.add_argument("--shard", default=None, help="a val shard to tile to --tokens (default: synthetic Zipf)")
     ap.add_argument("--repeat", type=int, default=1, help="runs (the first one also pays for fresh memory)")
-    ap.add_argument("--impl", choices=("auto", "train_gpt", "scratch"), default="auto",
-                    help="auto: train_gpt.ppm_target_probs when it exists, else scratch/ppmc_block.py")
     a = ap.parse_args()
-    fn, where = implementation(a.impl)
+    from train_gpt import ppm_target_probs as fn
     x = stream(a.tokens, a.vocab, a.shard)
-    print(f"ppm_target_probs from {where}: tokens={a.tokens:,} vocab={a.vocab} order={a.order} "
+    print(f"train_gpt.ppm_target_probs: tokens={a.tokens:,} vocab={a.vocab} order={a.order} "
           f"exclusion={a.exclusion} reset={a.reset} source={a.shard or 'synthetic zipf'}")
     for r in range(a.repeat):
         t0, c0 = time.perf_counter(), time.process_time()

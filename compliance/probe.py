@@ -1,7 +1,7 @@
 """Dynamic probes of the kit's scoring functions on a tiny, randomly initialised CPU model.
 
 Imports train_gpt.py by file path (its ``main()`` does not run) and uses only the functions listed in
-scratch/CONTRACT.md: ``Hyperparameters.from_env``, ``build_model``, ``score_nll``, ``score_distribution``,
+docs/CONTRACT.md: ``Hyperparameters.from_env``, ``build_model``, ``score_nll``, ``score_distribution``,
 ``ppm_target_probs``, ``ppm_distribution``, ``mix_nll``, ``ttt_score_nll`` (with a ledger). Probes:
 
 * future-suffix invariance: tokens from position c on replaced by random ones; every score of a target before c

@@ -1,6 +1,6 @@
 """Reading training logs: the kit's text log and JSON run file, and upstream variants.
 
-The kit's formats are fixed by scratch/CONTRACT.md. Public records use older or different
+The kit's formats are fixed by docs/CONTRACT.md. Public records use older or different
 spellings (``step:`` prefix or not, ``train_time: 588047ms`` with a space, no code hash, a
 score line without the ``_exact`` suffix); the parser reads what it can and records what it
 could not in ``RunLog.problems`` instead of raising. Nothing here ever raises on bad input.

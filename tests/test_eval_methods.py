@@ -521,7 +521,7 @@ def test_eval_only_refusals(tg, small, trained, tmp_path, monkeypatch):
     res = finish(proc)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and re.search(r"^error: EVAL_ONLY=.*does not fit this configuration.*MODEL_DIM", lines[0])
+    assert len(lines) == 1 and re.search(r"^error: EVAL_ONLY=.*was made with a different model.*MODEL_DIM", lines[0])
     assert "Traceback" not in res.stdout and "final_" not in res.stdout
     assert not (tmp_path / "logs/bad.json").exists()
 
