@@ -191,7 +191,8 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
     if a.eval_only and not Path(a.eval_only).is_file():
         raise ConfigError(f"EVAL_ONLY={a.eval_only} is not a file; give the path of an artifacts/<RUN_ID>.ptz")
     ranges = [("BIGRAM_BUCKETS", a.bigram_buckets >= 2, ">= 2"), ("REVIEW_RANK", a.review_rank >= 1, ">= 1"),
-              ("MLP_MULT", a.mlp_mult > 0, "> 0"), ("XSA_LAST_N", 0 <= a.xsa_last_n <= a.num_layers, "in 0..NUM_LAYERS"),
+              ("MLP_MULT", a.mlp_mult > 0, "> 0"),
+              ("XSA_LAST_N", 0 <= a.xsa_last_n <= a.num_layers, "in 0..NUM_LAYERS"),
               ("EMA_DECAY", 0 <= a.ema_decay <= 1, "in [0, 1]")]
     for name, ok, rule in ranges:
         if not ok:
@@ -301,7 +302,7 @@ class TokenLoader:
 # ----------------------------------------------------------------------------------------------------------------
 
 CONTROL_NAMES = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "gate", "vr_lambda", "smear",
-                 "bigram.scale")  # small control tensors: Adam at SCALAR_LR, kept in fp32 by the export
+                 "bigram.scale")  # control tensors and gates: Adam at SCALAR_LR; fp32 in the export if small
 
 
 def attention_kernel(device: torch.device):
@@ -1239,10 +1240,11 @@ def train(args, base_model: GPT, model: nn.Module, train_files, rank, world_size
             "tokens_per_step": args.train_batch_tokens, "peak_mem_mib": peak_mib}
 
 
-ARCH_KEYS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "TIE_EMBEDDINGS", "ROPE_BASE",
-             "LOGIT_SOFTCAP", "VALUE_RESIDUAL", "GATED_ATTENTION", "GATED_ATTENTION_MODE", "REVIEW_RESIDUAL", "HIGHWAY",
-             "REVIEW_GATE", "REVIEW_RANK", "SMEAR_GATE", "BIGRAM_HASH", "BIGRAM_BUCKETS", "BIGRAM_DIM", "XSA_LAST_N",
-             "ROPE_DIMS", "LN_SCALE", "MLP_ACT", "MLP_LEAKY_SLOPE")  # what an artifact's computation depends on
+# The settings an artifact's computation depends on: EVAL_ONLY refuses an artifact made with other values.
+ARCH_KEYS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "TIE_EMBEDDINGS",
+             "ROPE_BASE", "LOGIT_SOFTCAP", "VALUE_RESIDUAL", "GATED_ATTENTION", "GATED_ATTENTION_MODE",
+             "REVIEW_RESIDUAL", "HIGHWAY", "REVIEW_GATE", "REVIEW_RANK", "SMEAR_GATE", "BIGRAM_HASH",
+             "BIGRAM_BUCKETS", "BIGRAM_DIM", "XSA_LAST_N", "ROPE_DIMS", "LN_SCALE", "MLP_ACT", "MLP_LEAKY_SLOPE")
 
 
 def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
@@ -1251,8 +1253,8 @@ def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
     made, now = meta.get("config", {}), args.as_dict()
     diff = [f"{k}={made.get(k)} (this run: {now[k]})" for k in ARCH_KEYS if made.get(k) != now[k]]
     if diff:
-        raise ConfigError(f"EVAL_ONLY={args.eval_only} was made with a different model: {', '.join(diff)}; set the same "
-                          "values to score it")
+        raise ConfigError(f"EVAL_ONLY={args.eval_only} was made with a different model: {', '.join(diff)}; "
+                          "set the same values to score it")
     return state, meta
 
 
