@@ -614,22 +614,10 @@ def test_dry_run_lists_runs(fake, tmp_path, capsys):
 # ---------------------------------------------------------------- the real train_gpt.py
 
 REAL_SCRIPT = REPO / "train_gpt.py"
-DATA = REPO / "data" / "datasets" / "wiki_sp1024"
-TOKENIZER = REPO / "data" / "tokenizers" / "wiki_1024_bpe.model"
 
 
-def _real_missing() -> str | None:
-    if not REAL_SCRIPT.is_file():
-        return f"{REAL_SCRIPT} not written yet"
-    if not (DATA.is_dir() and any(DATA.glob("fineweb_val_*.bin")) and any(DATA.glob("fineweb_train_*.bin"))):
-        return f"no data in {DATA} (run python -m data.prepare)"
-    if not TOKENIZER.is_file():
-        return f"no tokenizer {TOKENIZER}"
-    return None
-
-
-@pytest.mark.skipif(_real_missing() is not None, reason=str(_real_missing()))
-def test_real_train_gpt_tiny_run(tmp_path):
+def test_real_train_gpt_tiny_run(tmp_path, dataset):
+    DATA, TOKENIZER = dataset  # the embedded corpus, built once per session by conftest
     g = tmp_path / "real.toml"
     g.write_text(textwrap.dedent(f"""\
         name = "real"
@@ -670,7 +658,6 @@ def test_real_train_gpt_tiny_run(tmp_path):
     assert (out / "logs" / "real_control_s1337.txt").is_file()
 
 
-@pytest.mark.skipif(not REAL_SCRIPT.is_file(), reason=f"{REAL_SCRIPT} not written yet")
 def test_real_count_params_matching(tmp_path):
     g = tmp_path / "m.toml"
     g.write_text(MATCH_GRID)
