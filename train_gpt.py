@@ -1411,6 +1411,7 @@ def main() -> int:
         log(f"error: artifact is {total_bytes} bytes, {total_bytes - ARTIFACT_LIMIT} over the {ARTIFACT_LIMIT}-byte "
             "limit; shrink the model (MODEL_DIM, NUM_LAYERS, MLP_MULT) or QUANT_BITS")
     if distributed:
+        dist.barrier()  # leave together: gloo aborts if a peer tears down while the other is still finishing
         dist.destroy_process_group()
     return 1 if over else 0
 
