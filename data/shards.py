@@ -23,6 +23,23 @@ class ShardError(ValueError):
     """A shard file that is not in the expected format (the message names the file)."""
 
 
+def write_atomic(path: str | os.PathLike, *chunks: bytes) -> None:
+    """Write `chunks` to a temporary name beside `path`, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_shard(path: str | os.PathLike, tokens) -> Path:
     """Write ``tokens`` (ids in [0, 65535]) to ``path`` atomically (temp name, then ``os.replace``)."""
     path = Path(path)
@@ -42,18 +59,7 @@ def write_shard(path: str | os.PathLike, tokens) -> Path:
     header[0] = MAGIC
     header[1] = VERSION
     header[2] = arr.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.tobytes())
-            f.write(arr.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, header.tobytes(), arr.tobytes())
     return path
 
 

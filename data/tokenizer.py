@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable
 
 from data.errors import UserError
+from data.shards import write_atomic
 from data.sources import trainer_pieces
 
 # The trainer settings of the official tokenizers (vocab_size is added per build).
@@ -46,19 +47,6 @@ class _PieceCounter:
             self.pieces += n
             if n > 1:
                 self.docs_split += 1
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def vocab_text(sp) -> str:
@@ -112,6 +100,6 @@ def train_tokenizer(
         raise UserError("SentencePiece training got no input text")
     sp = spm.SentencePieceProcessor(model_proto=model)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(vocab_path, vocab_text(sp).encode("utf-8"))
-    _write_atomic(model_path, model)
+    write_atomic(vocab_path, vocab_text(sp).encode("utf-8"))
+    write_atomic(model_path, model)
     return {"pieces": counter.pieces, "docs_split": counter.docs_split, "max_sentence_length": int(max_sentence_length)}
