@@ -865,26 +865,35 @@ def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTT
 # makes it the whole exclusion set of order k): n'_k = n_k - X_k, q'_k = q_k - q_{k+1}. It is needed where that
 # context was seen but did not offer x_t, i.e. at each context's new symbols, so a context ending with q symbols
 # costs q^2/2 look-ups "occurrences of (ctx_k(t), y) before t" (text: 5-10 per token at ORDER=2; i.i.d. random
-# tokens: ~40), answered chunk by chunk by one sort of the occurrences and look-ups together (_lookup_sums).
+# tokens: ~40), answered chunk by chunk by one sort of the occurrences and look-ups together (_lookup_sums). Orders
+# are folded into p bottom-up (_fold) as soon as X and the next q are known, so at most two orders are in memory.
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def _sort_by_key(key: np.ndarray, pos: np.ndarray, nb: int):
-    """Sort positions (increasing) by (key, position); returns (sorted keys, positions). Overwrites key."""
+    """Positions (increasing, < 2**nb) sorted by (key, position), and flags at the first of each run of equal keys.
+    Overwrites key."""
     if key.size == 0 or int(key.max()).bit_length() + nb <= 63:  # packed int64: a plain (SIMD) sort
         key <<= nb
         key |= pos
         key.sort()
-        return key >> nb, key & ((1 << nb) - 1)
-    o = np.argsort(key, kind="stable")
-    return key[o], pos[o]
+        sp = np.empty(key.size, np.int32)
+        np.bitwise_and(key, (1 << nb) - 1, out=sp, casting="unsafe")
+        key >>= nb
+    else:
+        o = np.argsort(key, kind="stable")
+        key, sp = key[o], pos[o]
+    new = np.ones(key.size, bool)
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    return sp, new
 
 
-def _runs(ks: np.ndarray):
-    """Runs of equal values in a sorted array: run-start flags, run id of each element, index of each run start."""
-    new = np.ones(ks.size, bool)
-    np.not_equal(ks[1:], ks[:-1], out=new[1:])
-    return new, np.cumsum(new) - 1, np.flatnonzero(new)
+def _unpack(packed: np.ndarray):
+    """(hi, lo) as int32 from int64 values hi << 32 | lo (both in [0, 2**31)). Overwrites packed."""
+    lo = np.empty(packed.size, np.int32)
+    np.bitwise_and(packed, 0xFFFFFFFF, out=lo, casting="unsafe")
+    packed >>= 32
+    return packed.astype(np.int32), lo
 
 
 def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb, chunk=1 << 20):
@@ -900,11 +909,11 @@ def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb, chunk=1 << 
     while i0 < tq.size:
         i1 = max(i0 + 1, int(np.searchsorted(cost, (cost[i0 - 1] if i0 else 0) + chunk, "right")))
         e1, c = int(evb[i1 - 1]), cnt[i0:i1]
-        g = ev_pair[e0:e1]
+        g = ev_pair[e0:e1].astype(np.int64)
         idx = np.repeat(o[i0:i1] - np.cumsum(c) + c, c)
         idx += np.arange(idx.size)
         a = np.concatenate(((g << (nb + 1)) | ((rank[ev_pos[e0:e1]] - i0) << 1),
-                            (lp[idx] << (nb + 1)) | np.repeat(2 * np.arange(i1 - i0) + 1, c)))
+                            (lp[idx].astype(np.int64) << (nb + 1)) | np.repeat(2 * np.arange(i1 - i0) + 1, c)))
         a.sort()
         ev = 1 - (a & 1)
         before = np.cumsum(ev) - ev  # events before each element ...
@@ -919,81 +928,100 @@ def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb, chunk=1 << 
     return X
 
 
+def _fold(R: np.ndarray, c, m, q, q_up, V: int, exclusion: bool) -> np.ndarray:
+    """Order k over R = p(x_t) from the orders below it, in place. c, q: the count of x_t and the distinct symbols
+    of the order-k context; m: its total n (exclusion: n - X); q_up: order k+1's q. Exclusion: a hit replaces R, a
+    miss escapes to it (the product of escapes, top order down); blending: P_k = (c + q P_{k-1}) / (n + q)."""
+    if not exclusion:
+        P = q * R
+        P += c
+        P /= np.maximum(m + q, 1)
+        np.copyto(R, P, where=m > 0)
+        return R
+    qe = q - q_up  # the symbols order k adds to order k+1's
+    esc = np.where(q < V, qe, 0)  # no escape once the whole vocabulary is excluded (sums to 1)
+    P = esc * R
+    np.copyto(P, c, where=c > 0)
+    P /= np.maximum(m + esc, 1)
+    np.copyto(R, P, where=qe > 0)
+    return R
+
+
 def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
-    """p_ppm(tokens[t]) for t = 1..N-1 (float64 [N-1]); uses tokens < t only."""
-    x = np.asarray(tokens).astype(np.int64)
+    """p_ppm(tokens[t]) for t = 1..N-1 (float64 [N-1]); uses tokens < t only. About 105 bytes of memory a token."""
+    x = np.asarray(tokens)
     N, V = x.size, int(vocab_size)
     if N < 2:
         return np.zeros(0)
     if x.min() < 0 or x.max() >= V or N >= 2 ** 31:
         raise ValueError(f"PPM: tokens must lie in [0, {V}) and number fewer than 2**31")
-    pos = np.arange(N + 1, dtype=np.int64)  # index N: a dummy, never-valid position
+    x = x.astype(np.int32)
+    pos = np.arange(N + 1, dtype=np.int32)  # index N: a dummy, never-valid position
     nb = max(1, N.bit_length())
-    isb = (x == bos_id) & (pos[:N] >= 1) if reset_doc else np.zeros(N, bool)
-    sq = np.concatenate(([0], np.maximum.accumulate(np.where(isb, pos[:N], 0))))  # segment start of token t
-    n, q, c, X = [], [], [], []
-    ctx = np.cumsum(isb)  # order-0 context of a count at t: its segment (a scored BOS opens the next one)
+    sq, ctx = 0, np.zeros(N, np.int32)  # segment start of token t; order-0 context of a count at t: its segment
+    if reset_doc:
+        isb = (x == bos_id) & (pos[:N] >= 1)
+        sq = np.concatenate(([0], np.maximum.accumulate(np.where(isb, pos[:N], 0)))).astype(np.int32)
+        ctx = np.cumsum(isb, dtype=np.int32)  # (a scored BOS opens the next segment)
     for k in range(order + 1):
         valid = pos - k >= sq  # the order-k context of t lies inside t's segment
         valid[N] = False
-        vp = np.flatnonzero(valid)
-        ks, sp = _sort_by_key(ctx[vp] * V + x[vp], vp, nb)
-        new, gid, starts = _runs(ks)
-        w = np.arange(sp.size)
-        w -= starts[gid]  # earlier occurrences of the (context, symbol) pair, in sorted order
+        vp = np.flatnonzero(valid).astype(np.int32)
+        key = ctx[vp].astype(np.int64)
+        del ctx
+        key *= V
+        key += x[vp]
+        sp, new = _sort_by_key(key, vp, nb)
+        del key
+        gid = np.cumsum(new, dtype=np.int32) - 1  # the dense id of each (context, symbol) pair
+        starts = np.flatnonzero(new).astype(np.int32)
+        w = np.arange(sp.size, dtype=np.int32) - starts[gid]  # earlier occurrences of the pair, in sorted order
+        n_pairs = starts.size
+        del starts
         cp = np.zeros(N + 1, np.int64)  # (pair id, count) packed: one scatter into time order
-        cp[sp] = (gid << 32) | w
-        ck, pid = (cp & 0xFFFFFFFF).astype(np.int32), cp >> 32
-        first = valid & (ck == 0)
+        cp[sp] = (gid.astype(np.int64) << 32) | w
+        del gid
+        pid, ck = _unpack(cp)
+        del cp
+        first = valid & (ck == 0)  # the pair's first occurrence: its context gains a symbol
         if k == 0:
-            cs = np.concatenate(([0], np.cumsum(first[:N])))
-            nk, qk = (pos - sq).astype(np.int32), (cs - cs[sq]).astype(np.int32)
-            c.append(ck.copy())
+            cs = np.concatenate(([0], np.cumsum(first[:N], dtype=np.int32)))
+            nk, qk = pos - sq, cs - cs[sq]
             if reset_doc:  # a scored BOS still sees the old segment: its count is of BOS tokens in [sq, t)
-                cb = np.concatenate(([0], np.cumsum(x == bos_id)))
-                c[0][:N][isb] = (cb[:N] - cb[sq[:N]])[isb]
+                cb = np.concatenate(([0], np.cumsum(x == bos_id, dtype=np.int32)))
+                ck[:N][isb] = (cb[:N] - cb[sq[:N]])[isb]
+            R = np.full(N + 1, 1.0 / V) if not exclusion else 1.0 / np.maximum(V - qk, 1)  # order -1
         else:
             tt = psp + 1  # occurrences of each order-k context (= order-(k-1) pair at t-1), in time order
             f = first[tt]
-            cs = np.cumsum(f)
+            cs = np.cumsum(f, dtype=np.int32)
             cs -= f  # first occurrences of (context, symbol) pairs before, running over contexts
             base = np.maximum.accumulate(np.where(pnew, cs, 0))  # ... at the start of this context's run
             nq = np.zeros(N + 1, np.int64)  # (n, q) packed, scattered to time order
-            nq[tt] = (pw << 32) | (cs - base)
+            nq[tt] = (pw.astype(np.int64) << 32) | (cs - base)
+            del cs, psp, pw, pnew
             nq *= valid  # (a pair that straddles a reset is no context)
-            nk, qk = (nq >> 32).astype(np.int32), (nq & 0xFFFFFFFF).astype(np.int32)
-            X.append(np.zeros(N + 1, np.int32))
+            nk, qk = _unpack(nq)
+            del nq
             if exclusion:  # X_{k-1}(t): the order-(k-1) counts of the symbols the order-k context excludes
-                lp = ppid[tt[f]]  # each order-k context's symbols in first-seen order, as order-(k-1) pair ids
-                need = valid & (nk > 0) & (ck == 0)  # the order-k context was seen and did not offer x_t
+                need = first & (nk > 0)  # the order-k context was seen and did not offer x_t
                 tq = np.flatnonzero(need)
-                off = np.zeros(N + 1, np.int64)
+                lp = ppid[tt[f]]  # each order-k context's symbols in first-seen order, as order-(k-1) pair ids
+                off = np.zeros(N + 1, np.int32)
                 off[tt] = base  # where each context's list starts in lp
-                X[-1][tq] = _lookup_sums(pvp, ppid[pvp], int(pstarts.size), tq, np.cumsum(need), lp, off[tq],
-                                         qk[tq].astype(np.int64), nb)
-            c.append(ck)
-        n.append(nk)
-        q.append(qk)
-        pvp, psp, pstarts, pnew, ppid, pw = vp, sp, starts, new, pid, w  # order k, for order k+1
-        ctx = np.concatenate(([0], pid[:N]))  # order-(k+1) context of t = order-k pair id at t-1
-    X.append(np.zeros(N + 1, np.int32))
-    if exclusion:
-        p, found = np.ones(N + 1), np.zeros(N + 1, bool)
-        for k in range(order, -1, -1):
-            qe = q[k] - (q[k + 1] if k < order else 0)
-            act = ~found & (qe > 0)
-            hit = act & (c[k] > 0)
-            esc = np.where(q[k] < V, qe, 0)  # no escape once the whole vocabulary is excluded (sums to 1)
-            d = np.maximum(n[k] - X[k] + esc, 1)
-            p *= np.where(act, np.where(hit, c[k], esc) / d, 1.0)
-            found |= hit
-        p = np.where(found, p, p / np.maximum(V - q[0], 1))
-    else:
-        p = np.full(N + 1, 1.0 / V)
-        for k in range(order + 1):
-            p = np.where(n[k] > 0, (c[k] + q[k] * p) / np.maximum(n[k] + q[k], 1), p)
-    return p[1:N]
+                off = off[tq].astype(np.int64)
+            del tt, f, base
+            if exclusion:
+                pn[tq] -= _lookup_sums(pvp, ppid[pvp], pn_pairs, tq, np.cumsum(need, dtype=np.int32), lp, off,
+                                       qk[tq].astype(np.int64), nb).astype(np.int32)
+                del need, tq, lp, off
+            del pvp, ppid
+            R = _fold(R, pc, pn, pq, qk, V, exclusion)  # order k-1, now that X_{k-1} and q_k are known
+        pc, pn, pq = ck, nk, qk
+        pvp, psp, pnew, ppid, pw, pn_pairs = vp, sp, new, pid, w, n_pairs  # order k, for order k+1
+        ctx = np.concatenate(([0], pid[:N])).astype(np.int32)  # order-(k+1) context of t = order-k pair id at t-1
+    return _fold(R, pc, pn, pq, 0, V, exclusion)[1:N]
 
 
 def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2, exclusion: bool = True,

@@ -17,6 +17,11 @@ model object, in the same process, on the same device, alternating, with the tok
              scored by one last full-length window ending at the last token, as the kit does; so both score the same
              targets with the same contexts and their val_bpb agree (asserted to --tol on the CPU, in float32).
 
+--compile (default on CUDA) compiles the model's forward (GPT.hidden) once, as train_gpt.py does for its final
+evaluation; both evaluators then run that compiled forward (the kit with one padded batch shape, the reference
+with its own shapes, its last batch being smaller); the warm-up is then one whole untimed pass of each, so every
+shape is compiled before the timed rounds and the ratio measures the evaluators, not compilation.
+
 Reported: seconds, tokens scored per second, peak memory (CUDA), val_bpb of each, the kit/reference speed ratio,
 and the time the whole official val set (62,021,632 tokens) would take at that rate. A random model (the kit's init
 plus small noise on every matrix, so that attention and hence the context matter) unless --artifact.
@@ -142,6 +147,8 @@ def main(argv=None) -> int:
                          "inside it as public entries did (bf16 head on CUDA: faster, bpb differs ~1e-4)")
     ap.add_argument("--ref-style", choices=("loop", "vectorized"), default="loop",
                     help="reference per-window Python loops as published (default) or vectorized masks")
+    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                    help="torch.compile the model's forward for both evaluators (auto: on CUDA only)")
     ap.add_argument("--no-perturb", action="store_true", help="random model: keep the kit's init exactly")
     ap.add_argument("--tol", type=float, default=1e-6, help="allowed |bpb(kit) - bpb(reference)| (default 1e-6)")
     ap.add_argument("--other-script", default=None, metavar="PATH",
@@ -198,6 +205,9 @@ def main(argv=None) -> int:
             common.perturb(model, hp.seed)
         source = f"random init (seed {hp.seed}{'' if a.no_perturb else ', +N(0, 1/fan_in) on matrices'})"
     model = model.to(device).eval()
+    compiled = a.compile == "on" or (a.compile == "auto" and device.type == "cuda")
+    if compiled:  # as train_gpt.py's final evaluation: the forward up to the head, fixed shapes
+        model.hidden = torch.compile(model.hidden, dynamic=False, mode=hp.compile_mode)
 
     try:
         sp = kit.load_tokenizer(hp)
@@ -224,7 +234,8 @@ def main(argv=None) -> int:
                               a.ref_style)
     evaluators = [("kit", kit_eval), ("reference", ref_eval)]
 
-    print(f"device: {dev_name}  attention: {attention}  autocast bf16: {'on' if autocast_on else 'off (float32)'}")
+    print(f"device: {dev_name}  attention: {attention}  autocast bf16: {'on' if autocast_on else 'off (float32)'}  "
+          f"compile: {hp.compile_mode if compiled else 'off'}")
     print(f"model: {source}; {sum(p.numel() for p in model.parameters()):,} params, {hp.num_layers} layers x "
           f"{hp.model_dim}")
     print(f"data: {data}  ({n_targets:,} targets scored{' = all val' if not max_tokens else ''})")
@@ -236,6 +247,8 @@ def main(argv=None) -> int:
         print(other_note)
 
     warm = min(tokens.numel(), seq_len + stride * batch_seqs + 1)  # first call: kernels, allocator, autotuning
+    if compiled:  # a whole untimed pass, so that every batch shape (the reference's last one too) is compiled
+        warm = tokens.numel()
     for _, fn in evaluators:
         fn(tokens[:warm], val_bytes[:warm - 1])
     common.sync(device)
@@ -295,14 +308,16 @@ def main(argv=None) -> int:
     if a.json:
         common.write_json(a.json, {
             "benchmark": "eval", "date": common.now_utc(), "command": common.command_line(), "device": dev_name,
-            "attention": attention, "autocast": autocast_on, "kit": str(kit_path),
+            "attention": attention, "autocast": autocast_on, "compile": hp.compile_mode if compiled else None,
+            "kit": str(kit_path),
             "kit_sha256": common.file_sha(kit_path), "model": source, "config": hp.as_dict(), "seq_len": seq_len,
             "stride": stride, "batch_seqs": batch_seqs, "targets": n_targets, "ref_head": a.ref_head,
             "ref_style": a.ref_style, "other_script_note": other_note, "runs": runs, "summary": summary})
     if a.record:
         figures = (f"kit {summ['kit']['tokens_per_s']:,.0f} tok/s, reference {summ['reference']['tokens_per_s']:,.0f}"
                    f" tok/s, kit/reference {ratio:.3f}x; bpb diff {diff:+.1e}; seq {seq_len} stride {stride}, "
-                   f"{n_targets:,} targets, {a.rounds} rounds; {source}")
+                   f"{n_targets:,} targets, {a.rounds} rounds; compile {hp.compile_mode if compiled else 'off'}; "
+                   f"{source}")
         common.record(a.results, "eval", dev_name, figures, kit_path)
     return status
 

@@ -1,22 +1,23 @@
 """Throughput of the PPM-C mixer's ppm_target_probs (CPU, numpy).
 
     python bench/bench_ppmc.py [--tokens N] [--vocab V] [--order K] [--exclusion 0|1] [--reset never|doc]
-                               [--shard PATH] [--repeat R]
+                               [--shard PATH] [--repeat R] [--script PATH]
 
 Scores N tokens: a real val shard (uint16 after a 1024-byte header) tiled to N tokens with --shard, else a
 synthetic Zipf stream with a BOS every 500-1500 tokens. Prints the seconds, tokens/s and the extrapolation to the
-official val set (62,021,632 tokens). Records nothing by itself.
+official val set (62,021,632 tokens), and the process's peak resident memory. --script measures the function of
+another train_gpt.py (e.g. an older version of the kit). Records nothing by itself.
 """
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-VAL_TOKENS = 62_021_632
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import KIT, OFFICIAL_VAL_TOKENS as VAL_TOKENS, import_kit  # noqa: E402
 
 
 def stream(n: int, vocab: int, shard: str | None, bos: int = 1, seed: int = 0) -> np.ndarray:
@@ -41,10 +42,11 @@ def main() -> None:
     ap.add_argument("--reset", choices=("never", "doc"), default="never")
     ap.add_argument("--shard", default=None, help="a val shard to tile to --tokens (default: synthetic Zipf)")
     ap.add_argument("--repeat", type=int, default=1, help="runs (the first one also pays for fresh memory)")
+    ap.add_argument("--script", default=str(KIT), help="the train_gpt.py whose ppm_target_probs is measured")
     a = ap.parse_args()
-    from train_gpt import ppm_target_probs as fn
+    fn = import_kit(Path(a.script)).ppm_target_probs
     x = stream(a.tokens, a.vocab, a.shard)
-    print(f"train_gpt.ppm_target_probs: tokens={a.tokens:,} vocab={a.vocab} order={a.order} "
+    print(f"{a.script}: ppm_target_probs: tokens={a.tokens:,} vocab={a.vocab} order={a.order} "
           f"exclusion={a.exclusion} reset={a.reset} source={a.shard or 'synthetic zipf'}")
     for r in range(a.repeat):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -53,6 +55,8 @@ def main() -> None:
         print(f"run {r + 1}: {dt:.2f} s (cpu {cpu:.2f} s), {a.tokens / dt:,.0f} tokens/s, "
               f"extrapolated to {VAL_TOKENS:,} tokens: {dt * VAL_TOKENS / a.tokens:.1f} s, "
               f"mean -log2 p = {-np.log2(p).mean():.4f} bits")
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
+    print(f"peak resident memory of the process: {peak_gib:.2f} GiB")
 
 
 if __name__ == "__main__":

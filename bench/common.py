@@ -39,10 +39,12 @@ DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
 
 
 class BenchError(SystemExit):
-    """A problem with the inputs, reported as one line (exit status 2)."""
+    """A problem with the inputs: one `error:` line on stderr (printed when raised), exit status 2."""
 
     def __init__(self, msg: str):
-        super().__init__(f"error: {msg}")
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+        super().__init__(2)
+        self.msg = msg
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -132,3 +132,41 @@ def test_bench_export_roundtrip_then_eval_the_artifact(small_data, tmp_path, tg)
           "--threads", "1", "--data-path", data, "--tokenizer-path", tok, "--json", out2)
     s = json.loads(out2.read_text())["summary"]
     assert s["agree"] and abs(s["kit"]["val_bpb"] - s["reference"]["val_bpb"]) <= 1e-6
+
+
+def test_bench_flags_runs_each_configuration_against_the_baseline(small_data, tmp_path):
+    """Two flags on the tiny model: every configuration trains (its own parameter count: SMEAR_GATE adds one vector
+    of MODEL_DIM, VALUE_RESIDUAL two scalars per layer), the baseline row comes first, the record row lands."""
+    data, tok = small_data
+    out, results = tmp_path / "flags.json", tmp_path / "RESULTS.md"
+    proc = bench("bench_flags.py", "--tiny", "--iterations", "3", "--threads", "1", "--only", "SMEAR_GATE=1",
+                 "--only", "VALUE_RESIDUAL=1 GATED_ATTENTION=1", "--data-path", data, "--tokenizer-path", tok,
+                 "--json", out, "--record", "--results", results)
+    s = json.loads(out.read_text())["summary"]
+    assert list(s) == ["baseline", "SMEAR_GATE=1", "VALUE_RESIDUAL=1 GATED_ATTENTION=1"]
+    assert s["SMEAR_GATE=1"]["params"] == s["baseline"]["params"] + 64
+    gated = 2 * (64 * 4 + 4)  # per layer: gate W (heads x d) and b (heads)
+    assert s["VALUE_RESIDUAL=1 GATED_ATTENTION=1"]["params"] == s["baseline"]["params"] + 2 * 2 + gated
+    assert all(v["ms_per_step"] > 0 and float(v["train_loss_last"]) > 0 for v in s.values())
+    assert s["baseline"]["vs_baseline_pct"] == 0
+    assert "vs baseline" in proc.stdout and "| flags |" in results.read_text()
+
+
+def test_bench_flags_refuses_a_bad_configuration_before_running(small_data):
+    data, tok = small_data
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_flags.py"), "--tiny", "--only", "XSA_LAST_N=9",
+                           "--data-path", str(data), "--tokenizer-path", str(tok)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "configuration 'XSA_LAST_N=9'" in proc.stderr and "[round" not in proc.stdout
+
+
+def test_bench_ppmc_measures_another_script(tmp_path):
+    """--script measures the function of another train_gpt.py: a copy of the kit gives the same bits."""
+    copy = tmp_path / "train_gpt.py"
+    copy.write_bytes((ROOT / "train_gpt.py").read_bytes())
+    bits = []
+    for script in (ROOT / "train_gpt.py", copy):
+        proc = bench("bench_ppmc.py", "--tokens", "20000", "--script", script)
+        assert f"{script}: ppm_target_probs" in proc.stdout and "peak resident memory" in proc.stdout
+        bits.append(proc.stdout.split("mean -log2 p = ")[1].split()[0])
+    assert bits[0] == bits[1] and float(bits[0]) > 0
