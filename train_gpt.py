@@ -1407,9 +1407,17 @@ def main() -> int:
     score("sliding_window", f"final_{qname}_sliding_window_exact", pos, nll, ms)
     if "float_sliding_window" in scores:
         log(f"quant_gap_bpb:{scores['sliding_window']['val_bpb'] - scores['float_sliding_window']['val_bpb']:.6f}")
-    if args.ppmc:
-        p_ppm, ms_ppm = timed(lambda: torch.from_numpy(ppm_target_probs(
-            val_np, args.vocab_size, args.ppmc_order, bool(args.ppmc_exclusion), args.ppmc_reset == "doc")).to(device))
+    if args.ppmc:  # one CPU pass over the whole stream on rank 0, shared with the other ranks
+
+        def ppm() -> Tensor:
+            p = torch.empty(val_np.size - 1, dtype=torch.float64, device=device)
+            if master:
+                p.copy_(torch.from_numpy(ppm_target_probs(val_np, args.vocab_size, args.ppmc_order,
+                                                          bool(args.ppmc_exclusion), args.ppmc_reset == "doc")))
+            if distributed:
+                dist.broadcast(p, 0)
+            return p
+        p_ppm, ms_ppm = timed(ppm)
         score("sliding_window_ppmc", f"final_{qname}_sliding_window_ppmc_exact", pos,
               mix_nll(nll, p_ppm[pos - 1], args.ppmc_alpha), ms_ppm)
     if args.ttt:

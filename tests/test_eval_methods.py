@@ -476,28 +476,32 @@ def test_eval_only_ttt_alone(tg, small, trained, tmp_path, monkeypatch):
 
 
 def test_ttt_two_processes_match_one(tg, small, trained, tmp_path):
-    """TTT=1 with 2 CPU processes (gloo; launched the way torchrun launches them: RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR/PORT, without torchrun's own interpreter) gives the single-process TTT score of the same
-    artifact and settings. Two chunks and one epoch keep the gradient all-reduces (slow on a busy CPU) few."""
+    """TTT=1 PPMC=1 with 2 CPU processes (gloo; launched the way torchrun launches them: RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR/PORT, without torchrun's own interpreter) gives the single-process TTT score of the same
+    artifact and settings, and the single-process PPMC score (rank 0 computes the PPM pass and broadcasts it).
+    Two chunks and one epoch keep the gradient all-reduces (slow on a busy CPU) few."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = run_env(small, "two", data="valonly", TTT=1, EVAL_ONLY=trained["artifact"], TTT_CHUNK_TOKENS=2048,
+    env = run_env(small, "two", data="valonly", TTT=1, PPMC=1, EVAL_ONLY=trained["artifact"], TTT_CHUNK_TOKENS=2048,
                   TTT_EPOCHS=1, TTT_LR=0.02, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     procs = [start({**env, "RANK": str(r), "LOCAL_RANK": str(r)}, tmp_path) for r in (0, 1)]
     model, _, _ = reload(tg, trained["artifact"])  # the single-process reference, meanwhile
     val = small["val"]
     nll = tg.ttt_score_nll(model, torch.from_numpy(val.astype(np.int64)), tg.Hyperparameters.from_env(env))
     one = bpb(tg, val, nll, small["tables"])
+    p_ppm = torch.from_numpy(tg.ppm_target_probs(val, 1024, 2, True, False))
+    one_ppmc = bpb(tg, val, tg.mix_nll(nll, p_ppm, 0.95), small["tables"])
     results = [finish(p) for p in procs]
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     assert results[1].stdout == ""  # only rank 0 logs
     s = json.loads((tmp_path / "logs/two.json").read_text())
-    assert s["world_size"] == 2 and s["final"]["metric"] == "ttt"
-    assert abs(s["scores"]["sliding_window"]["val_bpb"] - trained["summary"]["scores"]["sliding_window"]["val_bpb"]) \
-        < 1e-6
+    assert s["world_size"] == 2 and s["final"]["metric"] == "ttt_ppmc"
+    for name in ("sliding_window", "sliding_window_ppmc"):
+        assert abs(s["scores"][name]["val_bpb"] - trained["summary"]["scores"][name]["val_bpb"]) < 1e-6
     assert abs(s["scores"]["ttt"]["val_bpb"] - one) < 1e-4
+    assert abs(s["scores"]["ttt_ppmc"]["val_bpb"] - one_ppmc) < 1e-4
     assert abs(s["scores"]["ttt"]["val_bpb"] - s["scores"]["sliding_window"]["val_bpb"]) > 1e-4  # it trained
 
 
