@@ -9,7 +9,8 @@ from pathlib import Path
 from .analysis import Program
 from .datacheck import check_data
 from .flags import Evaluator, FlagTable, Reachability
-from .logs import check_logs, find_logs, per_seed_losses, significance
+from .logparse import find_runs
+from .logs import check_logs, per_seed_losses, significance
 from .report import Report
 from .rules import run_rules
 from .rules.base import Config, Context
@@ -36,7 +37,7 @@ def audit(path: str | Path, data_dir: str | Path | None = None, reference_bpb: f
         base_ev = Evaluator(flags, env=settings or {})
         base = Config("defaults", base_ev, Reachability(prog, base_ev))
 
-    logs = find_logs(path) if path.is_dir() else []
+    logs = find_runs(path) if path.is_dir() else []
     runs = []
     seen_cfg = {}
     for lg in logs:

@@ -244,25 +244,6 @@ def convert(raw: str, typ: str | None, default):
         return UNKNOWN
 
 
-def parse_value(s: str):
-    """A logged setting ('True', '0.5', '12', 'abc') as a Python value."""
-    t = s.strip()
-    if t in ("True", "true"):
-        return True
-    if t in ("False", "false"):
-        return False
-    if t in ("None", "null"):
-        return None
-    try:
-        return int(t)
-    except ValueError:
-        pass
-    try:
-        return float(t)
-    except ValueError:
-        return t.strip("'\"")
-
-
 class Evaluator:
     """Evaluates guard expressions under a configuration; UNKNOWN where it cannot tell."""
 

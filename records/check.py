@@ -15,12 +15,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from compliance.logparse import RunLog, load_text_log
+
 from . import stats
 from .common import (
     ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_S, RECORD_WORLD_SIZE, REQUIRED_KEYS, TRAIN_CAP_GRACE_S, TRAIN_LIMIT_S,
     is_record_track, sha256_bytes,
 )
-from .logparse import RunLog, load_text_log
 from .wrap import decode_wrapper
 
 ALIASES = {

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from compliance.logparse import RunLog, load_run
+
 from . import flags as F
 from . import stats
 from .audit import Audit, describe_finding, run_audit
@@ -25,7 +27,6 @@ from .common import (
     ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_S, NON_RECORD_TRACK, RECORD_DEVICE, RECORD_TRACK, RECORD_WORLD_SIZE,
     TRAIN_CAP_GRACE_S, TRAIN_LIMIT_S, eval_within_limit, sha256_bytes, slug, train_within_limit, write_atomic,
 )
-from .logparse import RunLog, load_run
 from .wrap import WrapError, decode_wrapper, make_wrapper
 
 

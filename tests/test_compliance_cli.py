@@ -15,7 +15,8 @@ sys.path.insert(0, str(ROOT))
 
 from compliance.audit import audit  # noqa: E402
 from compliance.cli import main as cli  # noqa: E402
-from compliance.logs import parse_text_log, significance  # noqa: E402
+from compliance.logparse import load_text_log as parse_text_log  # noqa: E402
+from compliance.logs import significance  # noqa: E402
 from compliance.source import decode_payloads, load_program, tolerant_parse  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures" / "compliance"

@@ -19,10 +19,10 @@ from scipy import stats as sps
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from compliance.logparse import load_run, parse_text_log  # noqa: E402
 from records import stats  # noqa: E402
 from records.__main__ import main as records_main  # noqa: E402
 from records.check import check_path  # noqa: E402
-from records.logparse import load_run, parse_text_log  # noqa: E402
 from records.pack import PackOptions, Refusal, pack  # noqa: E402
 from records.wrap import decode_wrapper, make_wrapper  # noqa: E402
 

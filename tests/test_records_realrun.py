@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from compliance.logparse import load_run  # noqa: E402
 from records.check import check_path  # noqa: E402
-from records.logparse import load_run  # noqa: E402
 from records.pack import PackOptions, Refusal, pack  # noqa: E402
 from records.wrap import decode_wrapper, make_wrapper  # noqa: E402
 
