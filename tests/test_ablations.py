@@ -673,3 +673,21 @@ def test_real_count_params_matching(tmp_path):
             if hasattr(tg, "param_match"):  # the script's own matcher agrees
                 env = {k: v for k, v in grid.overrides(r.group, "review").items()}
                 assert int(r.env["MODEL_DIM"]) == tg.param_match(env)[r.config]["MODEL_DIM"]
+
+
+@pytest.mark.parametrize("name", ["seed_table", "ppmc", "review_scaling"])
+def test_committed_results_are_what_the_report_says(name):
+    """ablations/results/NAME.md is exactly what `python -m ablations report` prints for the committed NAME.csv
+    (with the control and record test named in its first line), and the README quotes its table unchanged."""
+    folder = REPO / "ablations" / "results"
+    md = (folder / f"{name}.md").read_text()
+    head = md.splitlines()[0]
+    args = [str(folder / f"{name}.csv"), "--control", head.split("control: ")[1].split(";")[0]]
+    if "record test" in head:
+        args.append("--record-test")
+    proc = subprocess.run([sys.executable, "-m", "ablations", "report", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == md
+    table = md.split("\n\n", 1)[1].strip()
+    assert table in (REPO / "README.md").read_text()  # the README quotes it as it is
