@@ -11,6 +11,10 @@ EVAL_STRIDE of the configuration) on the first --max-tokens val tokens: the gap 
 --artifact unpacks an existing artifact (its configuration comes with it), times unpacking and re-packing its
 (dequantised) weights, and scores the reloaded model; there is no float state, hence no gap.
 Pack time is split into quantisation (the rest) and zstd compression (timed again on the same payload).
+--other PATH exports the same state with another script's format too, alternating with the kit in every round:
+upstream's int8 + zlib (its quantize_state_dict_int8, torch.save, zlib level 9; back with zlib, torch.load and its
+dequantize_state_dict_int8, as its main() does) or a kit-like script's pack_artifact / unpack_artifact; its
+reloaded model is scored by the same scorer, and the bytes and seconds of both are printed with their ratios.
 """
 from __future__ import annotations
 
@@ -32,6 +36,39 @@ def score_bpb(kit, model, tokens, val_bytes, seq_len: int, stride: int, batch_se
     return loss, nll.sum().item() / math.log(2) / val_bytes.sum().item()
 
 
+def other_exporter(path: Path, env: dict):
+    """(format name, pack(state) -> bytes, unpack(bytes) -> state) of another script's export format."""
+    import importlib.util
+    import io
+    import zlib
+
+    import torch
+    if not path.is_file():
+        raise BenchError(f"--other {path} does not exist")
+    spec = importlib.util.spec_from_file_location("bench_export_other", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as err:  # noqa: BLE001 - any failure to import is one error line
+        raise BenchError(f"--other {path} cannot be imported ({type(err).__name__}: {err})") from None
+    if all(hasattr(mod, n) for n in ("pack_artifact", "unpack_artifact", "Hyperparameters")):
+        ohp = mod.Hyperparameters.from_env(env)
+        return ("pack_artifact (kit-like)", lambda st: mod.pack_artifact(st, ohp, {}),
+                lambda b: mod.unpack_artifact(b)[0])
+    if not all(hasattr(mod, n) for n in ("quantize_state_dict_int8", "dequantize_state_dict_int8")):
+        raise BenchError(f"--other {path} defines neither pack_artifact/unpack_artifact nor "
+                         "quantize_state_dict_int8/dequantize_state_dict_int8")
+
+    def pack(state) -> bytes:
+        buf = io.BytesIO()
+        torch.save(mod.quantize_state_dict_int8(state)[0], buf)
+        return zlib.compress(buf.getvalue(), level=9)
+
+    def unpack(blob: bytes):
+        return mod.dequantize_state_dict_int8(torch.load(io.BytesIO(zlib.decompress(blob)), map_location="cpu"))
+    return "int8 + zlib (upstream)", pack, unpack
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_config_args(ap)
@@ -48,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="device of the scoring")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     ap.add_argument("--save", default=None, metavar="PATH", help="write the packed artifact here")
+    ap.add_argument("--other", default=None, metavar="PATH",
+                    help="another train_gpt.py whose export format to compare (upstream's int8 + zlib, or kit-like)")
     a = ap.parse_args(argv)
     if not a.artifact and not a.random and not a.tiny:
         raise BenchError("give --artifact PATH or --random (or --tiny)")
@@ -105,16 +144,25 @@ def main(argv=None) -> int:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"config": hp.as_dict(), "code_sha256": code_sha}
 
-    # Timing on the CPU, as in the kit's main(): pack = quantise + zstd; unpack = zstd + dequantise.
-    pack_s, unpack_s, blob = [], [], None
+    # Timing on the CPU, as in the kit's main(): pack = quantise + zstd; unpack = zstd + dequantise. With --other,
+    # its format alternates with the kit's in every round.
+    formats = {"kit": (lambda st: kit.pack_artifact(st, hp, meta), lambda b: kit.unpack_artifact(b)[0])}
+    other_name = None
+    if a.other:
+        other_name, *other_fns = other_exporter(Path(a.other).resolve(), env)
+        formats["other"] = tuple(other_fns)
+    times = {name: {"pack": [], "unpack": []} for name in formats}
+    blobs, states = {}, {}
     for _ in range(a.rounds):
-        t0 = time.perf_counter()
-        blob = kit.pack_artifact(state, hp, meta)
-        pack_s.append(time.perf_counter() - t0)
-    for _ in range(a.rounds):
-        t0 = time.perf_counter()
-        reloaded, _ = kit.unpack_artifact(blob, "packed artifact")
-        unpack_s.append(time.perf_counter() - t0)
+        for name, (pack, unpack) in formats.items():
+            t0 = time.perf_counter()
+            blobs[name] = pack(state)
+            times[name]["pack"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            states[name] = unpack(blobs[name])
+            times[name]["unpack"].append(time.perf_counter() - t0)
+    blob, reloaded = blobs["kit"], states["kit"]
+    pack_s, unpack_s = times["kit"]["pack"], times["kit"]["unpack"]
     payload = zstandard.ZstdDecompressor().decompress(blob[8:], max_output_size=1 << 32)
     t0 = time.perf_counter()
     zstandard.ZstdCompressor(level=hp.zstd_level).compress(payload)
@@ -146,6 +194,20 @@ def main(argv=None) -> int:
     if state_q is None:
         loss_f, bpb_f = score_bpb(kit, model.to(device), tokens, val_bytes, seq_len, stride, hp.eval_batch_seqs)
         gap = bpb_q - bpb_f
+    other = None
+    if a.other:
+        model_o = kit.build_model(hp)
+        try:
+            model_o.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in states["other"].items()})
+        except RuntimeError as err:
+            raise BenchError(f"--other {a.other}: its unpacked state does not fit the model: "
+                             f"{str(err).splitlines()[0]}") from None
+        _, bpb_o = score_bpb(kit, model_o.to(device), tokens, val_bytes, seq_len, stride, hp.eval_batch_seqs)
+        other = {"script": str(Path(a.other).resolve()), "format": other_name, "bytes": len(blobs["other"]),
+                 "pack_s": common.median(times["other"]["pack"]), "unpack_s": common.median(times["other"]["unpack"]),
+                 "pack_s_all": times["other"]["pack"], "unpack_s_all": times["other"]["unpack"],
+                 "val_bpb_reloaded": bpb_o, "gap_bpb": None if bpb_f is None else bpb_o - bpb_f,
+                 "bytes_ratio_other_over_kit": len(blobs["other"]) / len(blob)}
 
     dev_name = common.device_name(device, threads=a.threads if device.type == "cpu" else None)
     total = len(blob) + len(code)
@@ -171,6 +233,14 @@ def main(argv=None) -> int:
     if gap is not None:
         rows.append(("roundtrip gap (reloaded - float)", f"{gap:+.6f} bpb"))
     rows.append(("scoring seconds (reloaded)", f"{score_s:.2f}"))
+    if other is not None:
+        rows += [(f"other: {other['format']} pack seconds", f"{other['pack_s']:.3f}"),
+                 ("other: unpack seconds", f"{other['unpack_s']:.3f}"),
+                 ("other: artifact bytes",
+                  f"{other['bytes']:,} ({other['bytes_ratio_other_over_kit']:.3f}x the kit's)"),
+                 ("other: val_bpb reloaded", f"{other['val_bpb_reloaded']:.8f}")]
+        if other["gap_bpb"] is not None:
+            rows.append(("other: roundtrip gap (reloaded - float)", f"{other['gap_bpb']:+.6f} bpb"))
     print()
     print(common.table(["figure", "value"], rows))
     if a.save:
@@ -180,7 +250,8 @@ def main(argv=None) -> int:
               "artifact_bytes": len(blob), "given_file_bytes": file_bytes, "payload_bytes": len(payload),
               "code_bytes": len(code), "total_bytes": total, "over_budget": total > kit.ARTIFACT_LIMIT,
               "val_loss_float": loss_f, "val_bpb_float": bpb_f, "val_loss_reloaded": loss_q,
-              "val_bpb_reloaded": bpb_q, "gap_bpb": gap, "score_s": score_s, "targets": tokens.numel() - 1}
+              "val_bpb_reloaded": bpb_q, "gap_bpb": gap, "score_s": score_s, "targets": tokens.numel() - 1,
+              "other": other}
     if a.json:
         common.write_json(a.json, {
             "benchmark": "export", "date": common.now_utc(), "command": common.command_line(), "device": dev_name,
@@ -189,7 +260,9 @@ def main(argv=None) -> int:
     if a.record:
         figures = (f"pack {pack_med:.2f} s (zstd {compress_s:.2f} s), unpack {unpack_med:.2f} s, {len(blob):,} bytes "
                    f"({total:,} with code)" + (f", gap {gap:+.5f} bpb" if gap is not None else "")
-                   + f", bpb {bpb_q:.5f} on {tokens.numel() - 1:,} targets; {source}")
+                   + f", bpb {bpb_q:.5f} on {tokens.numel() - 1:,} targets; {source}"
+                   + (f"; other ({other['format']}): {other['bytes']:,} bytes, pack {other['pack_s']:.2f} s, bpb "
+                      f"{other['val_bpb_reloaded']:.5f}" if other else ""))
         common.record(a.results, "export", dev_name, figures, kit_path)
     return 0
 

@@ -170,3 +170,57 @@ def test_bench_ppmc_measures_another_script(tmp_path):
         assert f"{script}: ppm_target_probs" in proc.stdout and "peak resident memory" in proc.stdout
         bits.append(proc.stdout.split("mean -log2 p = ")[1].split()[0])
     assert bits[0] == bits[1] and float(bits[0]) > 0
+
+
+UPSTREAM_STYLE_EXPORT = '''
+import torch
+
+
+def quantize_state_dict_int8(state):
+    """Per-tensor symmetric int8, the interface of upstream's export (not its code)."""
+    out = {}
+    for name, t in state.items():
+        scale = t.float().abs().amax().clamp_min(1e-12) / 127
+        out[name] = ((t.float() / scale).round().to(torch.int8), scale)
+    return {"q": out}, {"tensors": len(out)}
+
+
+def dequantize_state_dict_int8(obj):
+    return {name: q.float() * scale for name, (q, scale) in obj["q"].items()}
+'''
+
+
+@pytest.mark.parametrize("other", ["upstream_style", "kit_copy"])
+def test_bench_export_compares_another_scripts_format(small_data, tmp_path, other):
+    """--other: an upstream-style int8 + zlib exporter, or a kit-like script (a copy of the kit: then both formats
+    give the same reloaded model and score)."""
+    data, tok = small_data
+    script = tmp_path / "train_gpt.py"
+    if other == "upstream_style":
+        script.write_text(UPSTREAM_STYLE_EXPORT)
+    else:
+        script.write_bytes((ROOT / "train_gpt.py").read_bytes())
+    out = tmp_path / "export.json"
+    proc = bench("bench_export.py", "--tiny", "--max-tokens", "2000", "--threads", "1", "--rounds", "2",
+                 "--other", script, "--data-path", data, "--tokenizer-path", tok, "--json", out)
+    r = json.loads(out.read_text())["result"]
+    o = r["other"]
+    assert len(o["pack_s_all"]) == len(r["pack_s_all"]) == 2 and o["bytes"] > 0
+    assert o["bytes_ratio_other_over_kit"] == pytest.approx(o["bytes"] / r["artifact_bytes"])
+    assert np.isfinite(o["gap_bpb"]) and abs(o["gap_bpb"]) < 0.05
+    if other == "kit_copy":
+        assert o["format"] == "pack_artifact (kit-like)" and o["val_bpb_reloaded"] == r["val_bpb_reloaded"]
+    else:
+        assert o["format"] == "int8 + zlib (upstream)" and o["val_bpb_reloaded"] != r["val_bpb_reloaded"]
+    assert "other: artifact bytes" in proc.stdout
+
+
+def test_bench_export_other_without_an_export_is_one_error_line(small_data, tmp_path):
+    data, tok = small_data
+    script = tmp_path / "train_gpt.py"
+    script.write_text("x = 1\n")
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_export.py"), "--tiny", "--other", str(script),
+                           "--data-path", str(data), "--tokenizer-path", str(tok)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "defines neither pack_artifact/unpack_artifact nor quantize_state_dict_int8" in proc.stderr
