@@ -1,15 +1,20 @@
 """Throughput of the PPM-C mixer's ppm_target_probs (CPU, numpy).
 
     python bench/bench_ppmc.py [--tokens N] [--vocab V] [--order K] [--exclusion 0|1] [--reset never|doc]
-                               [--shard PATH] [--repeat R] [--script PATH]
+                               [--shard PATH] [--repeat R] [--script PATH] [--other PATH]
 
 Scores N tokens: a real val shard (uint16 after a 1024-byte header) tiled to N tokens with --shard, else a
 synthetic Zipf stream with a BOS every 500-1500 tokens. Prints the seconds, tokens/s and the extrapolation to the
 official val set (62,021,632 tokens), and the process's peak resident memory. --script measures the function of
-another train_gpt.py (e.g. an older version of the kit). Records nothing by itself.
+another train_gpt.py (e.g. an older version of the kit); --other alternates a second one with it in every repeat
+and prints the ratio of the median times and whether both give the same probabilities. The first run in a process
+also pays for touching fresh memory, so compare repeats after the first, or single runs in fresh processes.
+Records nothing by itself.
 """
 import argparse
+import importlib.util
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KIT, OFFICIAL_VAL_TOKENS as VAL_TOKENS, import_kit  # noqa: E402
+from common import KIT, OFFICIAL_VAL_TOKENS as VAL_TOKENS, BenchError, import_kit  # noqa: E402
 
 
 def stream(n: int, vocab: int, shard: str | None, bos: int = 1, seed: int = 0) -> np.ndarray:
@@ -43,20 +48,39 @@ def main() -> None:
     ap.add_argument("--shard", default=None, help="a val shard to tile to --tokens (default: synthetic Zipf)")
     ap.add_argument("--repeat", type=int, default=1, help="runs (the first one also pays for fresh memory)")
     ap.add_argument("--script", default=str(KIT), help="the train_gpt.py whose ppm_target_probs is measured")
+    ap.add_argument("--other", default=None, metavar="PATH",
+                    help="another train_gpt.py with ppm_target_probs: alternate with --script, print the ratio")
     a = ap.parse_args()
-    fn = import_kit(Path(a.script)).ppm_target_probs
+    fns = [(a.script, import_kit(Path(a.script)).ppm_target_probs)]
+    if a.other:
+        spec = importlib.util.spec_from_file_location("bench_ppmc_other", Path(a.other).resolve())
+        other = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(other)
+        if not hasattr(other, "ppm_target_probs"):
+            raise BenchError(f"--other {a.other} defines no ppm_target_probs")
+        fns.append((a.other, other.ppm_target_probs))
     x = stream(a.tokens, a.vocab, a.shard)
-    print(f"{a.script}: ppm_target_probs: tokens={a.tokens:,} vocab={a.vocab} order={a.order} "
-          f"exclusion={a.exclusion} reset={a.reset} source={a.shard or 'synthetic zipf'}")
+    print(f"ppm_target_probs: tokens={a.tokens:,} vocab={a.vocab} order={a.order} exclusion={a.exclusion} "
+          f"reset={a.reset} source={a.shard or 'synthetic zipf'}")
+    secs, outs = {name: [] for name, _ in fns}, {}
     for r in range(a.repeat):
-        t0, c0 = time.perf_counter(), time.process_time()
-        p = fn(x, a.vocab, order=a.order, exclusion=bool(a.exclusion), reset_doc=a.reset == "doc", bos_id=1)
-        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"run {r + 1}: {dt:.2f} s (cpu {cpu:.2f} s), {a.tokens / dt:,.0f} tokens/s, "
-              f"extrapolated to {VAL_TOKENS:,} tokens: {dt * VAL_TOKENS / a.tokens:.1f} s, "
-              f"mean -log2 p = {-np.log2(p).mean():.4f} bits")
+        for name, fn in fns:
+            t0, c0 = time.perf_counter(), time.process_time()
+            outs[name] = fn(x, a.vocab, order=a.order, exclusion=bool(a.exclusion), reset_doc=a.reset == "doc",
+                            bos_id=1)
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+            secs[name].append(dt)
+            print(f"run {r + 1} {name}: {dt:.2f} s (cpu {cpu:.2f} s), {a.tokens / dt:,.0f} tokens/s, "
+                  f"extrapolated to {VAL_TOKENS:,} tokens: {dt * VAL_TOKENS / a.tokens:.1f} s, "
+                  f"mean -log2 p = {-np.log2(outs[name]).mean():.4f} bits", flush=True)
+    if a.other:
+        mine, theirs = (statistics.median(secs[name]) for name, _ in fns)
+        same = np.array_equal(outs[a.script], outs[a.other])
+        diff = "identical" if same else f"max |difference| {np.abs(outs[a.script] - outs[a.other]).max():.3e}"
+        print(f"median seconds: {mine:.2f} ({a.script}) vs {theirs:.2f} ({a.other}): ratio other/script "
+              f"{theirs / mine:.3f}; probabilities {diff}")
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
-    print(f"peak resident memory of the process: {peak_gib:.2f} GiB")
+    print(f"peak resident memory of the process: {peak_gib:.2f} GiB (all runs together)")
 
 
 if __name__ == "__main__":

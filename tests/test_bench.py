@@ -160,16 +160,19 @@ def test_bench_flags_refuses_a_bad_configuration_before_running(small_data):
     assert proc.returncode == 2 and "configuration 'XSA_LAST_N=9'" in proc.stderr and "[round" not in proc.stdout
 
 
-def test_bench_ppmc_measures_another_script(tmp_path):
-    """--script measures the function of another train_gpt.py: a copy of the kit gives the same bits."""
+def test_bench_ppmc_measures_and_compares_another_script(tmp_path):
+    """--script measures another train_gpt.py's function; --other alternates a second one and compares: a copy of
+    the kit gives the same probabilities."""
     copy = tmp_path / "train_gpt.py"
     copy.write_bytes((ROOT / "train_gpt.py").read_bytes())
-    bits = []
-    for script in (ROOT / "train_gpt.py", copy):
-        proc = bench("bench_ppmc.py", "--tokens", "20000", "--script", script)
-        assert f"{script}: ppm_target_probs" in proc.stdout and "peak resident memory" in proc.stdout
-        bits.append(proc.stdout.split("mean -log2 p = ")[1].split()[0])
-    assert bits[0] == bits[1] and float(bits[0]) > 0
+    proc = bench("bench_ppmc.py", "--tokens", "20000", "--script", copy)
+    assert f"run 1 {copy}: " in proc.stdout and "peak resident memory" in proc.stdout
+    proc = bench("bench_ppmc.py", "--tokens", "20000", "--repeat", "2", "--other", copy)
+    runs = [line for line in proc.stdout.splitlines() if line.startswith("run ")]
+    assert [r.split(":")[0] for r in runs] == [f"run 1 {ROOT / 'train_gpt.py'}", f"run 1 {copy}",
+                                               f"run 2 {ROOT / 'train_gpt.py'}", f"run 2 {copy}"]
+    assert len({r.split("mean -log2 p = ")[1] for r in runs}) == 1
+    assert "ratio other/script" in proc.stdout and "probabilities identical" in proc.stdout
 
 
 UPSTREAM_STYLE_EXPORT = '''
