@@ -596,24 +596,6 @@ def count_params(env) -> int:
         return sum(p.numel() for p in GPT(Hyperparameters.from_env(env)).parameters())
 
 
-def param_match(env) -> dict:
-    """For a REVIEW_RESIDUAL configuration: the smallest MODEL_DIM (steps of NUM_HEADS, even head dims only; depth
-    and heads fixed) at which HIGHWAY and the plain residual reach at least Review's parameter count."""
-    base = {k: v for k, v in env.items() if k not in ("REVIEW_RESIDUAL", "HIGHWAY")}
-    review = count_params({**base, "REVIEW_RESIDUAL": "1"})
-    args = Hyperparameters.from_env(base)
-    out = {"review": {"MODEL_DIM": args.model_dim, "params": review}}
-    for name, extra in (("highway", {"HIGHWAY": "1"}), ("plain", {})):
-        dim = args.model_dim
-        while True:
-            n = count_params({**base, **extra, "MODEL_DIM": str(dim)})
-            if n >= review and (dim // args.num_heads) % 2 == 0:
-                break
-            dim += args.num_heads
-        out[name] = {"MODEL_DIM": dim, "params": n}
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Optimiser: Muon (Newton-Schulz orthogonalised Nesterov momentum) for block matrices, Adam for the rest.
 # ----------------------------------------------------------------------------------------------------------------
@@ -1457,12 +1439,9 @@ if __name__ == "__main__":
         if sys.argv[1:] == ["--count-params"]:
             print(count_params(os.environ))
             sys.exit(0)
-        if sys.argv[1:] == ["--param-match"]:
-            print(json.dumps(param_match(os.environ), indent=1))
-            sys.exit(0)
         if sys.argv[1:]:
             raise ConfigError(f"unknown arguments {sys.argv[1:]}: settings are environment variables; the only "
-                              "options are --count-params and --param-match")
+                              "option is --count-params")
         sys.exit(main())
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

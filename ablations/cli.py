@@ -1,4 +1,5 @@
-"""Command line: `python -m ablations run GRID.toml` and `python -m ablations report RESULTS.csv`."""
+"""Command line: `python -m ablations run GRID.toml`, `python -m ablations report RESULTS.csv` and
+`python -m ablations match KEY=VAL ...` (parameter-matched widths for a Review configuration)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="OUT.png", help="also write a plot")
     p.add_argument("--x", default=None, metavar="COLUMN",
                    help="numeric column for the scaling plot's x axis (e.g. num_params; default: the group)")
+    m = sub.add_parser("match", help="widths at which HIGHWAY and the plain residual reach Review's parameter count")
+    m.add_argument("settings", nargs="*", metavar="KEY=VAL", help="the Review configuration (script defaults else)")
+    m.add_argument("--script", default="train_gpt.py", help="training script with count_params (default train_gpt.py)")
     return ap
+
+
+def cmd_match(a) -> int:
+    import json
+
+    from ablations.runner import RunnerError, import_script, param_match
+
+    env = {}
+    for item in a.settings:
+        if "=" not in item:
+            print(f"ablations match: error: {item!r} is not KEY=VALUE", file=sys.stderr)
+            return 2
+        key, value = item.split("=", 1)
+        env[key] = value
+    try:
+        print(json.dumps(param_match(import_script(a.script), env), indent=1))
+    except RunnerError as e:
+        print(f"ablations match: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_run(a) -> int:
@@ -88,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "run":
             return cmd_run(a)
+        if a.cmd == "match":
+            return cmd_match(a)
         return cmd_report(a)
     except BrokenPipeError:  # e.g. piped into head
         try:

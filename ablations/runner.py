@@ -172,6 +172,25 @@ def check_settings(grid: Grid, runs: list[RunSpec], mod) -> None:
                           f"lacks (pass --allow-unknown-settings to run anyway)")
 
 
+def param_match(mod, env: dict[str, str]) -> dict:
+    """For a REVIEW_RESIDUAL configuration `env` of the script `mod` (its count_params and Hyperparameters): the
+    smallest MODEL_DIM (steps of NUM_HEADS, even head dims; depth and heads fixed) at which HIGHWAY and the plain
+    residual reach at least Review's parameter count. Returns {review|highway|plain: {MODEL_DIM, params}}."""
+    if not hasattr(mod, "count_params"):
+        raise RunnerError("the script has no count_params(env)")
+    base = {k: v for k, v in env.items() if k not in ("REVIEW_RESIDUAL", "HIGHWAY")}
+    try:
+        review = int(mod.count_params({**base, "REVIEW_RESIDUAL": "1"}))
+    except Exception as e:  # noqa: BLE001 - the script's own message, as one line
+        raise RunnerError(f"count_params of the Review configuration failed: {e}") from None
+    heads, dim0 = _hp_int(mod, base, "NUM_HEADS"), _hp_int(mod, base, "MODEL_DIM")
+    out = {"review": {"MODEL_DIM": dim0, "params": review}}
+    for name, extra in (("highway", {"HIGHWAY": "1"}), ("plain", {})):
+        dim, n = match_model_dim(mod.count_params, {**base, **extra}, review, heads, dim0)
+        out[name] = {"MODEL_DIM": dim, "params": n}
+    return out
+
+
 def resolve_matches(grid: Grid, runs: list[RunSpec], script: str | Path | None, log=print, mod=None) -> None:
     """Set MODEL_DIM in the env of every run whose configuration has MATCH_PARAMS_OF."""
     if not any(r.matched_to for r in runs):

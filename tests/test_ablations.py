@@ -664,15 +664,28 @@ def test_real_count_params_matching(tmp_path):
     grid = load_grid(g)
     runs = grid.runs()
     resolve_matches(grid, runs, REAL_SCRIPT, log=lambda m: None)
-    from ablations.runner import import_script
+    from ablations.runner import import_script, param_match
     tg = import_script(REAL_SCRIPT)
     for r in runs:
         if r.matched_to:
             assert r.matched_params >= r.match_target_params
             assert int(r.env["MODEL_DIM"]) >= int(grid.groups[r.group]["MODEL_DIM"])
-            if hasattr(tg, "param_match"):  # the script's own matcher agrees
-                env = {k: v for k, v in grid.overrides(r.group, "review").items()}
-                assert int(r.env["MODEL_DIM"]) == tg.param_match(env)[r.config]["MODEL_DIM"]
+            env = {k: v for k, v in grid.overrides(r.group, "review").items()}  # `ablations match` agrees
+            assert int(r.env["MODEL_DIM"]) == param_match(tg, env)[r.config]["MODEL_DIM"]
+
+
+def test_match_cli():
+    """`python -m ablations match KEY=VAL ...` prints the matched widths as JSON; a bad setting is one error line."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "ablations", "match", *args, "--script", str(REAL_SCRIPT)],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = run("NUM_LAYERS=2", "MODEL_DIM=64", "NUM_HEADS=4", "NUM_KV_HEADS=2", "REVIEW_GATE=scalar")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["review"]["MODEL_DIM"] == 64 and out["highway"]["MODEL_DIM"] == out["plain"]["MODEL_DIM"] == 72
+    assert out["plain"]["params"] >= out["review"]["params"] <= out["highway"]["params"]
+    proc = run("NUM_LAYERS=x")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "NUM_LAYERS='x' is not a valid int" in proc.stderr
 
 
 @pytest.mark.parametrize("name", ["seed_table", "ppmc", "review_scaling"])

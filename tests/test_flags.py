@@ -547,7 +547,10 @@ def test_count_params_equals_the_built_model(tg, over):
        "HIGHWAY": "1"} for k in ("full", "lowrank", "head", "scalar")], {"REVIEW_GATE": "full"}],
     ids=["small-full", "small-lowrank", "small-head", "small-scalar", "default-full"])
 def test_param_match(tg, env):
-    out = tg.param_match(env)
+    """ablations' param_match on the kit's count_params: the smallest valid widths at which HIGHWAY and the plain
+    residual reach Review's parameter count."""
+    from ablations.runner import param_match
+    out = param_match(tg, env)
     base = {k: v for k, v in env.items() if k not in ("REVIEW_RESIDUAL", "HIGHWAY")}
     args = tg.Hyperparameters.from_env(base)
     heads, dim0 = args.num_heads, args.model_dim
