@@ -55,16 +55,17 @@ RE_TOTAL = re.compile(r"^Total submission size[^:]*:\s*" + _BYTES, re.I)
 RE_EVAL_TOTAL = re.compile(r"^(?:eval_time_total|total_eval_time)[:=]\s*" + _TIME)
 RE_SEED = re.compile(r"^seed[:=]\s*(\d+)\s*$", re.I)
 RE_SEED_NAME = re.compile(r"seed[_\-]?(\d+)", re.I)
-RE_EXACT = re.compile(r"(?:^|\s)([A-Za-z][\w\-]*_exact)[:\s]+" + _LOSS_BPB)
+_SETTINGS = r"(?:\s+[A-Za-z_]\w*[:=]\S+)*?"  # e.g. "stride:64" between a score's name and its val_loss
+RE_EXACT = re.compile(r"(?:^|\s)([A-Za-z][\w\-]*_exact)" + _SETTINGS + r"[:\s]+" + _LOSS_BPB)
 RE_EXACT_NAME = re.compile(r"^\s*([A-Za-z][\w\-]*_exact)\b")
-RE_SCORE = re.compile(r"^([A-Za-z][\w\- ]*?)[:\s]+" + _LOSS_BPB)
+RE_SCORE = re.compile(r"^([A-Za-z][\w\- ]*?)" + _SETTINGS + r"[:\s]+" + _LOSS_BPB)
 RE_EVAL_TIME = re.compile(r"\b(?:eval_time|time)[:=]\s*(" + _NUM + r")\s*ms\b")
 RE_OTHER_EVAL = re.compile(r"^([A-Za-z][\w\-]*)?.*?\beval_time[:=]\s*(" + _NUM + r")\s*ms\b")  # not a score line
 RE_ENV_TOKEN = re.compile(r"(?<![\w.])([A-Z][A-Z0-9_]{2,})=([^\s,;'\"]+)")
 RE_ATTR_TOKEN = re.compile(r"(?<![\w.])([a-z][a-z0-9_]{2,})[:=]\s*(True|False|None|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)\b")
 RE_CODE_LINE = re.compile(r"^\s*(def |class |import |from |return |if |elif |else:|for |while |with |try:|except|#|@"
                           r"|\)|\])|os\.environ|getenv| = |\+= |\bself\.")
-RE_DIAG = re.compile(r"diagnostic|pre_?quant|float|post_ema|post_ttt_diag|^step", re.I)  # not an eval phase
+RE_DIAG = re.compile(r"diagnostic|pre[_\- ]?quant|float|post_ema|post_ttt_diag|^step", re.I)  # not an eval phase
 
 FLOAT_PREFIX = "final_float"  # the kit's diagnostic pre-quantisation score lines start with this
 TEXT_SUFFIXES = (".log", ".txt", ".out")
@@ -413,6 +414,9 @@ class _Reader:
         stopping_early line did. Returns True."""
         run = self.run
         run.has_training_lines = True
+        if run.eval_phases:  # training again after an evaluation: the log holds several runs; the last one counts
+            run.eval_phases.clear()
+            self.after_total = False
         self.last_step = int(m.group(1)), int(m.group(2))
         tt = RE_TRAIN_TIME.search(m.string)
         if tt and not run.stopped_early:

@@ -197,6 +197,25 @@ def test_a_json_cannot_hide_what_its_text_log_shows(tmp_path):
     assert run.conflicts == [] and (run.train_time_ms, run.eval_time_ms) == (700000.4, 649999.6)
 
 
+def test_several_runs_in_one_log_and_pre_quant_evals():
+    """A log that holds two runs (a published record's train.log does): only the last run's evaluation counts; a
+    pre-quantization diagnostic ("pre-quantization post-ema", spelled with a hyphen) is no eval phase."""
+    one_run = ("step:100/200 train_loss:3.1000 train_time:8000ms step_avg:80.00ms\n"
+               "stopping_early: wallclock_cap train_time:600044ms step:7000/20000\n"
+               "pre-quantization post-ema val_loss:2.81 val_bpb:1.09 eval_time:{pre}ms\n"
+               "Total submission size int6+zlib: 15353490 bytes\n"
+               "final_int6_roundtrip val_loss:2.0203 val_bpb:1.1965 eval_time:{rt}ms\n"
+               "final_int6_roundtrip_exact val_loss:2.02025601 val_bpb:1.19650941\n"
+               "final_sliding_window_eval stride:64 val_loss:1.9637 val_bpb:1.1630 eval_time:{sw}ms\n"
+               "final_sliding_window_eval_exact stride:64 val_loss:{loss} val_bpb:1.16301431\n")
+    text = one_run.format(pre=6000, rt=2262, sw=304360, loss=1.99) + one_run.format(pre=6003, rt=1547, sw=72650,
+                                                                                   loss=1.96369923)
+    run = parse_text_log(text)
+    assert [(name, ms) for name, ms, _ in run.eval_phases] == [("final_int6_roundtrip", 1547.0),
+                                                                ("final_sliding_window_eval", 72650.0)]
+    assert run.eval_time_ms == 1547 + 72650 and run.final.val_loss == 1.96369923 and run.eval_phases[0][2] == 13
+
+
 def test_json_without_a_text_log(tmp_path):
     (tmp_path / "seed7.json").write_text(json.dumps(kit_json()))
     (tmp_path / "notes.json").write_text(json.dumps({"author": "x"}))  # not a run
