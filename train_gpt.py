@@ -1118,14 +1118,14 @@ def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Ten
 # Training loop and orchestration.
 # ----------------------------------------------------------------------------------------------------------------
 
-def code_bytes() -> bytes:
-    return Path(__file__).read_bytes()
-
-
 def versions() -> dict:
-    import sentencepiece
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "sentencepiece": sentencepiece.__version__, "zstandard": zstandard.__version__}
+            "sentencepiece": spm.__version__, "zstandard": zstandard.__version__}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray, vocab: int) -> float:
@@ -1146,10 +1146,6 @@ def train(args, base_model: GPT, model: nn.Module, train_files, rank, world_size
     """The training loop: grad accumulation to 8 micro-batches, wallclock cap and warmdown, optional EMA."""
     distributed, grad_accum = dist.is_available() and dist.is_initialized(), 8 // world_size
     optimizers, muon = build_optimizers(base_model, args)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     def run_step(loader: TokenLoader) -> Tensor:
         total = torch.zeros((), device=device)
@@ -1196,17 +1192,17 @@ def train(args, base_model: GPT, model: nn.Module, train_files, rank, world_size
         return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
     train_ms, step, stop_after, stopped_early, train_loss = 0.0, 0, None, False, float("nan")
-    sync()
+    sync(device)
     t0 = time.perf_counter()
     while True:
         last = step == args.iterations or (stop_after is not None and step >= stop_after)
         if last or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
-            sync()
+            sync(device)
             train_ms += 1000 * (time.perf_counter() - t0)
             vl, vb = validate()
             log(f"step:{step}/{args.iterations} val_loss:{vl:.4f} val_bpb:{vb:.4f} train_time:{train_ms:.0f}ms "
                 f"step_avg:{train_ms / max(step, 1):.2f}ms")
-            sync()
+            sync(device)
             t0 = time.perf_counter()
         if last:
             if stop_after is not None and step < args.iterations:
@@ -1299,7 +1295,7 @@ def main() -> int:
     global ATTENTION
     ATTENTION = attention_kernel(device)
     compile_mode = args.compile_mode if use_cuda and args.compile else "none"
-    code = code_bytes()
+    code = Path(__file__).read_bytes()
     code_sha = hashlib.sha256(code).hexdigest()
     log_path = Path("logs") / f"{args.run_id}.txt"
     if master:
@@ -1311,10 +1307,6 @@ def main() -> int:
             print(msg, flush=True)
             with open(log_path, "a", encoding="utf-8") as f:
                 print(msg, file=f)
-
-    def sync() -> None:
-        if use_cuda:
-            torch.cuda.synchronize()
 
     log(f"run_id:{args.run_id}")
     log(f"code_sha256:{code_sha} code_bytes:{len(code)}")
@@ -1340,10 +1332,10 @@ def main() -> int:
         log(f"eval_phase:{name} time:{ms:.0f}ms")
 
     def timed(fn):
-        sync()
+        sync(device)
         t = time.perf_counter()
         out = fn()
-        sync()
+        sync(device)
         return out, 1000 * (time.perf_counter() - t)
 
     stats, model_bytes, artifact_path = {}, None, Path(args.eval_only or Path("artifacts") / f"{args.run_id}.ptz")
