@@ -38,19 +38,11 @@ def score_bpb(kit, model, tokens, val_bytes, seq_len: int, stride: int, batch_se
 
 def other_exporter(path: Path, env: dict):
     """(format name, pack(state) -> bytes, unpack(bytes) -> state) of another script's export format."""
-    import importlib.util
     import io
     import zlib
 
     import torch
-    if not path.is_file():
-        raise BenchError(f"--other {path} does not exist")
-    spec = importlib.util.spec_from_file_location("bench_export_other", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as err:  # noqa: BLE001 - any failure to import is one error line
-        raise BenchError(f"--other {path} cannot be imported ({type(err).__name__}: {err})") from None
+    mod = common.import_other(path)
     if all(hasattr(mod, n) for n in ("pack_artifact", "unpack_artifact", "Hyperparameters")):
         ohp = mod.Hyperparameters.from_env(env)
         return ("pack_artifact (kit-like)", lambda st: mod.pack_artifact(st, ohp, {}),

@@ -12,7 +12,6 @@ also pays for touching fresh memory, so compare repeats after the first, or sing
 Records nothing by itself.
 """
 import argparse
-import importlib.util
 import resource
 import statistics
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KIT, OFFICIAL_VAL_TOKENS as VAL_TOKENS, BenchError, import_kit  # noqa: E402
+from common import KIT, OFFICIAL_VAL_TOKENS as VAL_TOKENS, BenchError, import_kit, import_other  # noqa: E402
 
 
 def stream(n: int, vocab: int, shard: str | None, bos: int = 1, seed: int = 0) -> np.ndarray:
@@ -53,9 +52,7 @@ def main() -> None:
     a = ap.parse_args()
     fns = [(a.script, import_kit(Path(a.script)).ppm_target_probs)]
     if a.other:
-        spec = importlib.util.spec_from_file_location("bench_ppmc_other", Path(a.other).resolve())
-        other = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(other)
+        other = import_other(a.other)
         if not hasattr(other, "ppm_target_probs"):
             raise BenchError(f"--other {a.other} defines no ppm_target_probs")
         fns.append((a.other, other.ppm_target_probs))

@@ -66,6 +66,21 @@ def import_kit(path: Path = KIT):
     return mod
 
 
+def import_other(path: str | Path, option: str = "--other"):
+    """Another script imported by path under a private module name (the kit keeps `train_gpt`); a missing file or
+    a failing import is one error line naming `option`."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise BenchError(f"{option} {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"bench_other_{file_sha(path)[:12]}", path)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as err:  # noqa: BLE001 - any failure to import is one error line
+        raise BenchError(f"{option} {path} cannot be imported ({type(err).__name__}: {err})") from None
+    return mod
+
+
 def file_sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -416,7 +416,7 @@ class _Reader:
         run.has_training_lines = True
         if run.eval_phases:  # training again after an evaluation: the log holds several runs; the last one counts
             run.eval_phases.clear()
-            self.after_total = False
+            run.stopped_early, self.stop_step, self.after_total = False, None, False
         self.last_step = int(m.group(1)), int(m.group(2))
         tt = RE_TRAIN_TIME.search(m.string)
         if tt and not run.stopped_early:

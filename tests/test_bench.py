@@ -227,3 +227,15 @@ def test_bench_export_other_without_an_export_is_one_error_line(small_data, tmp_
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "defines neither pack_artifact/unpack_artifact nor quantize_state_dict_int8" in proc.stderr
+
+
+def test_bench_ppmc_other_that_is_not_there_or_fails_to_import(tmp_path):
+    """A missing --other, or one whose import raises, is one error line and exit status 2, before any work."""
+    broken = tmp_path / "train_gpt.py"
+    broken.write_text("raise RuntimeError('broken on purpose')\n")
+    for other, message in ((tmp_path / "nope.py", "does not exist"),
+                           (broken, "cannot be imported (RuntimeError: broken on purpose)")):
+        proc = subprocess.run([sys.executable, str(BENCH / "bench_ppmc.py"), "--tokens", "1000", "--other", str(other)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr
+        assert "run 1" not in proc.stdout

@@ -214,6 +214,10 @@ def test_several_runs_in_one_log_and_pre_quant_evals():
     assert [(name, ms) for name, ms, _ in run.eval_phases] == [("final_int6_roundtrip", 1547.0),
                                                                 ("final_sliding_window_eval", 72650.0)]
     assert run.eval_time_ms == 1547 + 72650 and run.final.val_loss == 1.96369923 and run.eval_phases[0][2] == 13
+    # the first run stopped at the cap, the second ran its 200 steps: the second's training time and steps count
+    second = "step:200/200 val_loss:2.0 val_bpb:1.2 train_time:300000ms step_avg:1500.00ms\n"
+    run = parse_text_log(one_run.format(pre=6000, rt=2262, sw=304360, loss=1.99) + second)
+    assert (run.train_time_ms, run.steps, run.stopped_early) == (300000.0, 200, False)
 
 
 def test_json_without_a_text_log(tmp_path):
