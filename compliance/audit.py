@@ -6,9 +6,9 @@ import json
 import re
 from pathlib import Path
 
-from .analysis import Program
+from .program import Program
 from .datacheck import check_data
-from .flags import Evaluator, FlagTable, Reachability
+from .reachability import Evaluator, FlagTable, Reachability
 from .logparse import find_runs
 from .logs import check_logs, per_seed_losses, significance
 from .report import Report

@@ -7,9 +7,18 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from ..analysis import (CONCRETE, GRADVAR, LOADER, TRAIN, VAL, Event, FuncInfo, Program, Stmt, common_loops,
-                        loop_var_is_epoch, names_in)
-from ..flags import Evaluator, FlagTable, Reachability, Status
+from ..astutil import names_in
+
+from ..events import Event
+
+from ..index import FuncInfo, Stmt
+
+from ..labels import CONCRETE, GRADVAR, LOADER, TRAIN, VAL
+
+from ..loops import common_loops, loop_var_is_epoch
+
+from ..program import Program
+from ..reachability import Evaluator, FlagTable, Reachability, Status
 from ..report import ACTIVE, DORMANT, Finding
 from ..rulings import RULINGS
 
@@ -172,7 +181,7 @@ def throwaway(site: "TrainSite") -> bool:
 
 
 def names_in_own(node) -> set:
-    from ..analysis import own_exprs
+    from ..astutil import own_exprs
     out = set()
     for e in own_exprs(node):
         out |= names_in(e)

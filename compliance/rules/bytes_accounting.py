@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 
-from ..analysis import FuncInfo, call_name
+from ..astutil import call_name
+
+from ..index import FuncInfo
 from .base import Context, Rule
 
 SPACE = "\u2581"
@@ -126,7 +128,7 @@ def _lut_function(f: FuncInfo):
 
 
 def _own_walk(node):
-    from ..analysis import own_exprs
+    from ..astutil import own_exprs
     for e in own_exprs(node):
         yield from ast.walk(e)
 

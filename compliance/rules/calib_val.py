@@ -11,7 +11,11 @@ from __future__ import annotations
 import ast
 import re
 
-from ..analysis import LOADER, TRAIN, VAL, FuncInfo, call_name, own_exprs
+from ..astutil import call_name, own_exprs
+
+from ..index import FuncInfo
+
+from ..labels import LOADER, TRAIN, VAL
 from .base import Context, Rule
 
 _CALIB_NAME = re.compile(r"calib|gptq|hessian|collect_h|awq|smoothquant", re.I)

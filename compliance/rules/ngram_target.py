@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import ast
 
-from ..analysis import CTX, HASH, LOSS, MIXT, TGT, VAL, FuncInfo, common_loops, names_in, root_name
+from ..astutil import names_in, root_name
+
+from ..index import FuncInfo
+
+from ..labels import CTX, HASH, LOSS, MIXT, TGT, VAL
+
+from ..loops import common_loops
 from .base import Context, Rule
 
 

@@ -8,7 +8,13 @@ val set, ``np.bincount(val_tokens)``, ``cache.build(val_tokens)``) and read late
 
 from __future__ import annotations
 
-from ..analysis import VAL, Event, FuncInfo, common_loops
+from ..events import Event
+
+from ..index import FuncInfo
+
+from ..labels import VAL
+
+from ..loops import common_loops
 from .base import Context, Rule, judge
 
 

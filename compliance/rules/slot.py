@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ast
 
-from ..analysis import LOSS, TGT, names_in
+from ..astutil import names_in
+
+from ..labels import LOSS, TGT
 from ..report import NEEDS_RULING
 from .base import Context, Rule, judge
 

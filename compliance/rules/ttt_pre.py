@@ -9,7 +9,7 @@ common loop (a separate training pass, then scoring) and adapt-then-score inside
 
 from __future__ import annotations
 
-from ..analysis import LOADER, TRAIN
+from ..labels import LOADER, TRAIN
 from .base import Context, Rule, judge, throwaway
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import ast
 
-from ..analysis import LOADER, TRAIN, VAL, FuncInfo, call_name, name_seed
+from ..astutil import call_name
+
+from ..index import FuncInfo
+
+from ..labels import LOADER, TRAIN, VAL, name_seed
 from .base import Context, Rule
 
 _SINKS = {"save", "savez", "savez_compressed", "dump", "dumps", "tofile", "compress", "write", "write_bytes",

@@ -18,7 +18,11 @@ import os
 import re
 from dataclasses import dataclass
 
-from .analysis import FuncInfo, Guard, Program, Stmt, dotted
+from .astutil import dotted
+
+from .index import FuncInfo, Guard, Stmt
+
+from .program import Program
 
 UNKNOWN = object()
 _ENV_FUNCS = {"os.environ.get", "environ.get", "os.getenv", "getenv", "os.environ.setdefault"}

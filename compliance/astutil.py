@@ -1,0 +1,103 @@
+"""Small helpers over the syntax tree: names of calls, dotted names, the expressions a statement evaluates itself,
+definitions nested in blocks."""
+
+from __future__ import annotations
+
+import ast
+
+LOOPS = (ast.For, ast.AsyncFor, ast.While)
+FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def call_name(node: ast.Call) -> str:
+    f = node.func
+    if isinstance(f, ast.Attribute):
+        return f.attr
+    if isinstance(f, ast.Name):
+        return f.id
+    return ""
+
+
+def dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        d = dotted(node.value)
+        return f"{d}.{node.attr}" if d else node.attr
+    if isinstance(node, ast.Call):
+        return dotted(node.func) + "()"
+    if isinstance(node, ast.Subscript):
+        return dotted(node.value) + "[]"
+    return ""
+
+
+def root_name(node: ast.expr) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+_NAMES_MEMO: dict[int, tuple] = {}
+
+
+def names_in(node: ast.AST | None) -> set[str]:
+    if node is None:
+        return set()
+    k = id(node)
+    hit = _NAMES_MEMO.get(k)
+    if hit is not None and hit[0] is node:
+        return set(hit[1])
+    out = frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    _NAMES_MEMO[k] = (node, out)
+    return set(out)
+
+
+def has_grad_attr(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr in ("grad", "main_grad") for n in ast.walk(node))
+
+
+
+def _iter_defs(body):
+    """Function and class definitions in a body, including those nested in if/try/with/for blocks."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield node
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.AsyncWith, ast.For, ast.While, ast.AsyncFor)) \
+                or type(node).__name__ in ("TryStar", "Match"):
+            for attr in ("body", "orelse", "finalbody"):
+                yield from _iter_defs(getattr(node, attr, []) or [])
+            for h in getattr(node, "handlers", []) or []:
+                yield from _iter_defs(h.body)
+            for c in getattr(node, "cases", []) or []:
+                yield from _iter_defs(c.body)
+
+
+def _ends_block(s: ast.stmt) -> bool:
+    return isinstance(s, (ast.Return, ast.Raise, ast.Continue, ast.Break)) or (
+        isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
+        and dotted(s.value.func) in ("sys.exit", "exit", "quit", "os._exit"))
+
+
+def own_exprs(s: ast.AST) -> list[ast.AST]:
+    """The expressions a statement evaluates itself (not those of the statements nested in it)."""
+    if isinstance(s, ast.If) or isinstance(s, ast.While):
+        return [s.test]
+    if isinstance(s, (ast.For, ast.AsyncFor)):
+        return [s.iter, s.target]
+    if isinstance(s, (ast.With, ast.AsyncWith)):
+        out = []
+        for i in s.items:
+            out.append(i.context_expr)
+            if i.optional_vars is not None:
+                out.append(i.optional_vars)
+        return out
+    if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return list(s.decorator_list) + [d for d in s.args.defaults] + [d for d in s.args.kw_defaults if d]
+    if isinstance(s, ast.ClassDef):
+        return list(s.bases) + list(s.decorator_list)
+    if isinstance(s, ast.Try) or type(s).__name__ in ("TryStar",):
+        return []
+    if type(s).__name__ == "Match":
+        return [s.subject]
+    return [c for c in ast.iter_child_nodes(s) if isinstance(c, ast.expr)]
+

@@ -1,0 +1,206 @@
+"""Call resolution: which functions a call (or a function passed by reference) may reach, and which
+expressions a call site passes for each parameter."""
+
+from __future__ import annotations
+
+import ast
+
+from .astutil import own_exprs
+from .index import CallSite, ClassInfo, FuncInfo, Guard, Stmt
+from .vocab import GENERIC_METHODS
+
+
+class CallResolver:
+    # -- call resolution ------------------------------------------------------------------------------------
+    def lookup_name(self, f: FuncInfo, name: str) -> tuple[list[FuncInfo], bool]:
+        """Functions a bare name refers to from inside f; bool: it is a class (instantiation)."""
+        g = f
+        while g is not None:
+            if name in g.local_defs:
+                return [g.local_defs[name]], False
+            g = g.parent
+        unit = f.unit
+        if name in self.module_defs[unit.module]:
+            return [self.module_defs[unit.module][name]], False
+        al = self.aliases.get(id(unit), {})
+        if name in al:
+            mod, _, attr = al[name].rpartition(".")
+            if mod and attr in self.module_defs.get(mod.split(".")[-1], {}):
+                return [self.module_defs[mod.split(".")[-1]][attr]], False
+            if mod and attr in self.classes:
+                return self._class_init(attr), True
+        if name in self.classes:
+            return self._class_init(name), True
+        if name in self.global_defs:   # exec()'d siblings share the caller's globals
+            return list(self.global_defs[name]), False
+        return [], False
+
+    def _class_init(self, cname: str) -> list[FuncInfo]:
+        out = []
+        for ci in self.class_chain(cname):
+            if "__init__" in ci.methods:
+                out.append(ci.methods["__init__"])
+                break
+        return out
+
+    def class_chain(self, cname: str, depth: int = 0) -> list[ClassInfo]:
+        out = []
+        for ci in self.classes.get(cname, []):
+            out.append(ci)
+            if depth < 6:
+                for b in ci.bases:
+                    if b != cname:
+                        out.extend(self.class_chain(b, depth + 1))
+        return out
+
+    def methods_of(self, cname: str, mname: str) -> list[FuncInfo]:
+        for ci in self.class_chain(cname):
+            if mname in ci.methods:
+                return [ci.methods[mname]]
+        return []
+
+    def resolve_call(self, f: FuncInfo, func: ast.expr) -> tuple[list[FuncInfo], str, ast.expr | None]:
+        """(targets, kind, receiver) for the callee expression `func` evaluated in f."""
+        if isinstance(func, ast.Name):
+            ts, is_cls = self.lookup_name(f, func.id)
+            return ts, ("init" if is_cls else "call"), None
+        if isinstance(func, ast.Attribute):
+            recv = func.value
+            m = func.attr
+            if isinstance(recv, ast.Name):
+                al = self.aliases.get(id(f.unit), {})
+                modname = al.get(recv.id, recv.id if recv.id in self.module_names else None)
+                if modname is not None and (recv.id not in f.local_names or f.is_module):
+                    mod = modname.split(".")[-1]
+                    if m in self.module_defs.get(mod, {}):
+                        return [self.module_defs[mod][m]], "call", None
+                    if m in self.classes:
+                        return self._class_init(m), "init", None
+                if recv.id in ("self", "cls") and f.cls:
+                    return self.methods_of(f.cls, m), "call", recv
+                t = f.types.get(recv.id) or self._outer_type(f, recv.id)
+                if t:
+                    return self.methods_of(t, m), "call", recv
+            if isinstance(recv, ast.Attribute) and recv.attr in self.attr_types:
+                return self.methods_of(self.attr_types[recv.attr], m), "call", recv
+            if isinstance(recv, ast.Call) and isinstance(recv.func, ast.Name) and recv.func.id == "super" and f.cls:
+                for ci in self.classes.get(f.cls, []):
+                    for b in ci.bases:
+                        ms = self.methods_of(b, m)
+                        if ms:
+                            return ms, "call", ast.Name(id="self", ctx=ast.Load())
+                return [], "call", None
+            if m in GENERIC_METHODS or m.startswith("__"):
+                return [], "call", recv
+            return list(self.methods_by_name.get(m, [])), "call", recv
+        return [], "call", None
+
+    def _outer_type(self, f: FuncInfo, name: str) -> str | None:
+        g = f.parent
+        while g is not None:
+            if name in g.types:
+                return g.types[name]
+            g = g.parent
+        mod = self.modules.get(id(f.unit))
+        return mod.types.get(name) if mod is not None else None
+
+    def _resolve_calls(self, f: FuncInfo) -> None:
+        # variable types first (x = ClassName(...)), so method calls on x resolve
+        for st in f.stmts:
+            s = st.node
+            if isinstance(s, ast.Assign) and isinstance(s.value, ast.Call):
+                cname = _class_name_of_call(s.value, self)
+                if cname:
+                    for t in s.targets:
+                        if isinstance(t, ast.Name):
+                            f.types[t.id] = cname
+                        elif isinstance(t, ast.Attribute):
+                            self.attr_types[t.attr] = cname
+        for st in f.stmts:
+            for expr in own_exprs(st.node):
+                self._calls_in(f, st, expr, ())
+
+    def _calls_in(self, f: FuncInfo, st: Stmt, node: ast.AST, guards: tuple, func_pos: bool = False) -> None:
+        if isinstance(node, ast.IfExp):
+            self._calls_in(f, st, node.test, guards)
+            self._calls_in(f, st, node.body, guards + (Guard(node.test, True, f, "ifexp"),))
+            self._calls_in(f, st, node.orelse, guards + (Guard(node.test, False, f, "ifexp"),))
+            return
+        if isinstance(node, ast.BoolOp):
+            g = guards
+            for v in node.values:
+                self._calls_in(f, st, v, g)
+                g = g + (Guard(v, isinstance(node.op, ast.And), f, "boolop"),)
+            return
+        if isinstance(node, ast.Call):
+            ts, kind, recv = self.resolve_call(f, node.func)
+            if ts:
+                f.calls.append(CallSite(f, st, node, ts, guards, kind, recv))
+            self._calls_in(f, st, node.func, guards, func_pos=True)
+            for a in node.args:
+                self._calls_in(f, st, a, guards)
+            for k in node.keywords:
+                self._calls_in(f, st, k.value, guards)
+            return
+        if isinstance(node, (ast.Lambda,)):
+            self._calls_in(f, st, node.body, guards)
+            return
+        if not func_pos and isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            ts, is_cls = self.lookup_name(f, node.id)
+            if ts and not is_cls:
+                f.calls.append(CallSite(f, st, node, ts, guards, "ref", None))
+            return
+        if not func_pos and isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id in ("self",) and f.cls:
+            ms = self.methods_of(f.cls, node.attr)
+            if ms:
+                f.calls.append(CallSite(f, st, node, ms, guards, "ref", node.value))
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.expr, ast.comprehension, ast.keyword, ast.arguments, ast.arg)):
+                self._calls_in(f, st, child, guards)
+
+
+    # -- resolving parameter bits to call-site labels ---------------------------------------------------------
+    def arg_expr(self, cs: CallSite, callee: FuncInfo, i: int) -> list[ast.expr]:
+        """Expressions the call site passes for callee parameter i (several for *args)."""
+        if i >= len(callee.params):
+            return []
+        pname = callee.params[i]
+        node = cs.node
+        bound = cs.kind == "init" or (cs.receiver is not None and callee.is_method)
+        if cs.kind == "init" and callee.is_method and i == 0:
+            return []
+        if not isinstance(node, ast.Call):
+            return []
+        if bound and i == 0:
+            return [cs.receiver] if cs.receiver is not None else []
+        pos = i - (1 if (bound or (cs.kind == "init")) else 0)
+        if pname == callee.vararg:
+            start = len([p for p in callee.params if p not in (callee.vararg, callee.kwarg)])
+            start -= (1 if bound else 0)
+            return list(node.args[max(start, 0):])
+        for k in node.keywords:
+            if k.arg == pname:
+                return [k.value]
+        if 0 <= pos < len(node.args) and not any(isinstance(a, ast.Starred) for a in node.args[:pos + 1]):
+            return [node.args[pos]]
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
+            return [a.value if isinstance(a, ast.Starred) else a for a in node.args] + \
+                   [k.value for k in node.keywords if k.arg is None]
+        return []
+
+
+
+def _ref_is_called(cs: CallSite) -> bool:
+    """A function passed by reference (timed_eval(name, fn, ...), torch.compile(fn)) is assumed to be called."""
+    return True
+
+
+
+def _class_name_of_call(call: ast.Call, prog: CallResolver) -> str | None:
+    f = call.func
+    name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+    if name and name in prog.classes:
+        return name
+    return None
+

@@ -1,0 +1,421 @@
+"""Events: backward passes, optimiser steps and in-place parameter updates, score accumulations, count-table
+increments and reads, optimiser constructions; and their lifting to call sites, so a rule can reason at the level
+where the score loop and the training step meet."""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .astutil import call_name, dotted, has_grad_attr, names_in, root_name
+from .index import CallSite, FuncInfo, Stmt
+from .labels import GRADVAR, HASH, LOSS, PARAM_SHIFT, VAL, param_indices
+from .taint import LabelPass, _accumulates
+from .calls import _ref_is_called
+from .vocab import OPT_HINT, SCHEDULER_HINT
+
+if TYPE_CHECKING:
+    from .program import Program
+
+
+
+@dataclass(eq=False)
+class Event:
+    kind: str                   # backward | step | update | accum | incr | read | hashread | optdef | gradvar
+    stmt: Stmt
+    node: ast.AST
+    labels: int = 0             # data labels of the event (loss, key, value ...)
+    root: tuple | None = None   # for incr/read: table root
+    extra: dict = field(default_factory=dict)
+    via: CallSite | None = None  # set on lifted events: the call site in this function
+    origin: "Event | None" = None
+
+
+
+class EventLifter:
+    # -- events ---------------------------------------------------------------------------------------------
+    def _events(self) -> None:
+        for f in self.funcs:
+            EventScan(self, f).run()
+        self._lift()   # so that tables a helper increments for its caller count as the caller's tables
+        self.incr_roots = {e.root for f in self.funcs for e in f.events + f.lifted if e.kind == "incr" and e.root}
+        for f in self.funcs:
+            f.lifted = []
+            EventScan(self, f).reads()
+
+    def _lift(self) -> None:
+        """Copy each function's events (direct and already lifted) onto its call sites, to a fixed point."""
+        kinds = ("backward", "step", "update", "accum", "incr", "read", "score", "paccum")
+        direct: dict[FuncInfo, list[Event]] = {f: [e for e in f.events if e.kind in kinds] for f in self.funcs}
+        summary: dict[FuncInfo, set[str]] = {f: {e.kind for e in evs} for f, evs in direct.items()}
+        # a call to a function that scores is a score event at the call site
+        changed = True
+        rounds = 0
+        while changed and rounds < 12:
+            changed = False
+            rounds += 1
+            for f in self.funcs:
+                for cs in f.calls:
+                    if cs.kind == "ref" and not _ref_is_called(cs):
+                        continue
+                    for t in cs.targets:
+                        if t is f:
+                            continue
+                        ks = summary.get(t, set())
+                        new = set()
+                        if ks & {"accum", "score"} or ("paccum" in ks and self._paccum_site(f, cs, t)):
+                            new.add("score")
+                        new |= ks & {"backward", "step", "update", "incr", "read"}
+                        if not new <= summary[f]:
+                            summary[f] |= new
+                            changed = True
+        self.summary = summary
+        for f in self._callee_first_order():
+            seen_keys = set()
+            for cs in f.calls:
+                if cs.kind == "ref" and not _ref_is_called(cs):
+                    continue
+                for t in cs.targets:
+                    if t is f:
+                        continue
+                    ks = summary.get(t, set())
+                    for k in ("backward", "step", "update", "incr", "read"):
+                        if k in ks:
+                            for src in self._events_reaching(t, k):
+                                key = (k, id(cs), src.root)
+                                if key in seen_keys:
+                                    continue
+                                seen_keys.add(key)
+                                root = self._map_root(src.root, t, cs)
+                                lab = self.resolve_at(cs, t, src.labels) if src.labels else 0
+                                f.lifted.append(Event(k, cs.stmt, cs.node, lab, root, dict(src.extra), via=cs,
+                                                      origin=src.origin or src))
+                    if ks & {"accum", "score"} or ("paccum" in ks and self._paccum_site(f, cs, t)):
+                        key = ("score", id(cs))
+                        if key not in seen_keys:
+                            seen_keys.add(key)
+                            f.lifted.append(Event("score", cs.stmt, cs.node, 0, None, {"callee": t}, via=cs))
+
+    def _paccum_site(self, f: FuncInfo, cs: CallSite, t: FuncInfo) -> bool:
+        """A helper that adds a loss into an accumulator it is given scores when the caller passes it a loss, or
+        one of the caller's reported totals."""
+        if not isinstance(cs.node, ast.Call):
+            return False
+        for e in t.events:
+            if e.kind != "paccum":
+                continue
+            for a in self.arg_expr(cs, t, e.extra["param"]):
+                if root_name(a) in f.report_vars:
+                    return True
+            for i in param_indices(e.labels):
+                for a in self.arg_expr(cs, t, i):
+                    if f.memo.get(id(a), 0) & LOSS:
+                        return True
+        return False
+
+    def _events_reaching(self, t: FuncInfo, kind: str, depth: int = 0) -> list[Event]:
+        out = [e for e in t.events if e.kind == kind]
+        if not out and depth < 4:
+            # through callees: the lifted copies in t already carry resolved labels
+            out = [e for e in t.lifted if e.kind == kind]
+        return out[:8]
+
+    def _map_root(self, root, callee: FuncInfo, cs: CallSite):
+        if root and root[0] == "n" and root[1] is callee and root[2] in callee.params:
+            i = callee.params.index(root[2])
+            exprs = self.arg_expr(cs, callee, i)
+            if exprs:
+                return expr_root(cs.caller, exprs[0])
+        return root
+
+
+def expr_root(f: FuncInfo, node: ast.expr, depth: int = 0):
+    """Identity of the table an expression indexes: ("a", attr) for attributes, ("n", func, name) for locals
+    (following simple aliases such as `counts_n = self.counts[n]`)."""
+    while isinstance(node, (ast.Subscript, ast.Call)):
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute):
+                node = node.func.value
+            else:
+                return None
+        else:
+            node = node.value
+    if isinstance(node, ast.Attribute):
+        return ("a", node.attr)
+    if isinstance(node, ast.Name):
+        defs = f.defs.get(node.id, [])
+        if depth < 3 and len(defs) == 1:
+            s = defs[0].node
+            if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) \
+                    and isinstance(s.value, (ast.Subscript, ast.Attribute)):
+                r = expr_root(f, s.value, depth + 1)
+                if r is not None and r[0] == "a":
+                    return r
+        if node.id not in f.local_names:
+            g = f.parent
+            while g is not None:
+                if node.id in g.local_names:
+                    return ("n", g, node.id)
+                g = g.parent
+            return ("g", node.id)
+        return ("n", f, node.id)
+    return None
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Event scan
+# ---------------------------------------------------------------------------------------------------------------
+_REPORT_STR = re.compile(r"val_loss|val_bpb|bpb|val_nll", re.I)
+_REPORT_TARGET = re.compile(r"val_loss|val_bpb|bpb|val_nll", re.I)
+
+
+class EventScan:
+    def __init__(self, prog: Program, f: FuncInfo):
+        self.p, self.f = prog, f
+        self.lp = LabelPass(prog, f)
+
+    def L(self, node) -> int:
+        return self.lp.label(node)
+
+    def add(self, kind, st, node, labels=0, root=None, **extra):
+        self.f.events.append(Event(kind, st, node, labels, root, extra))
+
+    def run(self) -> None:
+        f = self.f
+        opt_vars: dict[str, int] = {}
+        for st in f.stmts:
+            s = st.node
+            if isinstance(s, ast.Assign) and isinstance(s.value, ast.Call) and self._is_optimizer_ctor(s.value):
+                params = s.value.args[0] if s.value.args else next(
+                    (k.value for k in s.value.keywords if k.arg in ("params", "param_groups")), None)
+                plab = self.L(params) if params is not None else 0
+                for t in s.targets:
+                    for n in ast.walk(t):
+                        if isinstance(n, (ast.Name, ast.Attribute)):
+                            key = n.id if isinstance(n, ast.Name) else n.attr
+                            opt_vars[key] = plab
+                            self.add("optdef", st, s.value, plab, None, var=key,
+                                     gradvar=bool(plab & GRADVAR), params=params)
+        self.f.opt_vars = opt_vars
+        for st in f.stmts:
+            s = st.node
+            for expr in (0,):
+                for node in st.nodes:
+                    if isinstance(node, ast.Call):
+                        self._call_event(st, node, opt_vars)
+            if isinstance(s, ast.AugAssign):
+                if has_grad_attr(s.value) and not isinstance(s.target, ast.Name) or (
+                        isinstance(s.target, ast.Name) and has_grad_attr(s.value)):
+                    self.add("update", st, s, self.L(s.target) | self.L(s.value), None,
+                             gradvar=bool(self.L(s.target) & GRADVAR))
+                if isinstance(s.target, ast.Subscript):
+                    self.add("incr", st, s, self.L(s.target.slice) | self.L(s.value), expr_root(f, s.target),
+                             key=s.target.slice)
+                elif isinstance(s.target, ast.Name) and isinstance(s.value, ast.Call) \
+                        and call_name(s.value) in ("bincount",):
+                    self.add("incr", st, s, self.L(s.value), expr_root(f, s.target), bulk=True)
+            elif isinstance(s, ast.Assign):
+                v = s.value
+                for t in s.targets:
+                    if isinstance(t, ast.Attribute) and t.attr == "data" and has_grad_attr(v):
+                        self.add("update", st, s, self.L(v), None, gradvar=bool(self.L(t.value) & GRADVAR))
+                    if isinstance(t, ast.Subscript) and self._is_increment(t, v):
+                        self.add("incr", st, s, self.L(t.slice), expr_root(f, t), key=t.slice)
+                if isinstance(v, ast.Call) and call_name(v) in ("bincount", "Counter", "unique") \
+                        and self.L(v) & VAL:
+                    for t in s.targets:
+                        if isinstance(t, (ast.Name, ast.Attribute)):
+                            self.add("incr", st, s, self.L(v), expr_root(f, t), bulk=True)
+        self._accumulations()
+
+    def _is_optimizer_ctor(self, call: ast.Call) -> bool:
+        name = call_name(call)
+        return name in self.p.optimizer_classes
+
+    @staticmethod
+    def _is_increment(t: ast.Subscript, v: ast.AST) -> bool:
+        """`T[k] = T.get(k, 0) + 1` or `T[k] = T[k] + c`."""
+        if not isinstance(v, ast.BinOp) or not isinstance(v.op, ast.Add):
+            return False
+        key = ast.dump(t)
+        for side in (v.left, v.right):
+            if ast.dump(side) == key.replace("ctx=Store()", "ctx=Load()"):
+                return True
+            if isinstance(side, ast.Call) and call_name(side) == "get" and isinstance(side.func, ast.Attribute) \
+                    and ast.dump(side.func.value) == ast.dump(t.value) and side.args \
+                    and ast.dump(side.args[0]) == ast.dump(t.slice):
+                return True
+        return False
+
+    def _call_event(self, st: Stmt, node: ast.Call, opt_vars: dict) -> None:
+        f = node.func
+        name = call_name(node)
+        if name == "backward":
+            if isinstance(f, ast.Attribute) and not (isinstance(f.value, ast.Name) and f.value.id in ("torch",)):
+                loss = f.value
+                if isinstance(loss, ast.Attribute) and loss.attr == "autograd" and node.args:
+                    loss = node.args[0]
+                self.add("backward", st, node, self.L(loss), None, loss=loss)
+            elif node.args:
+                self.add("backward", st, node, self.L(node.args[0]), None, loss=node.args[0])
+        elif name == "grad" and dotted(f).endswith("autograd.grad") and node.args:
+            self.add("backward", st, node, self.L(node.args[0]), None, loss=node.args[0])
+        elif name == "step" and isinstance(f, ast.Attribute):
+            recv = f.value
+            rname = dotted(recv)
+            key = recv.id if isinstance(recv, ast.Name) else recv.attr if isinstance(recv, ast.Attribute) else ""
+            if SCHEDULER_HINT.search(rname):
+                return
+            if key in opt_vars or OPT_HINT.search(rname):
+                self.add("step", st, node, 0, None, opt=key, gradvar=bool(opt_vars.get(key, 0) & GRADVAR))
+        elif name in ("add_", "sub_", "copy_", "addcdiv_", "addcmul_", "lerp_", "mul_") and isinstance(f, ast.Attribute):
+            if any(has_grad_attr(a) for a in node.args) or any(has_grad_attr(k.value) for k in node.keywords):
+                self.add("update", st, node, 0, None, gradvar=bool(self.L(f.value) & GRADVAR))
+        elif name == "at" and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) \
+                and f.value.attr == "add" and len(node.args) >= 2:
+            self.add("incr", st, node, self.L(node.args[1]) | (self.L(node.args[2]) if len(node.args) > 2 else 0),
+                     expr_root(self.f, node.args[0]), key=node.args[1])
+        elif name in ("index_add_", "scatter_add_", "index_put_", "put_", "scatter_add") and isinstance(f, ast.Attribute):
+            acc = name in ("index_add_", "scatter_add_", "scatter_add") or any(
+                k.arg == "accumulate" and isinstance(k.value, ast.Constant) and k.value.value for k in node.keywords)
+            if acc:
+                lab = 0
+                for a in node.args:
+                    lab |= self.L(a)
+                self.add("incr", st, node, lab, expr_root(self.f, f.value), key=node.args[1] if len(node.args) > 1
+                         else None)
+        elif name == "update" and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
+                and self._is_counter(f.value.id) and node.args:
+            self.add("incr", st, node, self.L(node.args[0]), expr_root(self.f, f.value), bulk=True)
+
+    def _is_counter(self, name: str) -> bool:
+        for d in self.f.defs.get(name, []):
+            v = getattr(d.node, "value", None)
+            if isinstance(v, ast.Call) and call_name(v) in ("Counter", "defaultdict"):
+                return True
+        return False
+
+    # -- reads of count tables and target-hashed keys (needs program-wide increment roots) --------------------
+    def reads(self) -> None:
+        f = self.f
+        roots = self.p.incr_roots
+        update_lines = {id(e.stmt) for e in f.events if e.kind == "incr"}
+        for st in f.stmts:
+            s = st.node
+            skip_nodes: set[int] = set()
+            if isinstance(s, ast.Assign) and any(isinstance(t, ast.Subscript) for t in s.targets):
+                # read-modify-write of the same table is an update, not a read
+                for t in s.targets:
+                    if isinstance(t, ast.Subscript) and EventScan._is_increment(t, s.value):
+                        for n in ast.walk(s.value):
+                            skip_nodes.add(id(n))
+            for expr in (0,):
+                for node in st.nodes:
+                    if id(node) in skip_nodes:
+                        continue
+                    key = None
+                    base = None
+                    if isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+                        key, base = node.slice, node.value
+                    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                            and node.func.attr in ("get", "take", "index_select") and node.args:
+                        key, base = node.args[0] if node.func.attr != "index_select" else node.args[-1], node.func.value
+                    elif isinstance(node, ast.Call) and call_name(node) == "take" and len(node.args) >= 2:
+                        key, base = node.args[1], node.args[0]
+                    if key is None:
+                        continue
+                    klab = self.L(key)
+                    root = expr_root(f, base)
+                    if klab & HASH or (klab >> PARAM_SHIFT and root is not None and root[0] == "a"
+                                       and root in roots):
+                        self.add("hashread", st, node, klab, root, key=key)
+                    if root is not None and root in roots and id(st) not in update_lines:
+                        self.add("read", st, node, klab, root, key=key)
+
+    # -- score accumulations ----------------------------------------------------------------------------------
+    def _accumulations(self) -> None:
+        f = self.f
+        roots: set[str] = set()
+        for st in f.stmts:
+            s = st.node
+            if isinstance(s, ast.Return) and s.value is not None:
+                roots |= names_in(s.value)
+            if isinstance(s, (ast.Assign, ast.AnnAssign)):
+                tgts = s.targets if isinstance(s, ast.Assign) else [s.target]
+                for t in tgts:
+                    for n in ast.walk(t):
+                        if isinstance(n, ast.Name) and _REPORT_TARGET.search(n.id):
+                            roots |= names_in(s.value)
+                        if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant) \
+                                and isinstance(n.slice.value, str) and _REPORT_TARGET.search(n.slice.value):
+                            roots |= names_in(s.value)
+            for expr in (0,):
+                for node in st.nodes:
+                    if isinstance(node, ast.JoinedStr):
+                        text = "".join(v.value for v in node.values if isinstance(v, ast.Constant)
+                                       and isinstance(v.value, str))
+                        if _REPORT_STR.search(text):
+                            for v in node.values:
+                                if isinstance(v, ast.FormattedValue):
+                                    roots |= names_in(v.value)
+                    elif isinstance(node, ast.Dict):
+                        for k, v in zip(node.keys, node.values):
+                            if isinstance(k, ast.Constant) and isinstance(k.value, str) and \
+                                    _REPORT_TARGET.search(k.value):
+                                roots |= names_in(v)
+        slice_vars = set()
+        stack = list(roots)
+        while stack:
+            n = stack.pop()
+            if n in slice_vars:
+                continue
+            slice_vars.add(n)
+            stack.extend(f.deps.get(n, ()))
+        f.report_vars = slice_vars
+        params = set(f.params[1:] if f.is_method else f.params)
+        for st in f.stmts:
+            s = st.node
+            pv = None
+            if isinstance(s, ast.AugAssign) and root_name(s.target) in params:
+                pv, val = root_name(s.target), s.value
+            elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
+                    and s.value.func.attr in ("add_", "index_add_", "scatter_add_") \
+                    and root_name(s.value.func.value) in params and s.value.args:
+                pv, val = root_name(s.value.func.value), s.value.args[-1]
+            if pv is not None:
+                vl = self.L(val)
+                if vl & LOSS or (vl >> PARAM_SHIFT):
+                    self.add("paccum", st, s, vl, None, var=pv, param=f.params.index(pv), value=val)
+        for st in f.stmts:
+            s = st.node
+            if isinstance(s, ast.AugAssign):
+                var = root_name(s.target)
+                if var in slice_vars and self.L(s.value) & LOSS:
+                    self.add("accum", st, s, self.L(s.value), None, var=var, value=s.value)
+            elif isinstance(s, ast.Assign):
+                for t in s.targets:
+                    var = root_name(t)
+                    if var not in slice_vars:
+                        continue
+                    vl = self.L(s.value)
+                    if not vl & LOSS:
+                        continue
+                    if isinstance(t, ast.Subscript) or (isinstance(t, ast.Name) and _accumulates(t.id, s.value)):
+                        self.add("accum", st, s, vl, None, var=var, value=s.value)
+            for expr in (0,):
+                for node in st.nodes:
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                            and node.func.attr in ("append", "extend", "add_", "index_add_", "scatter_add_",
+                                                   "index_copy_", "copy_") \
+                            and root_name(node.func.value) in slice_vars:
+                        lab = 0
+                        for a in node.args:
+                            lab |= self.L(a)
+                        if lab & LOSS:
+                            self.add("accum", st, node, lab, None, var=root_name(node.func.value),
+                                     value=node.args[-1] if node.args else None)
+
+

@@ -1,0 +1,35 @@
+"""The shared static analysis the rules stand on, assembled: the index (index.py), call resolution (calls.py), the
+taint of validation data, targets, hashes and losses (taint.py) and the events lifted to call sites (events.py).
+
+Labels are bit flags in one int (labels.py): VAL (validation data: files, patterns, tokens), TRAIN (training
+data), TGT (the target tokens: ``y``, ``chunk[1:]``, ``tokens[i + 1]``, ``tokens[i]`` next to ``tokens[i - k]``),
+CTX (inputs ``[:-1]``), HASH (a lossy hash that mixes a target into a key), LOSS (per-token losses), GRADVAR
+(tensors created with ``requires_grad=True`` outside modules), LOADER (objects built from data files). Function
+results are summarised in terms of their parameters (one bit per parameter), so a call site gets exactly the
+labels of the arguments that flow through; parameters are resolved to call-site labels on demand.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .calls import CallResolver
+from .events import EventLifter
+from .index import ProgramIndex
+from .source import SourceUnit
+from .taint import TaintAnalysis
+
+
+class Program(EventLifter, TaintAnalysis, CallResolver, ProgramIndex):
+    def __init__(self, units: list[SourceUnit]):
+        ProgramIndex.__init__(self, units)
+        self.attr_labels: dict[str, int] = defaultdict(int)
+        for f in self.funcs:
+            self._resolve_calls(f)
+        for f in self.funcs:
+            for cs in f.calls:
+                for t in cs.targets:
+                    self.callers[t].append(cs)
+        self._analyse_labels()
+        self._events()
+        self._lift()
