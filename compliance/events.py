@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from .astutil import call_name, dotted, has_grad_attr, names_in, root_name
@@ -21,9 +22,26 @@ if TYPE_CHECKING:
 
 
 
+class EventKind(str, Enum):
+    """What happened at a statement (a function's own events, or lifted from a call)."""
+    BACKWARD = "backward"      # loss.backward(), autograd.grad(...)
+    STEP = "step"              # optimiser.step()
+    UPDATE = "update"          # an in-place parameter update from a gradient
+    ACCUM = "accum"            # a per-token loss added to the totals a function returns or logs
+    PACCUM = "paccum"          # a loss added into an accumulator the function was given
+    SCORE = "score"            # a call of a function that accumulates scores (lifted)
+    INCR = "incr"              # a count table incremented
+    READ = "read"              # a count table read
+    HASHREAD = "hashread"      # a table read with a key that hashes the target
+    OPTDEF = "optdef"          # an optimiser constructed
+
+
+EK = EventKind
+
+
 @dataclass(eq=False)
 class Event:
-    kind: str                   # backward | step | update | accum | incr | read | hashread | optdef | gradvar
+    kind: EventKind
     stmt: Stmt
     node: ast.AST
     labels: int = 0             # data labels of the event (loss, key, value ...)
@@ -40,16 +58,16 @@ class EventLifter:
         for f in self.funcs:
             EventScan(self, f).run()
         self._lift()   # so that tables a helper increments for its caller count as the caller's tables
-        self.incr_roots = {e.root for f in self.funcs for e in f.events + f.lifted if e.kind == "incr" and e.root}
+        self.incr_roots = {e.root for f in self.funcs for e in f.events + f.lifted if e.kind == EK.INCR and e.root}
         for f in self.funcs:
             f.lifted = []
             EventScan(self, f).reads()
 
     def _lift(self) -> None:
         """Copy each function's events (direct and already lifted) onto its call sites, to a fixed point."""
-        kinds = ("backward", "step", "update", "accum", "incr", "read", "score", "paccum")
+        kinds = (EK.BACKWARD, EK.STEP, EK.UPDATE, EK.ACCUM, EK.INCR, EK.READ, EK.SCORE, EK.PACCUM)
         direct: dict[FuncInfo, list[Event]] = {f: [e for e in f.events if e.kind in kinds] for f in self.funcs}
-        summary: dict[FuncInfo, set[str]] = {f: {e.kind for e in evs} for f, evs in direct.items()}
+        summary: dict[FuncInfo, set[EventKind]] = {f: {e.kind for e in evs} for f, evs in direct.items()}
         # a call to a function that scores is a score event at the call site
         changed = True
         rounds = 0
@@ -65,9 +83,9 @@ class EventLifter:
                             continue
                         ks = summary.get(t, set())
                         new = set()
-                        if ks & {"accum", "score"} or ("paccum" in ks and self._paccum_site(f, cs, t)):
-                            new.add("score")
-                        new |= ks & {"backward", "step", "update", "incr", "read"}
+                        if ks & {EK.ACCUM, EK.SCORE} or (EK.PACCUM in ks and self._paccum_site(f, cs, t)):
+                            new.add(EK.SCORE)
+                        new |= ks & {EK.BACKWARD, EK.STEP, EK.UPDATE, EK.INCR, EK.READ}
                         if not new <= summary[f]:
                             summary[f] |= new
                             changed = True
@@ -81,7 +99,7 @@ class EventLifter:
                     if t is f:
                         continue
                     ks = summary.get(t, set())
-                    for k in ("backward", "step", "update", "incr", "read"):
+                    for k in (EK.BACKWARD, EK.STEP, EK.UPDATE, EK.INCR, EK.READ):
                         if k in ks:
                             for src in self._events_reaching(t, k):
                                 key = (k, id(cs), src.root)
@@ -92,11 +110,11 @@ class EventLifter:
                                 lab = self.resolve_at(cs, t, src.labels) if src.labels else 0
                                 f.lifted.append(Event(k, cs.stmt, cs.node, lab, root, dict(src.extra), via=cs,
                                                       origin=src.origin or src))
-                    if ks & {"accum", "score"} or ("paccum" in ks and self._paccum_site(f, cs, t)):
-                        key = ("score", id(cs))
+                    if ks & {EK.ACCUM, EK.SCORE} or (EK.PACCUM in ks and self._paccum_site(f, cs, t)):
+                        key = (EK.SCORE, id(cs))
                         if key not in seen_keys:
                             seen_keys.add(key)
-                            f.lifted.append(Event("score", cs.stmt, cs.node, 0, None, {"callee": t}, via=cs))
+                            f.lifted.append(Event(EK.SCORE, cs.stmt, cs.node, 0, None, {"callee": t}, via=cs))
 
     def _paccum_site(self, f: FuncInfo, cs: CallSite, t: FuncInfo) -> bool:
         """A helper that adds a loss into an accumulator it is given scores when the caller passes it a loss, or
@@ -104,7 +122,7 @@ class EventLifter:
         if not isinstance(cs.node, ast.Call):
             return False
         for e in t.events:
-            if e.kind != "paccum":
+            if e.kind != EK.PACCUM:
                 continue
             for a in self.arg_expr(cs, t, e.extra["param"]):
                 if root_name(a) in f.report_vars:
@@ -197,7 +215,7 @@ class EventScan:
                         if isinstance(n, (ast.Name, ast.Attribute)):
                             key = n.id if isinstance(n, ast.Name) else n.attr
                             opt_vars[key] = plab
-                            self.add("optdef", st, s.value, plab, None, var=key,
+                            self.add(EK.OPTDEF, st, s.value, plab, None, var=key,
                                      gradvar=bool(plab & GRADVAR), params=params)
         self.f.opt_vars = opt_vars
         for st in f.stmts:
@@ -209,26 +227,26 @@ class EventScan:
             if isinstance(s, ast.AugAssign):
                 if has_grad_attr(s.value) and not isinstance(s.target, ast.Name) or (
                         isinstance(s.target, ast.Name) and has_grad_attr(s.value)):
-                    self.add("update", st, s, self.L(s.target) | self.L(s.value), None,
+                    self.add(EK.UPDATE, st, s, self.L(s.target) | self.L(s.value), None,
                              gradvar=bool(self.L(s.target) & GRADVAR))
                 if isinstance(s.target, ast.Subscript):
-                    self.add("incr", st, s, self.L(s.target.slice) | self.L(s.value), expr_root(f, s.target),
+                    self.add(EK.INCR, st, s, self.L(s.target.slice) | self.L(s.value), expr_root(f, s.target),
                              key=s.target.slice)
                 elif isinstance(s.target, ast.Name) and isinstance(s.value, ast.Call) \
                         and call_name(s.value) in ("bincount",):
-                    self.add("incr", st, s, self.L(s.value), expr_root(f, s.target), bulk=True)
+                    self.add(EK.INCR, st, s, self.L(s.value), expr_root(f, s.target), bulk=True)
             elif isinstance(s, ast.Assign):
                 v = s.value
                 for t in s.targets:
                     if isinstance(t, ast.Attribute) and t.attr == "data" and has_grad_attr(v):
-                        self.add("update", st, s, self.L(v), None, gradvar=bool(self.L(t.value) & GRADVAR))
+                        self.add(EK.UPDATE, st, s, self.L(v), None, gradvar=bool(self.L(t.value) & GRADVAR))
                     if isinstance(t, ast.Subscript) and self._is_increment(t, v):
-                        self.add("incr", st, s, self.L(t.slice), expr_root(f, t), key=t.slice)
+                        self.add(EK.INCR, st, s, self.L(t.slice), expr_root(f, t), key=t.slice)
                 if isinstance(v, ast.Call) and call_name(v) in ("bincount", "Counter", "unique") \
                         and self.L(v) & VAL:
                     for t in s.targets:
                         if isinstance(t, (ast.Name, ast.Attribute)):
-                            self.add("incr", st, s, self.L(v), expr_root(f, t), bulk=True)
+                            self.add(EK.INCR, st, s, self.L(v), expr_root(f, t), bulk=True)
         self._accumulations()
 
     def _is_optimizer_ctor(self, call: ast.Call) -> bool:
@@ -258,11 +276,11 @@ class EventScan:
                 loss = f.value
                 if isinstance(loss, ast.Attribute) and loss.attr == "autograd" and node.args:
                     loss = node.args[0]
-                self.add("backward", st, node, self.L(loss), None, loss=loss)
+                self.add(EK.BACKWARD, st, node, self.L(loss), None, loss=loss)
             elif node.args:
-                self.add("backward", st, node, self.L(node.args[0]), None, loss=node.args[0])
+                self.add(EK.BACKWARD, st, node, self.L(node.args[0]), None, loss=node.args[0])
         elif name == "grad" and dotted(f).endswith("autograd.grad") and node.args:
-            self.add("backward", st, node, self.L(node.args[0]), None, loss=node.args[0])
+            self.add(EK.BACKWARD, st, node, self.L(node.args[0]), None, loss=node.args[0])
         elif name == "step" and isinstance(f, ast.Attribute):
             recv = f.value
             rname = dotted(recv)
@@ -270,13 +288,13 @@ class EventScan:
             if SCHEDULER_HINT.search(rname):
                 return
             if key in opt_vars or OPT_HINT.search(rname):
-                self.add("step", st, node, 0, None, opt=key, gradvar=bool(opt_vars.get(key, 0) & GRADVAR))
+                self.add(EK.STEP, st, node, 0, None, opt=key, gradvar=bool(opt_vars.get(key, 0) & GRADVAR))
         elif name in ("add_", "sub_", "copy_", "addcdiv_", "addcmul_", "lerp_", "mul_") and isinstance(f, ast.Attribute):
             if any(has_grad_attr(a) for a in node.args) or any(has_grad_attr(k.value) for k in node.keywords):
-                self.add("update", st, node, 0, None, gradvar=bool(self.L(f.value) & GRADVAR))
+                self.add(EK.UPDATE, st, node, 0, None, gradvar=bool(self.L(f.value) & GRADVAR))
         elif name == "at" and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) \
                 and f.value.attr == "add" and len(node.args) >= 2:
-            self.add("incr", st, node, self.L(node.args[1]) | (self.L(node.args[2]) if len(node.args) > 2 else 0),
+            self.add(EK.INCR, st, node, self.L(node.args[1]) | (self.L(node.args[2]) if len(node.args) > 2 else 0),
                      expr_root(self.f, node.args[0]), key=node.args[1])
         elif name in ("index_add_", "scatter_add_", "index_put_", "put_", "scatter_add") and isinstance(f, ast.Attribute):
             acc = name in ("index_add_", "scatter_add_", "scatter_add") or any(
@@ -285,11 +303,11 @@ class EventScan:
                 lab = 0
                 for a in node.args:
                     lab |= self.L(a)
-                self.add("incr", st, node, lab, expr_root(self.f, f.value), key=node.args[1] if len(node.args) > 1
+                self.add(EK.INCR, st, node, lab, expr_root(self.f, f.value), key=node.args[1] if len(node.args) > 1
                          else None)
         elif name == "update" and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
                 and self._is_counter(f.value.id) and node.args:
-            self.add("incr", st, node, self.L(node.args[0]), expr_root(self.f, f.value), bulk=True)
+            self.add(EK.INCR, st, node, self.L(node.args[0]), expr_root(self.f, f.value), bulk=True)
 
     def _is_counter(self, name: str) -> bool:
         for d in self.f.defs.get(name, []):
@@ -302,7 +320,7 @@ class EventScan:
     def reads(self) -> None:
         f = self.f
         roots = self.p.incr_roots
-        update_lines = {id(e.stmt) for e in f.events if e.kind == "incr"}
+        update_lines = {id(e.stmt) for e in f.events if e.kind == EK.INCR}
         for st in f.stmts:
             s = st.node
             skip_nodes: set[int] = set()
@@ -331,9 +349,9 @@ class EventScan:
                     root = expr_root(f, base)
                     if klab & HASH or (klab >> PARAM_SHIFT and root is not None and root[0] == "a"
                                        and root in roots):
-                        self.add("hashread", st, node, klab, root, key=key)
+                        self.add(EK.HASHREAD, st, node, klab, root, key=key)
                     if root is not None and root in roots and id(st) not in update_lines:
-                        self.add("read", st, node, klab, root, key=key)
+                        self.add(EK.READ, st, node, klab, root, key=key)
 
     # -- score accumulations ----------------------------------------------------------------------------------
     def _accumulations(self) -> None:
@@ -388,13 +406,13 @@ class EventScan:
             if pv is not None:
                 vl = self.L(val)
                 if vl & LOSS or (vl >> PARAM_SHIFT):
-                    self.add("paccum", st, s, vl, None, var=pv, param=f.params.index(pv), value=val)
+                    self.add(EK.PACCUM, st, s, vl, None, var=pv, param=f.params.index(pv), value=val)
         for st in f.stmts:
             s = st.node
             if isinstance(s, ast.AugAssign):
                 var = root_name(s.target)
                 if var in slice_vars and self.L(s.value) & LOSS:
-                    self.add("accum", st, s, self.L(s.value), None, var=var, value=s.value)
+                    self.add(EK.ACCUM, st, s, self.L(s.value), None, var=var, value=s.value)
             elif isinstance(s, ast.Assign):
                 for t in s.targets:
                     var = root_name(t)
@@ -404,7 +422,7 @@ class EventScan:
                     if not vl & LOSS:
                         continue
                     if isinstance(t, ast.Subscript) or (isinstance(t, ast.Name) and _accumulates(t.id, s.value)):
-                        self.add("accum", st, s, vl, None, var=var, value=s.value)
+                        self.add(EK.ACCUM, st, s, vl, None, var=var, value=s.value)
             for expr in (0,):
                 for node in st.nodes:
                     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
@@ -415,7 +433,7 @@ class EventScan:
                         for a in node.args:
                             lab |= self.L(a)
                         if lab & LOSS:
-                            self.add("accum", st, node, lab, None, var=root_name(node.func.value),
+                            self.add(EK.ACCUM, st, node, lab, None, var=root_name(node.func.value),
                                      value=node.args[-1] if node.args else None)
 
 

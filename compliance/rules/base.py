@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..astutil import names_in
 
-from ..events import Event
+from ..events import EK, Event
 
 from ..index import FuncInfo, Stmt
 
@@ -122,11 +122,11 @@ class TrainSite:
 def find_train_sites(prog: Program) -> list[TrainSite]:
     sites = []
     for f in prog.funcs:
-        steps = [e for e in f.events if e.kind in ("step", "update")]
-        steps += [e for e in f.lifted if e.kind in ("step", "update")]
+        steps = [e for e in f.events if e.kind in (EK.STEP, EK.UPDATE)]
+        steps += [e for e in f.lifted if e.kind in (EK.STEP, EK.UPDATE)]
         if not steps:
             continue
-        backs = [e for e in f.events if e.kind == "backward"] + [e for e in f.lifted if e.kind == "backward"]
+        backs = [e for e in f.events if e.kind == EK.BACKWARD] + [e for e in f.lifted if e.kind == EK.BACKWARD]
         if not backs:
             continue
         done = set()
@@ -157,7 +157,7 @@ def throwaway(site: "TrainSite") -> bool:
     opt = site.step.extra.get("opt")
     params = None
     for e in f.events:
-        if e.kind == "optdef" and e.extra.get("var") == opt:
+        if e.kind == EK.OPTDEF and e.extra.get("var") == opt:
             params = e.extra.get("params")
     if params is None:
         return False
@@ -191,7 +191,7 @@ def names_in_own(node) -> set:
 def _model_params(f: FuncInfo, step: Event) -> bool:
     opt = step.extra.get("opt")
     for e in f.events:
-        if e.kind == "optdef" and e.extra.get("var") == opt:
+        if e.kind == EK.OPTDEF and e.extra.get("var") == opt:
             return not e.extra.get("gradvar")
     return False
 
@@ -219,7 +219,7 @@ def judge(ctx: Context, site: TrainSite, max_depth: int = 5) -> list[Judgement]:
         if (id(f), id(T)) in seen or len(chain) > max_depth:
             continue
         seen.add((id(f), id(T)))
-        scores = [e for e in f.events if e.kind == "accum"] + [e for e in f.lifted if e.kind == "score"]
+        scores = [e for e in f.events if e.kind == EK.ACCUM] + [e for e in f.lifted if e.kind == EK.SCORE]
         scores = [a for a in scores if not (a.via is not None and T is a.stmt)]
         resolved = (lab & CONCRETE) | (prog.resolve(f, lab) if lab >> 16 else 0)
         if scores:
@@ -248,7 +248,7 @@ def _decide(f: FuncInfo, T: Stmt, scores: list[Event], chain, labels) -> Judgeme
         cl = common_loops(a.stmt, T)
         if not cl:
             continue
-        if a.stmt.index < T.index or (a.kind == "accum" and _value_before(f, a, T)):
+        if a.stmt.index < T.index or (a.kind == EK.ACCUM and _value_before(f, a, T)):
             if first is None:
                 first = (a, cl)
         elif after is None:

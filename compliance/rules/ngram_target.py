@@ -15,6 +15,7 @@ import ast
 
 from ..astutil import names_in, root_name
 
+from ..events import EK
 from ..index import FuncInfo
 
 from ..labels import CTX, HASH, LOSS, MIXT, TGT, VAL
@@ -33,7 +34,7 @@ class NgramTarget(Rule):
         scoring = _scoring_functions(ctx)
         for f in prog.funcs:
             for e in f.events:
-                if e.kind != "hashread":
+                if e.kind != EK.HASHREAD:
                     continue
                 local_hash = bool(e.labels & HASH)
                 lab = e.labels | (prog.resolve(f, e.labels) if e.labels >> 16 else 0)
@@ -50,11 +51,11 @@ class NgramTarget(Rule):
         for f in prog.funcs:
             out.extend(self._gated(ctx, f, scoring))
         for f in prog.funcs:
-            accs = [a for a in f.events if a.kind == "accum"] + [a for a in f.lifted if a.kind == "score"]
+            accs = [a for a in f.events if a.kind == EK.ACCUM] + [a for a in f.lifted if a.kind == EK.SCORE]
             if not accs:
                 continue
             out.extend(self._update_before_read(ctx, f, accs))
-            out.extend(self._oracle(ctx, f, [a for a in accs if a.kind == "accum"]))
+            out.extend(self._oracle(ctx, f, [a for a in accs if a.kind == EK.ACCUM]))
         return out
 
     def _gated(self, ctx, f: FuncInfo, scoring):
@@ -63,7 +64,7 @@ class NgramTarget(Rule):
         not form one distribution over the vocabulary."""
         out = []
         for e in f.events:
-            if e.kind != "read" or not (e.labels & (MIXT | HASH)):
+            if e.kind != EK.READ or not (e.labels & (MIXT | HASH)):
                 continue
             lab = e.labels | (ctx.prog.resolve(f, e.labels) if e.labels >> 16 else 0)
             if not lab & TGT and not lab & (MIXT | HASH):
@@ -85,8 +86,8 @@ class NgramTarget(Rule):
 
     def _update_before_read(self, ctx, f: FuncInfo, accs):
         out = []
-        incs = [e for e in f.events + f.lifted if e.kind == "incr" and e.root is not None]
-        reads = [e for e in f.events + f.lifted if e.kind == "read" and e.root is not None]
+        incs = [e for e in f.events + f.lifted if e.kind == EK.INCR and e.root is not None]
+        reads = [e for e in f.events + f.lifted if e.kind == EK.READ and e.root is not None]
         for inc in incs:
             lab = inc.labels | (ctx.prog.resolve(f, inc.labels) if inc.labels >> 16 else 0)
             target_bearing = bool(lab & TGT) or (lab & VAL and not lab & CTX)
@@ -107,8 +108,8 @@ class NgramTarget(Rule):
                     continue
                 if read_vars and not any(read_vars & _closure(f, names_in(a.extra.get("value"))
                                                              | {a.extra.get("var")}) for a in later
-                                         if a.kind == "accum"):
-                    if all(a.kind == "accum" for a in later):
+                                         if a.kind == EK.ACCUM):
+                    if all(a.kind == EK.ACCUM for a in later):
                         continue
                 expl = (f"In the scoring loop at line {cl[-1].line} of {f.name}(), the table is updated with the "
                         f"current targets (line {inc.stmt.line}) before it is read to score them (line "
@@ -201,14 +202,14 @@ def _reaches_scoring(ctx: Context, f: FuncInfo, depth: int = 0) -> bool:
         return False
     for cs in ctx.prog.callers.get(f, []):
         g = cs.caller
-        if any(e.kind in ("accum", "paccum") for e in g.events) or _reaches_scoring(ctx, g, depth + 1):
+        if any(e.kind in (EK.ACCUM, EK.PACCUM) for e in g.events) or _reaches_scoring(ctx, g, depth + 1):
             return True
     return False
 
 
 def _scoring_functions(ctx: Context) -> set:
     prog = ctx.prog
-    direct = {f for f in prog.funcs if any(e.kind in ("accum", "paccum") for e in f.events)}
+    direct = {f for f in prog.funcs if any(e.kind in (EK.ACCUM, EK.PACCUM) for e in f.events)}
     out = set(direct)
     frontier = list(direct)
     depth = 0

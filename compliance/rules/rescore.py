@@ -8,7 +8,7 @@ val set, ``np.bincount(val_tokens)``, ``cache.build(val_tokens)``) and read late
 
 from __future__ import annotations
 
-from ..events import Event
+from ..events import EK, Event
 
 from ..index import FuncInfo
 
@@ -43,7 +43,7 @@ class Rescore(Rule):
         prog = ctx.prog
         out = []
         for f in prog.funcs:
-            incs = [e for e in f.events + f.lifted if e.kind == "incr" and e.root is not None]
+            incs = [e for e in f.events + f.lifted if e.kind == EK.INCR and e.root is not None]
             if not incs:
                 continue
             scores = _scores(f)
@@ -77,7 +77,7 @@ class Rescore(Rule):
             if _reads_root(ctx, f, a, inc.root):
                 return f, a.stmt
         # reads of the table inside scoring loops of this function, after the increment
-        for r in [e for e in f.events + f.lifted if e.kind == "read" and e.root == inc.root]:
+        for r in [e for e in f.events + f.lifted if e.kind == EK.READ and e.root == inc.root]:
             if r.stmt.index > inc.stmt.index and any(common_loops(a.stmt, r.stmt) for a in scores):
                 return f, r.stmt
         if not scores and depth < 3:
@@ -86,7 +86,7 @@ class Rescore(Rule):
                 if g is f:
                     continue
                 mapped = ctx.prog._map_root(inc.root, f, cs)
-                fake = Event("incr", cs.stmt, cs.node, inc.labels, mapped)
+                fake = Event(EK.INCR, cs.stmt, cs.node, inc.labels, mapped)
                 hit = self._later_reader(ctx, g, fake, _scores(g), depth + 1)
                 if hit:
                     return hit
@@ -94,17 +94,17 @@ class Rescore(Rule):
 
 
 def _scores(f: FuncInfo):
-    return [e for e in f.events if e.kind == "accum"] + [e for e in f.lifted if e.kind == "score"]
+    return [e for e in f.events if e.kind == EK.ACCUM] + [e for e in f.lifted if e.kind == EK.SCORE]
 
 
 def _reads_root(ctx: Context, f: FuncInfo, a: Event, root) -> bool:
-    if a.kind == "accum":
+    if a.kind == EK.ACCUM:
         return any(r.root == root and common_loops(r.stmt, a.stmt)
-                   for r in f.events + f.lifted if r.kind == "read")
+                   for r in f.events + f.lifted if r.kind == EK.READ)
     callee = a.extra.get("callee")
     if callee is None:
         return False
-    reads = [r for r in callee.events + callee.lifted if r.kind == "read"]
+    reads = [r for r in callee.events + callee.lifted if r.kind == EK.READ]
     if root[0] in ("a", "g"):
         return any(r.root == root for r in reads)
     # a local table passed to the scorer as an argument

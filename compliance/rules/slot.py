@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 
 from ..astutil import names_in
+from ..events import EK
 
 from ..labels import LOSS, TGT
 from ..report import NEEDS_RULING
@@ -66,7 +67,7 @@ def _score_starts(f) -> set:
     """ast dumps of the lower bounds of the slices the scores are taken from (`nll[i, s:wlen]` -> s)."""
     out = set()
     for e in f.events:
-        if e.kind != "accum":
+        if e.kind != EK.ACCUM:
             continue
         value = e.extra.get("value")
         for node in ast.walk(value) if value is not None else ():
