@@ -101,3 +101,52 @@ def own_exprs(s: ast.AST) -> list[ast.AST]:
         return [s.subject]
     return [c for c in ast.iter_child_nodes(s) if isinstance(c, ast.expr)]
 
+
+
+_AST = ast.AST
+
+
+def walk(node: ast.AST) -> list[ast.AST]:
+    """Every node under `node` (itself first), iteratively: no recursion limit on deep trees."""
+    out = []
+    stack = [node]
+    push = stack.append
+    while stack:
+        n = stack.pop()
+        out.append(n)
+        for name in n._fields:
+            v = getattr(n, name, None)
+            if isinstance(v, list):
+                for x in reversed(v):
+                    if isinstance(x, _AST):
+                        push(x)
+            elif isinstance(v, _AST):
+                push(v)
+    return out
+
+
+def children(n: ast.AST) -> list[ast.AST]:
+    out = []
+    for name in n._fields:
+        v = getattr(n, name, None)
+        if isinstance(v, list):
+            out.extend(x for x in v if isinstance(x, _AST))
+        elif isinstance(v, _AST):
+            out.append(v)
+    return out
+
+
+def postorder(node: ast.AST, skip=()) -> list[ast.AST]:
+    """Nodes under `node` children-first (node last), iteratively; subtrees of the types in `skip` are returned
+    as single nodes (not entered)."""
+    out = []
+    stack = [(node, False)]
+    while stack:
+        n, done = stack.pop()
+        if done or (skip and isinstance(n, skip) and n is not node):
+            out.append(n)
+            continue
+        stack.append((n, True))
+        for c in reversed(children(n)):
+            stack.append((c, False))
+    return out

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from . import budget
 from .astutil import call_name, dotted, has_grad_attr, names_in, root_name
 from .index import CallSite, FuncInfo, Stmt
 from .labels import GRADVAR, HASH, LOSS, PARAM_SHIFT, VAL, param_indices
@@ -56,6 +57,7 @@ class EventLifter:
     # -- events ---------------------------------------------------------------------------------------------
     def _events(self) -> None:
         for f in self.funcs:
+            budget.check()
             EventScan(self, f).run()
         self._lift()   # so that tables a helper increments for its caller count as the caller's tables
         self.incr_roots = {e.root for f in self.funcs for e in f.events + f.lifted if e.kind == EK.INCR and e.root}

@@ -7,6 +7,7 @@ import ast
 import re
 from typing import TYPE_CHECKING
 
+from . import budget
 from .astutil import call_name, names_in, own_exprs, root_name
 from .index import CallSite, FuncInfo, Stmt
 from .labels import (CONCRETE, CTX, DATA, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, PARAM_SHIFT, SUMMARY_ONLY,
@@ -27,6 +28,7 @@ class TaintAnalysis:
         for f in order:
             self._read_sets(f)
         for f in order:
+            budget.check()
             f.ran_at = self.version
             LabelPass(self, f).run()
         for _round in range(4):

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 from compliance.audit import audit  # noqa: E402
 from compliance.cli import main as cli  # noqa: E402
 from compliance.logparse import load_text_log as parse_text_log  # noqa: E402
-from compliance.logs import significance  # noqa: E402
+from compliance.rules.stats import significance  # noqa: E402
 from compliance.source import decode_payloads, load_program, tolerant_parse  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures" / "compliance"
@@ -31,21 +31,21 @@ def run_cli(args, capsys):
 
 
 def test_json_shape_and_exit_codes(capsys):
-    code, out, _ = run_cli(["audit", str(RULES / "ttt_pre_quant_adamw.py"), "--json"], capsys)
+    code, out, _ = run_cli(["audit", str(RULES / "ttt_pre" / "ttt_pre_quant_adamw.py"), "--json"], capsys)
     obj = json.loads(out)
     assert code == 1 and obj["verdict"] == "flagged"
     assert set(obj) >= {"path", "verdict", "findings", "limits", "warnings"}
     f = obj["findings"][0]
     assert set(f) >= {"rule", "status", "file", "line", "evidence", "explanation", "ruling"}
     assert f["rule"] == "TTT-PRE" and f["status"] == "active" and "#402" in f["ruling"]
-    code, out, _ = run_cli(["audit", str(RULES / "legal_ttt_score_first.py"), "--json"], capsys)
+    code, out, _ = run_cli(["audit", str(RULES / "ttt_pre" / "legal_ttt_score_first.py"), "--json"], capsys)
     assert code == 0 and json.loads(out)["verdict"] == "clean"
-    code, out, _ = run_cli(["audit", str(RULES / "slot_context_only.py"), "--json"], capsys)
+    code, out, _ = run_cli(["audit", str(RULES / "slot" / "slot_context_only.py"), "--json"], capsys)
     assert code == 1 and json.loads(out)["verdict"] == "needs-ruling"
 
 
 def test_text_report(capsys):
-    code, out, _ = run_cli(["audit", str(RULES / "dormant_prequant_ttt_flag.py")], capsys)
+    code, out, _ = run_cli(["audit", str(RULES / "ttt_pre" / "dormant_prequant_ttt_flag.py")], capsys)
     assert code == 0
     assert "verdict: CLEAN" in out and "[TTT-PRE] dormant (activated by TTT_ENABLED=1)" in out and "ruling:" in out
 
@@ -67,12 +67,12 @@ def test_usage_and_unreadable_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli(["frobnicate"])
     assert exc.value.code == 2
-    code, _, err = run_cli(["audit", str(RULES / "legal_ttt_single_pass.py"), "--set", "NOEQUALS"], capsys)
+    code, _, err = run_cli(["audit", str(RULES / "ttt_pre" / "legal_ttt_single_pass.py"), "--set", "NOEQUALS"], capsys)
     assert code == 2 and "NAME=VALUE" in err
 
 
 def test_subprocess_entry_point():
-    p = subprocess.run([sys.executable, "-m", "compliance", "audit", str(RULES / "ngram_target_in_key.py"), "--json"],
+    p = subprocess.run([sys.executable, "-m", "compliance", "audit", str(RULES / "ngram_target" / "ngram_target_in_key.py"), "--json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1, p.stderr
     assert json.loads(p.stdout)["findings"][0]["rule"] == "NGRAM-TARGET"
@@ -81,14 +81,14 @@ def test_subprocess_entry_point():
 
 
 def test_set_switches_a_dormant_finding_on():
-    rep = audit(RULES / "dormant_prequant_ttt_flag.py", settings={"TTT_ENABLED": "1"})
+    rep = audit(RULES / "ttt_pre" / "dormant_prequant_ttt_flag.py", settings={"TTT_ENABLED": "1"})
     assert rep.verdict == "flagged" and rep.findings[0].status == "active"
-    rep = audit(RULES / "legal_ttt_score_first.py", settings={"TTT_ENABLED": "0"})
+    rep = audit(RULES / "ttt_pre" / "legal_ttt_score_first.py", settings={"TTT_ENABLED": "0"})
     assert rep.verdict == "clean"
 
 
 def test_dormant_finding_names_flag_for_records_audit():
-    rep = audit(RULES / "dormant_prequant_ttt_flag.py")
+    rep = audit(RULES / "ttt_pre" / "dormant_prequant_ttt_flag.py")
     d = rep.findings[0].as_dict()
     assert d["status"] == "dormant" and d["flag"] == "TTT_ENABLED=1"
 
@@ -105,10 +105,10 @@ def test_wrappers_decode_without_executing(tmp_path):
     rep = audit(p)
     assert not marker.exists()
     assert any(f.rule == "LIMITS" and f.decoded for f in rep.findings)
-    tree, _ = tolerant_parse((RULES / "wrapper_nested.py").read_text())
+    tree, _, _ = tolerant_parse((RULES / "common" / "wrapper_nested.py").read_text())
     (inner1, chain, _), = decode_payloads(tree)
     assert chain == "zlib+a85" and "lzma.decompress" in inner1
-    units = load_program(RULES / "wrapper_nested.py").units
+    units = load_program(RULES / "common" / "wrapper_nested.py").units
     assert [u.decoded for u in units] == ["", "zlib+a85", "lzma+hex>zlib+a85"]
 
 
@@ -159,7 +159,9 @@ def test_kit_logs_and_significance(capsys):
     code, out, _ = run_cli(["audit", str(FOLDERS / "kit_record"), "--json", "--reference-bpb", "1.1160"], capsys)
     obj = json.loads(out)
     st = obj["limits"]["stats"]
-    assert not st["significant"] and any(w.startswith("STATS: not a significant record") for w in obj["warnings"])
+    assert not st["significant"] and code == 0 and obj["verdict"] == "clean"      # STATS warns, never flags
+    (weak,) = [f for f in obj["findings"] if f["rule"] == "STATS"]
+    assert weak["status"] == "warning" and weak["explanation"].startswith("Not a significant record")
     assert abs(st["reference_loss"] - 1.1160 * st["nats_per_bpb"]) < 1e-12
 
 
@@ -203,23 +205,24 @@ def test_data_shards_hash(tmp_path, capsys):
     (d / "fineweb_val_000000.bin").write_bytes(blob)
     (d / "fineweb_train_000000.bin").write_bytes(blob)
     (d / "fineweb_train_000001.bin").write_bytes(blob[:-2] + b"\x09\x00")
-    code, out, _ = run_cli(["audit", str(RULES / "legal_ttt_single_pass.py"), "--json", "--data", str(d)], capsys)
+    code, out, _ = run_cli(["audit", str(RULES / "ttt_pre" / "legal_ttt_single_pass.py"), "--json", "--data", str(d)], capsys)
     obj = json.loads(out)
     assert code == 1
     hits = [f for f in obj["findings"] if f["rule"] == "VAL-TRAIN"]
     assert len(hits) == 1 and hits[0]["file"] == "fineweb_train_000000.bin"
     assert obj["limits"]["data"]["train_shards"] == 2
-    code, _, err = run_cli(["audit", str(RULES / "legal_ttt_single_pass.py"), "--data", str(tmp_path / "nope")], capsys)
+    code, _, err = run_cli(["audit", str(RULES / "ttt_pre" / "legal_ttt_single_pass.py"), "--data", str(tmp_path / "nope")], capsys)
     assert code == 2 and "--data" in err
 
 
 def test_broken_syntax_is_repaired_and_still_audited(tmp_path):
-    src = (RULES / "ttt_pre_quant_adamw.py").read_text().replace("def main():", "def main(:\n    x = f'{'a'}{", 1)
+    """A line no parser reads is blanked so the rest is audited; the blanked lines are named as not analysed."""
+    src = (RULES / "ttt_pre" / "ttt_pre_quant_adamw.py").read_text().replace("def main():", "def main(:\n    x = f'{'a'}{", 1)
     p = tmp_path / "broken.py"
     p.write_text(src)
     rep = audit(p)
-    assert any("syntax repaired" in n for n in rep.notes)
-    assert any(f.rule == "TTT-PRE" for f in rep.findings)
+    assert any(f.rule == "TTT-PRE" and f.status == "active" for f in rep.findings)
+    assert rep.verdict == "flagged" and any("not analysed" in x and "line(s)" in x for x in rep.incomplete)
 
 
 def test_kit_train_gpt_audits_clean():

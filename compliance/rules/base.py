@@ -24,15 +24,41 @@ from ..rulings import RULINGS
 
 
 class Rule:
+    """One registered check (see registry.py): a rule id, the context it reads, its fixtures, a detector."""
     id = ""
     title = ""
+    scope = "program"            # program | logs | data
+    fixtures: tuple[str, ...] = ()   # fixture folders under tests/fixtures/compliance/
 
     @property
     def ruling(self) -> str:
         return RULINGS[self.id]
 
-    def check(self, ctx: "Context") -> list[Finding]:  # pragma: no cover - interface
+    def check(self, ctx) -> list[Finding]:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+@dataclass
+class LogContext:
+    """What a record folder's logs and submission.json say, for the rules over logs (LIMITS, STATS)."""
+    logs: list                   # logparse.RunLog
+    script_bytes: int | None     # bytes of the submitted script(s)
+    script_name: str
+    submission: dict | None
+    submission_name: str
+    non_record: bool
+    limits: dict
+    reference_loss: float | None = None
+    reference_bpb: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataContext:
+    """The shard folder given with --data, for the rules over data (VAL-TRAIN provenance)."""
+    folder: object               # pathlib.Path
+    limits: dict
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -15,13 +15,16 @@ from ..astutil import call_name
 
 from ..index import FuncInfo
 from .base import Context, Rule
+from .registry import register
 
 SPACE = "\u2581"
 
 
+@register
 class BytesAccounting(Rule):
     id = "BYTES"
     title = "wrong byte accounting in val_bpb"
+    fixtures = ("rules/bytes",)
 
     def check(self, ctx: Context):
         out = []

@@ -17,15 +17,18 @@ from ..index import FuncInfo
 
 from ..labels import LOADER, TRAIN, VAL
 from .base import Context, Rule
+from .registry import register
 
 _CALIB_NAME = re.compile(r"calib|gptq|hessian|collect_h|awq|smoothquant", re.I)
 _RESERVE = re.compile(r"reserve|gptq_time|calib_time|calib_budget|time_for_gptq|gptq_budget|quant_time_budget", re.I)
 _WALLCLOCK = re.compile(r"wallclock|time_budget|train_seconds|max_train_time|time_limit|train_budget", re.I)
 
 
+@register
 class CalibVal(Rule):
     id = "CALIB-VAL"
     title = "calibration on validation data or after the training budget"
+    fixtures = ("rules/calib_val",)
 
     def check(self, ctx: Context):
         prog = ctx.prog

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 
 from .base import Context, Rule
+from .registry import register
 
 _NET_PREFIXES = ("urllib.request.", "urllib2.", "requests.", "http.client.", "httpx.", "aiohttp.", "urllib3.",
                  "ftplib.", "smtplib.", "socket.", "websocket.", "wget.", "pycurl.")
@@ -17,9 +18,11 @@ _SHELL_NET = ("curl ", "wget ", "git clone", "scp ", "rsync ", "nc ", "aria2c", 
 _NOT_NET = {"socket.gethostname", "socket.getfqdn"}
 
 
+@register
 class NetworkAtEval(Rule):
     id = "LIMITS"
     title = "network access in the submitted code"
+    fixtures = ("rules/limits",)
 
     def check(self, ctx: Context):
         out = []

@@ -22,11 +22,14 @@ from ..labels import CTX, HASH, LOSS, MIXT, TGT, VAL
 
 from ..loops import common_loops
 from .base import Context, Rule
+from .registry import register
 
 
+@register
 class NgramTarget(Rule):
     id = "NGRAM-TARGET"
     title = "the target token used to form its own probability"
+    fixtures = ("rules/ngram_target",)
 
     def check(self, ctx: Context):
         out = []

@@ -16,11 +16,14 @@ from ..labels import VAL
 
 from ..loops import common_loops
 from .base import Context, Rule, judge
+from .registry import register
 
 
+@register
 class Rescore(Rule):
     id = "RESCORE"
     title = "scoring validation tokens more than once / statistics over the whole val set"
+    fixtures = ("rules/rescore",)
 
     def check(self, ctx: Context):
         out = []

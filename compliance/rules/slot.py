@@ -17,11 +17,14 @@ from ..events import EK
 from ..labels import LOSS, TGT
 from ..report import NEEDS_RULING
 from .base import Context, Rule, judge
+from .registry import register
 
 
+@register
 class Slot(Rule):
     id = "SLOT"
     title = "per-window delta / logit bias optimised on the scored targets"
+    fixtures = ("rules/slot",)
 
     def check(self, ctx: Context):
         out = []

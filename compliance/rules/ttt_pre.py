@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from ..labels import LOADER, TRAIN
 from .base import Context, Rule, judge, throwaway
+from .registry import register
 
 
+@register
 class TttPre(Rule):
     id = "TTT-PRE"
     title = "adapting on validation tokens before scoring them"
+    fixtures = ("rules/ttt_pre",)
 
     def check(self, ctx: Context):
         out = []
