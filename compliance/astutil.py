@@ -19,16 +19,25 @@ def call_name(node: ast.Call) -> str:
 
 
 def dotted(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        d = dotted(node.value)
-        return f"{d}.{node.attr}" if d else node.attr
-    if isinstance(node, ast.Call):
-        return dotted(node.func) + "()"
-    if isinstance(node, ast.Subscript):
-        return dotted(node.value) + "[]"
-    return ""
+    """`a.b().c[]` for a.b().c[...]: the name path of an expression (iterative)."""
+    parts = []
+    while True:
+        if isinstance(node, ast.Name):
+            parts.append(node.id)
+            break
+        if isinstance(node, ast.Attribute):
+            parts.append("." + node.attr)
+            node = node.value
+        elif isinstance(node, ast.Call):
+            parts.append("()")
+            node = node.func
+        elif isinstance(node, ast.Subscript):
+            parts.append("[]")
+            node = node.value
+        else:
+            break
+    out = "".join(reversed(parts))
+    return out[1:] if out.startswith(".") else out
 
 
 def root_name(node: ast.expr) -> str | None:
@@ -47,13 +56,13 @@ def names_in(node: ast.AST | None) -> set[str]:
     hit = _NAMES_MEMO.get(k)
     if hit is not None and hit[0] is node:
         return set(hit[1])
-    out = frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    out = frozenset(n.id for n in walk(node) if isinstance(n, ast.Name))
     _NAMES_MEMO[k] = (node, out)
     return set(out)
 
 
 def has_grad_attr(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr in ("grad", "main_grad") for n in ast.walk(node))
+    return any(isinstance(n, ast.Attribute) and n.attr in ("grad", "main_grad") for n in walk(node))
 
 
 
@@ -104,17 +113,50 @@ def own_exprs(s: ast.AST) -> list[ast.AST]:
 
 
 _AST = ast.AST
+_DISPLAYS = (ast.List, ast.Tuple, ast.Set, ast.Dict)
+_FIELDS: dict[type, tuple] = {}
+_SKIP_FIELDS = {"ctx", "op", "id", "attr", "arg", "kind", "type_comment", "level", "module", "conversion", "is_async"}
+
+
+def _fields_of(n: ast.AST) -> tuple:
+    """The fields of a node type that may hold sub-nodes (not ctx / operator singletons or plain values)."""
+    t = type(n)
+    f = _FIELDS.get(t)
+    if f is None:
+        f = _FIELDS[t] = tuple(x for x in t._fields if x not in _SKIP_FIELDS)
+    return f
+
+
+_LITERAL_MIN = 32
+_CONST = ast.Constant
+
+
+def const_literal(n: ast.AST) -> bool:
+    """A list/tuple/set/dict display of at least 32 constants (a data table): its elements carry no data flow,
+    so walks do not enter it (the display node itself is kept)."""
+    if type(n) in (ast.List, ast.Tuple, ast.Set):
+        elts = n.elts
+    elif type(n) is ast.Dict:
+        elts = n.values
+        if len(elts) >= _LITERAL_MIN and not all(type(k) is _CONST for k in n.keys):
+            return False
+    else:
+        return False
+    return len(elts) >= _LITERAL_MIN and all(type(e) is _CONST for e in elts)
 
 
 def walk(node: ast.AST) -> list[ast.AST]:
-    """Every node under `node` (itself first), iteratively: no recursion limit on deep trees."""
+    """Every node under `node` (itself first), iteratively: no recursion limit on deep trees. Data tables (see
+    const_literal) are not entered."""
     out = []
     stack = [node]
     push = stack.append
     while stack:
         n = stack.pop()
         out.append(n)
-        for name in n._fields:
+        if type(n) in _DISPLAYS and const_literal(n):
+            continue
+        for name in _fields_of(n):
             v = getattr(n, name, None)
             if isinstance(v, list):
                 for x in reversed(v):
@@ -126,8 +168,10 @@ def walk(node: ast.AST) -> list[ast.AST]:
 
 
 def children(n: ast.AST) -> list[ast.AST]:
+    if type(n) in _DISPLAYS and const_literal(n):
+        return []
     out = []
-    for name in n._fields:
+    for name in _fields_of(n):
         v = getattr(n, name, None)
         if isinstance(v, list):
             out.extend(x for x in v if isinstance(x, _AST))
@@ -150,3 +194,22 @@ def postorder(node: ast.AST, skip=()) -> list[ast.AST]:
         for c in reversed(children(n)):
             stack.append((c, False))
     return out
+
+
+def node_key(node: ast.AST | None) -> tuple:
+    """A structural key of an expression (what ast.dump compares), built iteratively; ignores positions and ctx."""
+    if node is None:
+        return ()
+    out = []
+    for n in walk(node):
+        vals = []
+        for name in n._fields:
+            if name == "ctx":
+                continue
+            v = getattr(n, name, None)
+            if not isinstance(v, (ast.AST, list)):
+                vals.append(v)
+            elif isinstance(v, list):
+                vals.append(len(v))
+        out.append((type(n).__name__, tuple(vals)))
+    return tuple(out)

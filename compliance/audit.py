@@ -5,6 +5,7 @@ analysis or rule, the time budget) goes to ``Report.incomplete`` and the verdict
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from pathlib import Path
@@ -22,7 +23,17 @@ from .source import InputError, load_program
 def audit(path: str | Path, data_dir: str | Path | None = None, reference_bpb: float | None = None,
           reference_loss: float | None = None, settings: dict[str, str] | None = None,
           time_budget: float | None = budget.DEFAULT_SECONDS) -> Report:
-    path = Path(path)
+    """Audit a script or record folder; raises InputError (exit 2) when it cannot be audited at all."""
+    enabled = gc.isenabled()
+    gc.disable()     # millions of short-lived tree nodes and labels: the cycle collector would rescan them often
+    try:
+        return _audit(Path(path), data_dir, reference_bpb, reference_loss, settings, time_budget)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _audit(path: Path, data_dir, reference_bpb, reference_loss, settings, time_budget) -> Report:
     if data_dir is not None and not Path(data_dir).is_dir():
         raise InputError(f"--data {data_dir} is not a folder")
     loaded = load_program(path)          # raises InputError: exit 2

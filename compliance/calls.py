@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from .astutil import own_exprs
+from .astutil import children, own_exprs
 from .index import CallSite, ClassInfo, FuncInfo, Guard, Stmt
 from .vocab import GENERIC_METHODS
 
@@ -117,48 +117,71 @@ class CallResolver:
                         elif isinstance(t, ast.Attribute):
                             self.attr_types[t.attr] = cname
         for st in f.stmts:
-            for expr in own_exprs(st.node):
-                self._calls_in(f, st, expr, ())
+            nodes = st.nodes
+            if any(type(n) in (ast.IfExp, ast.BoolOp) for n in nodes):
+                for expr in own_exprs(st.node):
+                    self._calls_in(f, st, expr, ())
+            else:
+                self._calls_flat(f, st, nodes)
+
+    def _calls_flat(self, f: FuncInfo, st: Stmt, nodes: list) -> None:
+        """`_calls_in` for a statement without expression-level guards: one pass over its nodes."""
+        funcs = {id(n.func) for n in nodes if type(n) is ast.Call}
+        for node in nodes:
+            t = type(node)
+            if t is ast.Call:
+                ts, kind, recv = self.resolve_call(f, node.func)
+                if ts:
+                    f.calls.append(CallSite(f, st, node, ts, (), kind, recv))
+            elif id(node) in funcs:
+                continue
+            elif t is ast.Name and type(node.ctx) is ast.Load:
+                ts, is_cls = self.lookup_name(f, node.id)
+                if ts and not is_cls:
+                    f.calls.append(CallSite(f, st, node, ts, (), "ref", None))
+            elif t is ast.Attribute and f.cls and type(node.value) is ast.Name and node.value.id == "self":
+                ms = self.methods_of(f.cls, node.attr)
+                if ms:
+                    f.calls.append(CallSite(f, st, node, ms, (), "ref", node.value))
 
     def _calls_in(self, f: FuncInfo, st: Stmt, node: ast.AST, guards: tuple, func_pos: bool = False) -> None:
-        if isinstance(node, ast.IfExp):
-            self._calls_in(f, st, node.test, guards)
-            self._calls_in(f, st, node.body, guards + (Guard(node.test, True, f, "ifexp"),))
-            self._calls_in(f, st, node.orelse, guards + (Guard(node.test, False, f, "ifexp"),))
-            return
-        if isinstance(node, ast.BoolOp):
-            g = guards
-            for v in node.values:
-                self._calls_in(f, st, v, g)
-                g = g + (Guard(v, isinstance(node.op, ast.And), f, "boolop"),)
-            return
-        if isinstance(node, ast.Call):
-            ts, kind, recv = self.resolve_call(f, node.func)
-            if ts:
-                f.calls.append(CallSite(f, st, node, ts, guards, kind, recv))
-            self._calls_in(f, st, node.func, guards, func_pos=True)
-            for a in node.args:
-                self._calls_in(f, st, a, guards)
-            for k in node.keywords:
-                self._calls_in(f, st, k.value, guards)
-            return
-        if isinstance(node, (ast.Lambda,)):
-            self._calls_in(f, st, node.body, guards)
-            return
-        if not func_pos and isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            ts, is_cls = self.lookup_name(f, node.id)
-            if ts and not is_cls:
-                f.calls.append(CallSite(f, st, node, ts, guards, "ref", None))
-            return
-        if not func_pos and isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
-                and node.value.id in ("self",) and f.cls:
-            ms = self.methods_of(f.cls, node.attr)
-            if ms:
-                f.calls.append(CallSite(f, st, node, ms, guards, "ref", node.value))
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.expr, ast.comprehension, ast.keyword, ast.arguments, ast.arg)):
-                self._calls_in(f, st, child, guards)
-
+        """Call sites (and functions passed by reference) in one expression, with the expression-level guards
+        (`x if c else y`, `c and f()`) around them; iterative (explicit stack), in source order."""
+        stack = [(node, guards, func_pos)]
+        while stack:
+            node, guards, func_pos = stack.pop()
+            todo = []
+            if isinstance(node, ast.IfExp):
+                todo = [(node.test, guards, False),
+                        (node.body, guards + (Guard(node.test, True, f, "ifexp"),), False),
+                        (node.orelse, guards + (Guard(node.test, False, f, "ifexp"),), False)]
+            elif isinstance(node, ast.BoolOp):
+                g = guards
+                for i, v in enumerate(node.values):
+                    todo.append((v, g, False))
+                    if i < 16:    # a call after 10,000 `and`s: the first 16 operands guard it (bounded, not n^2)
+                        g = g + (Guard(v, isinstance(node.op, ast.And), f, "boolop"),)
+            elif isinstance(node, ast.Call):
+                ts, kind, recv = self.resolve_call(f, node.func)
+                if ts:
+                    f.calls.append(CallSite(f, st, node, ts, guards, kind, recv))
+                todo = [(node.func, guards, True)] + [(a, guards, False) for a in node.args] + \
+                       [(k.value, guards, False) for k in node.keywords]
+            elif isinstance(node, ast.Lambda):
+                todo = [(node.body, guards, False)]
+            elif not func_pos and isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                ts, is_cls = self.lookup_name(f, node.id)
+                if ts and not is_cls:
+                    f.calls.append(CallSite(f, st, node, ts, guards, "ref", None))
+            else:
+                if not func_pos and isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                        and node.value.id in ("self",) and f.cls:
+                    ms = self.methods_of(f.cls, node.attr)
+                    if ms:
+                        f.calls.append(CallSite(f, st, node, ms, guards, "ref", node.value))
+                todo = [(c, guards, False) for c in children(node)
+                        if isinstance(c, (ast.expr, ast.comprehension, ast.keyword, ast.arguments, ast.arg))]
+            stack.extend(reversed(todo))
 
     # -- resolving parameter bits to call-site labels ---------------------------------------------------------
     def arg_expr(self, cs: CallSite, callee: FuncInfo, i: int) -> list[ast.expr]:

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from . import budget
-from .astutil import call_name, dotted, has_grad_attr, names_in, root_name
+from .astutil import call_name, dotted, has_grad_attr, names_in, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
 from .labels import GRADVAR, HASH, LOSS, PARAM_SHIFT, VAL, param_indices
 from .taint import LabelPass, _accumulates
@@ -213,7 +213,7 @@ class EventScan:
                     (k.value for k in s.value.keywords if k.arg in ("params", "param_groups")), None)
                 plab = self.L(params) if params is not None else 0
                 for t in s.targets:
-                    for n in ast.walk(t):
+                    for n in walk(t):
                         if isinstance(n, (ast.Name, ast.Attribute)):
                             key = n.id if isinstance(n, ast.Name) else n.attr
                             opt_vars[key] = plab
@@ -330,7 +330,7 @@ class EventScan:
                 # read-modify-write of the same table is an update, not a read
                 for t in s.targets:
                     if isinstance(t, ast.Subscript) and EventScan._is_increment(t, s.value):
-                        for n in ast.walk(s.value):
+                        for n in walk(s.value):
                             skip_nodes.add(id(n))
             for expr in (0,):
                 for node in st.nodes:
@@ -366,7 +366,7 @@ class EventScan:
             if isinstance(s, (ast.Assign, ast.AnnAssign)):
                 tgts = s.targets if isinstance(s, ast.Assign) else [s.target]
                 for t in tgts:
-                    for n in ast.walk(t):
+                    for n in walk(t):
                         if isinstance(n, ast.Name) and _REPORT_TARGET.search(n.id):
                             roots |= names_in(s.value)
                         if isinstance(n, ast.Subscript) and isinstance(n.slice, ast.Constant) \

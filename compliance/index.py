@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .astutil import FUNCS, LOOPS, _ends_block, _iter_defs, dotted, own_exprs
+from .astutil import FUNCS, LOOPS, _ends_block, _iter_defs, dotted, own_exprs, walk
 from .source import SourceUnit
 from .vocab import OPTIMIZER_NAMES
 
@@ -54,7 +54,7 @@ class Stmt:
         if self._nodes is None:
             out = []
             for e in self.own:
-                out.extend(ast.walk(e))
+                out.extend(walk(e))
             self._nodes = out
         return self._nodes
 
@@ -296,7 +296,7 @@ class ProgramIndex:
             for a in s.names:
                 f.local_names.add((a.asname or a.name).split(".")[0])
         for t in targets:
-            for n in ast.walk(t):
+            for n in walk(t):
                 if isinstance(n, ast.Name):
                     f.local_names.add(n.id)
         for n in (0,):

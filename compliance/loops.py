@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .astutil import call_name, names_in
+from .astutil import call_name, names_in, walk
 from .index import Stmt
 from .source import SourceUnit
 
@@ -37,7 +37,7 @@ def loop_var_is_epoch(loop: Stmt) -> bool:
     it = node.iter
     if not (isinstance(it, ast.Call) and call_name(it) == "range"):
         return False
-    for sub in ast.walk(ast.Module(body=node.body, type_ignores=[])):
+    for sub in walk(ast.Module(body=node.body, type_ignores=[])):
         if isinstance(sub, ast.Subscript):
             if names & names_in(sub.slice):
                 return False

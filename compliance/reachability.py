@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .astutil import dotted
+from .astutil import dotted, walk
 
 from .index import FuncInfo, Guard, Stmt
 
@@ -73,7 +73,7 @@ def env_read(node: ast.AST, helpers: set[str]) -> tuple[str, ast.expr | None] | 
 
 
 def first_env_read(expr: ast.AST, helpers: set[str]) -> tuple[str, ast.expr | None] | None:
-    for n in ast.walk(expr):
+    for n in walk(expr):
         r = env_read(n, helpers)
         if r:
             return r
@@ -104,7 +104,7 @@ class FlagTable:
         for f in self.prog.funcs:
             if f.is_module or not f.params or ("environ" not in f.unit.text and "getenv" not in f.unit.text):
                 continue
-            for n in ast.walk(f.node):
+            for n in walk(f.node):
                 r = env_read(n, set())
                 if r is None and isinstance(n, ast.Call) and dotted(n.func) in _ENV_FUNCS and n.args \
                         and isinstance(n.args[0], ast.Name) and n.args[0].id in f.params:
@@ -518,7 +518,7 @@ class Evaluator:
         out = []
         if depth > 6 or node is None:
             return out
-        for n in ast.walk(node):
+        for n in walk(node):
             r = env_read(n, self.t.helpers)
             if r is not None:
                 fds = self.t.by_env.get(r[0]) or [FlagDef(r[0].lower(), r[0], "expr", n, scope=None)]
@@ -585,7 +585,7 @@ class Evaluator:
 
 def _candidates(fd: FlagDef, test: ast.AST) -> list[str]:
     out = ["1", "0", "true", "2", "3", "8", "64"]
-    for n in ast.walk(test):
+    for n in walk(test):
         if isinstance(n, ast.Constant) and isinstance(n.value, (int, float, str)) and not isinstance(n.value, bool):
             v = n.value
             out.insert(0, str(v))
@@ -603,7 +603,7 @@ def _candidates(fd: FlagDef, test: ast.AST) -> list[str]:
 
 def _value_candidates(default, test) -> list:
     out = [True, False, 1, 0, 2]
-    for n in ast.walk(test):
+    for n in walk(test):
         if isinstance(n, ast.Constant) and not isinstance(n.value, bool) and n.value is not None:
             out.insert(0, n.value)
     return out

@@ -160,10 +160,10 @@ class _Truncated(Exception):
     """A decompressor stopped before the end of its payload (size cap)."""
 
 
-def _import_aliases(tree: ast.Module) -> dict[str, str]:
+def _import_aliases(tree: ast.Module, nodes: list | None = None) -> dict[str, str]:
     """local name -> module or module.attr (for `import lzma as L`, `from base64 import b85decode as d`)."""
     out: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in (walk(tree) if nodes is None else nodes):
         if isinstance(node, ast.Import):
             for a in node.names:
                 out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
@@ -186,8 +186,8 @@ def _module_constants(tree: ast.Module) -> dict[str, ast.expr]:
 class _PayloadEval:
     """Evaluates the small expression language of decode chains; raises _Unknown for anything else."""
 
-    def __init__(self, tree: ast.Module):
-        self.aliases = _import_aliases(tree)
+    def __init__(self, tree: ast.Module, nodes: list | None = None):
+        self.aliases = _import_aliases(tree, nodes)
         self.consts = _module_constants(tree)
         self.steps: list[str] = []
         self.depth = 0
@@ -348,7 +348,7 @@ def decode_payloads(tree: ast.Module, nodes: list | None = None, problems: list[
     problems = [] if problems is None else problems
     seen: set[int] = set()
     nodes = walk(tree) if nodes is None else nodes
-    aliases = _import_aliases(tree)
+    aliases = _import_aliases(tree, nodes)
     shadowed = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     runners = [n for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                and n.func.id in _CODE_RUNNERS and n.func.id not in aliases and n.func.id not in shadowed]
@@ -359,7 +359,7 @@ def decode_payloads(tree: ast.Module, nodes: list | None = None, problems: list[
                                                   "__import__") for n in nodes)
     if not wrappers and not runners:
         return out
-    ev = _PayloadEval(tree)
+    ev = _PayloadEval(tree, nodes)
     calls = [n for n in nodes if isinstance(n, ast.Call)] if wrappers else runners
     runner_ids = {id(n) for n in runners}
     for node in calls:
@@ -556,10 +556,11 @@ def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
     (exec(open(...)), runpy, subprocess, os.system: __main__ runs)."""
     folder = unit.path.parent
     siblings = {p.name for p in folder.glob("*.py")}
+    if not siblings - {unit.path.name}:
+        return []
     out: list[tuple[Path, bool]] = []
-    stack = [(unit.tree, None)]
-    while stack:
-        node, parent = stack.pop()
+    docstrings = {id(n.value) for n in unit.nodes if isinstance(n, ast.Expr)}
+    for node in unit.nodes:
         if isinstance(node, ast.Import):
             for a in node.names:
                 p = folder / (a.name.split(".")[0] + ".py")
@@ -582,11 +583,9 @@ def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
                 if p.name in siblings:
                     out.append((p, False))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ".py" in node.value \
-                and not isinstance(parent, ast.Expr):
+                and id(node) not in docstrings:
             for m in _PY_NAME.finditer(node.value):
                 p = folder / Path(m.group(1)).name
                 if p.name in siblings and p.resolve() != unit.path.resolve():
                     out.append((p, True))
-        for child in ast.iter_child_nodes(node):
-            stack.append((child, node))
     return out

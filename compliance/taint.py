@@ -8,7 +8,7 @@ import re
 from typing import TYPE_CHECKING
 
 from . import budget
-from .astutil import call_name, names_in, own_exprs, root_name
+from .astutil import call_name, const_literal, names_in, own_exprs, postorder, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
 from .labels import (CONCRETE, CTX, DATA, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, PARAM_SHIFT, SUMMARY_ONLY,
                      TGT, TRAIN, VAL, name_seed, param_indices, pbit, string_labels)
@@ -133,6 +133,9 @@ class LabelPass:
         self.memo = f.memo
         self.cur: Stmt | None = None
         self.comp_scopes: list[dict] = []
+        self._nested = 0
+        self._min_read: dict[str, int] = {}     # per pass: first statement index that read a local
+        self._max_change: dict[str, int] = {}   # per pass: last statement index whose definition grew
 
     # public: labels of one expression with the current variable state
     def label(self, node: ast.AST | None) -> int:
@@ -141,9 +144,27 @@ class LabelPass:
         k = id(node)
         v = self.memo.get(k)
         if v is None:
-            v = self._label(node)
+            if self._nested:
+                v = self._label(node)
+            else:
+                self._nested += 1
+                try:
+                    v = self._label(node)
+                except RecursionError:       # a very deep expression: children first, iteratively, then again
+                    self._prelabel(node)
+                    v = self._label(node)
+                finally:
+                    self._nested -= 1
             self.memo[k] = v
         return v
+
+    def _prelabel(self, node: ast.AST) -> None:
+        """Label a deep expression children-first with an explicit stack, so that the recursive `_label` of each
+        node only meets labelled children (no recursion limit on 100,000-term expressions). Comprehensions and
+        lambdas (own scopes) are labelled when their parent needs them."""
+        for sub in postorder(node, skip=_SCOPED):
+            if sub is not node and id(sub) not in self.memo and isinstance(sub, ast.expr):
+                self.memo[id(sub)] = self._label(sub)
 
     def run(self) -> None:
         f = self.f
@@ -152,6 +173,7 @@ class LabelPass:
             f.vdefs[p][-1] = [None, pbit(i) | name_seed(p)]
         for _ in range(8):
             self.memo.clear()
+            self._min_read, self._max_change = {}, {}
             before = sum(f.labels.values()) + len(f.labels)
             snapshot = dict(f.labels)
             for st in f.stmts:
@@ -159,7 +181,10 @@ class LabelPass:
                 self._stmt(st)
             if dict(f.labels) == snapshot and before == sum(f.labels.values()) + len(f.labels):
                 break
-        self.memo.clear()
+            # another pass only helps a read that came before (or at) a definition that changed in this pass
+            if not any(self._min_read.get(n, 1 << 60) <= i for n, i in self._max_change.items()):
+                break
+        # the last pass's memo holds the converged labels: the passes below reuse it
         ret = 0
         elems: list[int] | None = None
         tuple_ok = True
@@ -284,6 +309,9 @@ class LabelPass:
                 f.labels[n] = old | lab
                 self.p.glob_ver[(id(f), n)] = self.p.bump()
             ent = f.vdefs[n].get(st.index)
+            if ent is None or ent[1] | lab != ent[1]:
+                if self._max_change.get(n, -2) < st.index:
+                    self._max_change[n] = st.index
             if ent is None:
                 f.vdefs[n][st.index] = [st, lab]
             else:
@@ -390,7 +418,7 @@ class LabelPass:
                 if isinstance(e, ast.Name):
                     scope[e.id] = p
                 elif isinstance(e, (ast.Tuple, ast.List, ast.Starred)):
-                    for m in ast.walk(e):
+                    for m in walk(e):
                         if isinstance(m, ast.Name):
                             scope[m.id] = p
 
@@ -413,6 +441,9 @@ class LabelPass:
         f = self.f
         if n in f.local_names:
             cur = self.cur
+            r = cur.index if cur is not None else -1
+            if r < self._min_read.get(n, 1 << 60):
+                self._min_read[n] = r
             defs = f.vdefs.get(n)
             if cur is None or not defs:
                 return _seeded(f.labels.get(n, 0), n)
@@ -481,6 +512,12 @@ class LabelPass:
             return out & ~(HASH | MIXT)
         if t is ast.IfExp:
             return self.label(node.body) | self.label(node.orelse)
+        if t in (ast.List, ast.Tuple, ast.Set, ast.Dict) and const_literal(node):
+            out = 0        # a data table: only its strings can carry labels (file names, patterns)
+            for e in (node.elts if t is not ast.Dict else node.values):
+                if isinstance(e.value, str) and len(e.value) <= 400:
+                    out |= string_labels(e.value)
+            return out
         if t in (ast.List, ast.Tuple, ast.Set):
             out = 0
             for e in node.elts:
@@ -685,6 +722,7 @@ class LabelPass:
         return r & ~(HASH | MIXT) if name in ("sum", "mean", "item", "float", "double") and not (r & HASH) else r
 
 
+_SCOPED = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp, ast.Lambda)
 def _accumulates(name: str, value: ast.AST) -> bool:
     """`x = x + v`, `x = torch.cat([x, v])`, `x = x + [v]`: the new value extends the old one."""
     if isinstance(value, ast.BinOp) and isinstance(value.op, ast.Add):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass, field
 
-from ..astutil import names_in
+from ..astutil import names_in, walk
 
 from ..events import EK, Event
 
@@ -187,7 +187,7 @@ def throwaway(site: "TrainSite") -> bool:
             params = e.extra.get("params")
     if params is None:
         return False
-    roots = {n.id for n in ast.walk(params) if isinstance(n, ast.Name)} - {"self"}
+    roots = {n.id for n in walk(params) if isinstance(n, ast.Name)} - {"self"}
     if not roots:
         return False
     step_idx = site.step.stmt.index

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 
-from ..astutil import call_name
+from ..astutil import call_name, walk
 
 from ..index import FuncInfo
 from .base import Context, Rule
@@ -76,7 +76,7 @@ def _lut_function(f: FuncInfo):
     info = {"byte_check": False, "space_check": False, "stripped": False, "plus_one": False,
             "replace_space": False, "space_flag": False, "plus_line": 0, "plus_stmt": None, "flag_line": 0}
     for st in f.stmts:
-        for n in ast.walk(st.node) if not isinstance(st.node, (ast.If, ast.For, ast.While, ast.With, ast.Try)) \
+        for n in walk(st.node) if not isinstance(st.node, (ast.If, ast.For, ast.While, ast.With, ast.Try)) \
                 else _own_walk(st.node):
             if isinstance(n, ast.Call):
                 name = call_name(n)
@@ -109,8 +109,8 @@ def _lut_function(f: FuncInfo):
     # inside the '▁' branch: +1 in the table, a flag set True
     for st in f.stmts:
         s = st.node
-        if isinstance(s, ast.If) and any(_is_space_const(c) for c in ast.walk(s.test)):
-            for b in ast.walk(ast.Module(body=s.body, type_ignores=[])):
+        if isinstance(s, ast.If) and any(_is_space_const(c) for c in walk(s.test)):
+            for b in walk(ast.Module(body=s.body, type_ignores=[])):
                 if isinstance(b, (ast.Assign, ast.AugAssign)):
                     v = b.value
                     if isinstance(v, ast.BinOp) and isinstance(v.op, ast.Add) and _has_len(v) and (
@@ -133,15 +133,15 @@ def _lut_function(f: FuncInfo):
 def _own_walk(node):
     from ..astutil import own_exprs
     for e in own_exprs(node):
-        yield from ast.walk(e)
+        yield from walk(e)
 
 
 def _has_encode(node) -> bool:
-    return any(isinstance(n, ast.Call) and call_name(n) == "encode" for n in ast.walk(node))
+    return any(isinstance(n, ast.Call) and call_name(n) == "encode" for n in walk(node))
 
 
 def _has_len(node) -> bool:
-    return any(isinstance(n, ast.Call) and call_name(n) == "len" for n in ast.walk(node))
+    return any(isinstance(n, ast.Call) and call_name(n) == "len" for n in walk(node))
 
 
 def _is_space_const(node) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import re
 
-from ..astutil import call_name, own_exprs
+from ..astutil import call_name, own_exprs, walk
 
 from ..index import FuncInfo
 
@@ -95,7 +95,7 @@ def _is_calibration(f: FuncInfo) -> bool:
 
 def _xtx(node) -> bool:
     """x.T @ x, x.t() @ x, torch.matmul(x.T, x), einsum over a transposed operand."""
-    for n in ast.walk(node):
+    for n in walk(node):
         if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult):
             if _transposed(n.left) or _transposed(n.right):
                 return True

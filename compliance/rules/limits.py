@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 
+from ..astutil import walk
+
 from .base import Context, Rule
 from .registry import register
 
@@ -63,7 +65,7 @@ def _qualify(node, aliases) -> str:
 
 
 def _shell_net(call: ast.Call) -> bool:
-    for n in ast.walk(call):
+    for n in walk(call):
         if isinstance(n, ast.Constant) and isinstance(n.value, str):
             v = n.value.strip() + " "
             if any(v.startswith(s) or f" {s}" in v or v.startswith(s.strip() + " ") for s in _SHELL_NET):

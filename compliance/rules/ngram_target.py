@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 
-from ..astutil import names_in, root_name
+from ..astutil import names_in, root_name, walk
 
 from ..events import EK
 from ..index import FuncInfo
@@ -166,7 +166,7 @@ def _computed_key(ctx, f: FuncInfo, key, depth: int) -> bool:
     """The key is built here (arithmetic/bit operations, or a helper of the program), not merely passed along."""
     if key is None or depth > 3:
         return False
-    for n in ast.walk(key):
+    for n in walk(key):
         if isinstance(n, ast.BinOp) and not isinstance(n.op, (ast.Div, ast.Pow, ast.MatMult)):
             return True
         if isinstance(n, ast.Call) and ctx.prog.resolve_call(f, n.func)[0]:
@@ -194,7 +194,7 @@ def _gate_using(f: FuncInfo, names: set):
             elif isinstance(n, ast.Call) and _call_name(n) == "where" and n.args:
                 tests.append(n.args[0])
         for t in tests:
-            for c in ast.walk(t):
+            for c in walk(t):
                 if isinstance(c, ast.Compare) and names & names_in(c):
                     return st
     return None
@@ -243,7 +243,7 @@ def _closure(f: FuncInfo, names: set) -> set:
 
 def _loss_compare(f: FuncInfo, test):
     """The two sides of a comparison between two per-token losses, else None."""
-    for n in ast.walk(test):
+    for n in walk(test):
         if isinstance(n, ast.Compare) and len(n.ops) == 1 and isinstance(n.ops[0], (ast.Lt, ast.Gt, ast.LtE, ast.GtE)):
             a = f.memo.get(id(n.left), 0)
             b = f.memo.get(id(n.comparators[0]), 0)

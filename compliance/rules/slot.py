@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ast
 
-from ..astutil import names_in
+from ..astutil import names_in, walk
 from ..events import EK
 
 from ..labels import LOSS, TGT
@@ -73,13 +73,13 @@ def _score_starts(f) -> set:
         if e.kind != EK.ACCUM:
             continue
         value = e.extra.get("value")
-        for node in ast.walk(value) if value is not None else ():
+        for node in walk(value) if value is not None else ():
             if isinstance(node, ast.Slice) and node.lower is not None:
                 out.add(ast.dump(node.lower))
         for n in names_in(value):
             for d in f.defs.get(n, [])[:3]:
                 v = getattr(d.node, "value", None)
-                for node in ast.walk(v) if v is not None else ():
+                for node in walk(v) if v is not None else ():
                     if isinstance(node, ast.Slice) and node.lower is not None:
                         out.add(ast.dump(node.lower))
     return out
@@ -88,7 +88,7 @@ def _score_starts(f) -> set:
 def _selectors(f, expr, out, depth, seen):
     if depth > 5 or expr is None:
         return
-    for node in ast.walk(expr):
+    for node in walk(expr):
         if isinstance(node, ast.Subscript):
             base_lab = f.memo.get(id(node.value), 0)
             sl = node.slice
