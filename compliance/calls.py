@@ -104,12 +104,78 @@ class CallResolver:
         mod = self.modules.get(id(f.unit))
         return mod.types.get(name) if mod is not None else None
 
+    def resolve_all(self) -> None:
+        """Call sites of every function, then what the calls tell about types: a function that returns an
+        instance of a class (a factory), and parameters whose arguments are of one class at every call site (an
+        object handed to the evaluation). Calls of functions whose types changed are resolved again (twice at
+        most), so `upd.step()` on an `Updater` argument reaches `Updater.step`."""
+        for f in self.funcs:
+            self._resolve_calls(f)
+        self._link_callers(self.funcs)
+        for _ in range(2):
+            dirty = self._infer_types()
+            if not dirty:
+                break
+            for f in dirty:
+                for cs in f.calls:
+                    for t in cs.targets:
+                        lst = self.callers.get(t)
+                        if lst is not None and cs in lst:
+                            lst.remove(cs)
+                f.calls = []
+                self._resolve_calls(f)
+            self._link_callers(dirty)
+
+    def _link_callers(self, funcs) -> None:
+        for f in funcs:
+            for cs in f.calls:
+                for t in cs.targets:
+                    self.callers[t].append(cs)
+
+    def _type_of(self, f: FuncInfo, e: ast.expr) -> str | None:
+        if isinstance(e, ast.Name):
+            return f.types.get(e.id) or (self._outer_type(f, e.id) if e.id not in f.params else None)
+        if isinstance(e, ast.Call):
+            return _class_name_of_call(e, self, f)
+        if isinstance(e, ast.Attribute):
+            return self.attr_types.get(e.attr)
+        return None
+
+    def _infer_types(self) -> set:
+        dirty: set = set()
+        for f in self.funcs:        # factories: every `return` gives an instance of one class
+            if f.is_module or getattr(f, "ret_type", None):
+                continue
+            rets = [st.node.value for st in f.stmts if isinstance(st.node, ast.Return) and st.node.value is not None]
+            kinds = {self._type_of(f, r) for r in rets}
+            if rets and len(kinds) == 1 and None not in kinds:
+                f.ret_type = kinds.pop()
+                dirty.update(cs.caller for cs in self.callers.get(f, ()))
+        for f in self.funcs:        # parameters of one class at every call site
+            if f.is_module:
+                continue
+            sites = [cs for cs in self.callers.get(f, ()) if cs.kind != "ref" and isinstance(cs.node, ast.Call)]
+            if not sites:
+                continue
+            for i, pname in enumerate(f.params):
+                if pname in ("self", "cls") or pname in f.types:
+                    continue
+                kinds = set()
+                for cs in sites:
+                    for e in self.arg_expr(cs, f, i)[:1]:
+                        kinds.add(self._type_of(cs.caller, e))
+                kinds.discard(None)
+                if len(kinds) == 1:
+                    f.types[pname] = kinds.pop()
+                    dirty.add(f)
+        return dirty
+
     def _resolve_calls(self, f: FuncInfo) -> None:
-        # variable types first (x = ClassName(...)), so method calls on x resolve
+        # variable types first (x = ClassName(...), x = factory()), so method calls on x resolve
         for st in f.stmts:
             s = st.node
             if isinstance(s, ast.Assign) and isinstance(s.value, ast.Call):
-                cname = _class_name_of_call(s.value, self)
+                cname = _class_name_of_call(s.value, self, f)
                 if cname:
                     for t in s.targets:
                         if isinstance(t, ast.Name):
@@ -220,10 +286,16 @@ def _ref_is_called(cs: CallSite) -> bool:
 
 
 
-def _class_name_of_call(call: ast.Call, prog: CallResolver) -> str | None:
+def _class_name_of_call(call: ast.Call, prog: CallResolver, caller: FuncInfo | None = None) -> str | None:
+    """The user class a call builds: `ClassName(...)`, or a factory function that returns one."""
     f = call.func
     name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
     if name and name in prog.classes:
         return name
+    if caller is not None and isinstance(f, ast.Name):
+        ts, is_cls = prog.lookup_name(caller, f.id)
+        kinds = {getattr(t, "ret_type", None) for t in ts}
+        if ts and not is_cls and len(kinds) == 1:
+            return kinds.pop()
     return None
 

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from . import budget
 from .astutil import call_name, dotted, has_grad_attr, names_in, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
-from .labels import GRADVAR, HASH, LOSS, PARAM_SHIFT, VAL, param_indices
+from .labels import GRAD, GRADFN, GRADVAR, HASH, LOSS, OPTIM, PARAM_SHIFT, VAL, WEIGHT, param_indices
 from .taint import LabelPass, _accumulates
 from .calls import _ref_is_called
-from .vocab import OPT_HINT, SCHEDULER_HINT
+from .vocab import INPLACE_UPDATES, OPT_HINT, SCHEDULER_HINT
 
 if TYPE_CHECKING:
     from .program import Program
@@ -227,8 +227,7 @@ class EventScan:
                     if isinstance(node, ast.Call):
                         self._call_event(st, node, opt_vars)
             if isinstance(s, ast.AugAssign):
-                if has_grad_attr(s.value) and not isinstance(s.target, ast.Name) or (
-                        isinstance(s.target, ast.Name) and has_grad_attr(s.value)):
+                if self._updates(s.target, s.value, inplace=True):
                     self.add(EK.UPDATE, st, s, self.L(s.target) | self.L(s.value), None,
                              gradvar=bool(self.L(s.target) & GRADVAR))
                 if isinstance(s.target, ast.Subscript):
@@ -240,8 +239,10 @@ class EventScan:
             elif isinstance(s, ast.Assign):
                 v = s.value
                 for t in s.targets:
-                    if isinstance(t, ast.Attribute) and t.attr == "data" and has_grad_attr(v):
-                        self.add(EK.UPDATE, st, s, self.L(v), None, gradvar=bool(self.L(t.value) & GRADVAR))
+                    if self._updates(t, v, inplace=False):
+                        self.add(EK.UPDATE, st, s, self.L(v), None,
+                                 gradvar=bool((self.L(t.value) if isinstance(t, ast.Attribute) else self.L(v))
+                                              & GRADVAR))
                     if isinstance(t, ast.Subscript) and self._is_increment(t, v):
                         self.add(EK.INCR, st, s, self.L(t.slice), expr_root(f, t), key=t.slice)
                 if isinstance(v, ast.Call) and call_name(v) in ("bincount", "Counter", "unique") \
@@ -287,13 +288,25 @@ class EventScan:
             recv = f.value
             rname = dotted(recv)
             key = recv.id if isinstance(recv, ast.Name) else recv.attr if isinstance(recv, ast.Attribute) else ""
-            if SCHEDULER_HINT.search(rname):
+            optim = bool(self.L(recv) & OPTIM) or any(self.L(a) & OPTIM for a in node.args)   # scaler.step(opt)
+            if SCHEDULER_HINT.search(rname) and not optim:
                 return
-            if key in opt_vars or OPT_HINT.search(rname):
-                self.add(EK.STEP, st, node, 0, None, opt=key, gradvar=bool(opt_vars.get(key, 0) & GRADVAR))
-        elif name in ("add_", "sub_", "copy_", "addcdiv_", "addcmul_", "lerp_", "mul_") and isinstance(f, ast.Attribute):
-            if any(has_grad_attr(a) for a in node.args) or any(has_grad_attr(k.value) for k in node.keywords):
+            if optim or key in opt_vars or OPT_HINT.search(rname):
+                self.add(EK.STEP, st, node, 0, None, opt=key,
+                         gradvar=bool((opt_vars.get(key, 0) | self.L(recv)) & GRADVAR))
+        elif name in INPLACE_UPDATES and isinstance(f, ast.Attribute):
+            args = list(node.args) + [k.value for k in node.keywords]
+            if self._updates(f.value, args, inplace=True, method=True):
                 self.add(EK.UPDATE, st, node, 0, None, gradvar=bool(self.L(f.value) & GRADVAR))
+        elif name.startswith("_foreach_") and name.endswith("_") and len(node.args) >= 2:
+            rest = list(node.args[1:]) + [k.value for k in node.keywords]
+            if self._updates(node.args[0], rest, inplace=True, method=True):
+                self.add(EK.UPDATE, st, node, 0, None, gradvar=bool(self.L(node.args[0]) & GRADVAR))
+        elif isinstance(f, (ast.Name, ast.Call)) and self.L(f) & GRADFN:
+            lab = 0
+            for a in node.args:
+                lab |= self.L(a)
+            self.add(EK.BACKWARD, st, node, lab & ~(GRAD | WEIGHT), None, loss=None)
         elif name == "at" and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Attribute) \
                 and f.value.attr == "add" and len(node.args) >= 2:
             self.add(EK.INCR, st, node, self.L(node.args[1]) | (self.L(node.args[2]) if len(node.args) > 2 else 0),
@@ -310,6 +323,32 @@ class EventScan:
         elif name == "update" and isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) \
                 and self._is_counter(f.value.id) and node.args:
             self.add(EK.INCR, st, node, self.L(node.args[0]), expr_root(self.f, f.value), bulk=True)
+
+    def _updates(self, target, value, inplace: bool, method: bool = False) -> bool:
+        """Does writing `value` (an expression or a list of them) into `target` move a parameter by a gradient?
+        In place (`p.sub_(lr * g)`, `w -= eta * gw`, `_foreach_add_(ps, gs)`): the value carries a gradient and the
+        target is not a gradient or a gradient buffer itself (a plain local name must hold parameters). Rebinding
+        (`params = {k: params[k] - lr * g[k]}`, `p.data = p.data - lr * p.grad`): the new value mixes parameters
+        (or a requires-grad tensor) with a gradient."""
+        values = value if isinstance(value, list) else [value]
+        vlab = 0
+        for v in values:
+            vlab |= self.L(v)
+        grad = bool(vlab & GRAD) or any(has_grad_attr(v) for v in values)
+        if not grad:
+            return False
+        if isinstance(target, ast.Attribute) and target.attr in ("grad", "main_grad"):
+            return False
+        tlab = self.L(target) if isinstance(target, ast.expr) else 0
+        if inplace:
+            if tlab & GRAD and not tlab & (WEIGHT | GRADVAR):
+                return False          # a gradient or momentum buffer being accumulated
+            if isinstance(target, ast.Name) and not method:
+                return bool(tlab & (WEIGHT | GRADVAR))      # `w -= eta * g`: w holds parameters
+            return True
+        if isinstance(target, ast.Attribute) and target.attr == "data":
+            return True
+        return bool(vlab & (WEIGHT | GRADVAR)) and isinstance(target, (ast.Name, ast.Attribute, ast.Subscript))
 
     def _is_counter(self, name: str) -> bool:
         for d in self.f.defs.get(name, []):

@@ -93,6 +93,7 @@ class FuncInfo:
         self.deps: dict[str, set[str]] = defaultdict(set)
         self.defs: dict[str, list[Stmt]] = defaultdict(list)
         self.types: dict[str, str] = {}          # var -> user class name
+        self.ret_type: str | None = None         # the user class every `return` of a factory builds
         self.ret_labels = 0
         self.ret_elems: list[int] | None = None
         self.calls: list[CallSite] = []

@@ -8,10 +8,16 @@ import re
 # Label bits
 # ---------------------------------------------------------------------------------------------------------------
 VAL, TGT, CTX, TRAIN, HASH, MIXT, LOADER, LOSS, GRADVAR, MIXP, MIXPS = (1 << i for i in range(11))
-PARAM_SHIFT = 16
+GRAD = 1 << 11      # a gradient: p.grad, torch.autograd.grad(...), torch.func.grad(f)(...), and what is computed from it
+WEIGHT = 1 << 12    # model parameters: .parameters(), .named_parameters(), nn.Parameter, .data, state_dict()
+OPTIM = 1 << 13     # an optimiser object (constructed from an optimiser class), also inside lists, dicts, returns
+GRADFN = 1 << 14    # a gradient transform: torch.func.grad(f), grad_and_value(f), vjp: calling it gives a GRAD
+TKEY = 1 << 15      # a value read from a count table with a key that includes the target token
+PARAM_SHIFT = 24
 CONCRETE = (1 << PARAM_SHIFT) - 1
 DATA = VAL | TGT | CTX | TRAIN
 SUMMARY_ONLY = MIXP | MIXPS
+OBJECTS = OPTIM | GRADFN    # labels of objects, not of data: they do not flow into what is computed with them
 
 
 def pbit(i: int) -> int:
@@ -41,8 +47,9 @@ _TGT_NAME = re.compile(r"^(y|ys|yb|y_b|yy|y_batch|y_true|y_ids|y_cpu|y_np|y_flat
                        r"gold\w*|labels?|label_ids|next_toks?|next_tokens?|next_ids)$", re.I)
 _LOSS_NAME = re.compile(r"^(per_?tok(en)?_?(loss|nll)s?|ptl|tok_loss(es)?|token_loss(es)?|nlls?|scored_nll|seg_nll|"
                         r"\w*_nlls?|nll_\w+|losses|loss_per_tok(en)?)$", re.I)
-_VAL_STR = re.compile(r"fineweb_val|(^|[/_\-.])val(idation)?([_\-.]?\d|[_\-.]?\*|\.bin|/|$)", re.I)
-_TRAIN_STR = re.compile(r"fineweb_train|(^|[/_\-.])train([_\-.]?\d|[_\-.]?\*|\.bin|/|$)", re.I)
+_SPLIT_TAIL = r"([_\-.]?\d|[_\-.]?\*|[_\-.](tokens?|toks|data|ids|set|split|shards?|docs?|stream)\b|\.(bin|pt|npy|npz|txt|jsonl?)\b|/|$)"
+_VAL_STR = re.compile(r"fineweb_val|(^|[/_\-.])val(id|idation)?" + _SPLIT_TAIL, re.I)
+_TRAIN_STR = re.compile(r"fineweb_train|(^|[/_\-.])train" + _SPLIT_TAIL, re.I)
 _BOTH_STR = re.compile(r"fineweb_?\*|(^|/)\*\.bin$", re.I)
 
 _seed_cache: dict[str, int] = {}

@@ -24,12 +24,7 @@ class Program(EventLifter, TaintAnalysis, CallResolver, ProgramIndex):
     def __init__(self, units: list[SourceUnit]):
         ProgramIndex.__init__(self, units)
         self.attr_labels: dict[str, int] = defaultdict(int)
-        for f in self.funcs:
-            self._resolve_calls(f)
-        for f in self.funcs:
-            for cs in f.calls:
-                for t in cs.targets:
-                    self.callers[t].append(cs)
+        self.resolve_all()
         self._analyse_labels()
         self._events()
         self._lift()

@@ -8,11 +8,12 @@ import re
 from typing import TYPE_CHECKING
 
 from . import budget
-from .astutil import call_name, const_literal, names_in, own_exprs, postorder, root_name, walk
+from .astutil import call_name, const_literal, dotted, names_in, own_exprs, postorder, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
-from .labels import (CONCRETE, CTX, DATA, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, PARAM_SHIFT, SUMMARY_ONLY,
+from .labels import (CONCRETE, CTX, DATA, GRAD, GRADFN, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, OBJECTS,
+                     OPTIM, PARAM_SHIFT, SUMMARY_ONLY, WEIGHT,
                      TGT, TRAIN, VAL, name_seed, param_indices, pbit, string_labels)
-from .vocab import CREATORS, DATA_OPS, DROP_ATTRS, DROP_CALLS, LOSS_FUNCS, MUTATORS
+from .vocab import CREATORS, DATA_OPS, DROP_ATTRS, DROP_CALLS, GRAD_TRANSFORMS, LOSS_FUNCS, MUTATORS, VIEW_ATTRS
 
 if TYPE_CHECKING:
     from .program import Program
@@ -278,6 +279,16 @@ class LabelPass:
                             and self._fresh_tensor(sub.func.value.id):
                         self.f.labels[sub.func.value.id] |= GRADVAR
 
+    def _is_func_transform(self, f: ast.expr) -> bool:
+        """`grad` / `grad_and_value` / `vjp` ... of torch.func or functorch (not some other `grad`)."""
+        d = dotted(f)
+        if d.startswith(("torch.func.", "functorch.", "func.")):
+            return True
+        if isinstance(f, ast.Name):
+            target = self.p.aliases.get(id(self.f.unit), {}).get(f.id, "")
+            return target.startswith(("torch.func.", "functorch."))
+        return False
+
     def _fresh_tensor(self, name: str) -> bool:
         defs = self.f.defs.get(name, [])
         for d in defs:
@@ -349,9 +360,11 @@ class LabelPass:
             if isinstance(base, ast.Name):
                 self.assign(base, lab, value, st, aug=aug, mutate=True)
             elif isinstance(base, ast.Attribute):
-                self._set_attr(base.attr, lab & CONCRETE & ~(HASH | MIXT))
+                self._set_attr(base.attr, self._attr_value(lab) & ~(HASH | MIXT))
+        elif isinstance(target, ast.Attribute) and target.attr in VIEW_ATTRS:
+            self.assign(target.value, lab & ~(HASH | MIXT), value, st, mutate=True)   # p.data = v: p holds v
         elif isinstance(target, ast.Attribute):
-            self._set_attr(target.attr, (lab & CONCRETE & ~(HASH | MIXT)) | name_seed(target.attr))
+            self._set_attr(target.attr, (self._attr_value(lab) & ~(HASH | MIXT)) | name_seed(target.attr))
             if isinstance(target.value, ast.Name) and target.value.id not in ("self", "cls") \
                     and target.value.id in f.local_names:
                 f.labels[target.value.id] |= lab & ~(HASH | MIXT)
@@ -422,6 +435,13 @@ class LabelPass:
                         if isinstance(m, ast.Name):
                             scope[m.id] = p
 
+    def _attr_value(self, lab: int) -> int:
+        """What an attribute written with `lab` holds: parameter bits (a constructor's arguments stored on self)
+        resolved to what the call sites pass, as attributes are labelled program-wide."""
+        if lab >> PARAM_SHIFT and self.f.is_method:
+            return (lab & CONCRETE) | (self.p.resolve(self.f, lab & ~CONCRETE & ~(1 << PARAM_SHIFT)) & CONCRETE)
+        return lab & CONCRETE
+
     def _set_attr(self, attr: str, lab: int) -> None:
         old = self.p.attr_labels.get(attr, 0)
         if old | lab != old:
@@ -491,6 +511,10 @@ class LabelPass:
         if t is ast.Attribute:
             if node.attr in DROP_ATTRS:
                 return 0
+            if node.attr in ("grad", "main_grad"):
+                return (self.label(node.value) & ~(WEIGHT | GRADVAR | OBJECTS | LOSS)) | GRAD
+            if node.attr in VIEW_ATTRS:
+                return self.label(node.value)
             return (self.label(node.value) & ~GRADVAR) | self.p.attr_labels.get(node.attr, 0) | name_seed(node.attr)
         if t is ast.Subscript:
             return self._subscript(node)
@@ -648,6 +672,21 @@ class LabelPass:
             if isinstance(f, ast.Attribute):
                 self.label(f.value)
             return 0
+        if isinstance(f, (ast.Name, ast.Call)) and self.label(f) & GRADFN:
+            return (argl & ~(OBJECTS | LOSS | WEIGHT | GRADVAR)) | GRAD      # torch.func.grad(fn)(params, x, y)
+        if name in GRAD_TRANSFORMS and self._is_func_transform(f):
+            return GRADFN
+        if name in ("vmap", "compile", "partial") and argl & GRADFN:
+            return GRADFN
+        if name == "grad" and dotted(f).endswith("autograd.grad"):
+            return (argl & ~(OBJECTS | LOSS | WEIGHT | GRADVAR)) | GRAD
+        if name in ("parameters", "named_parameters", "state_dict") and isinstance(f, ast.Attribute):
+            self.label(f.value)
+            return WEIGHT
+        if name in self.p.optimizer_classes:
+            if isinstance(f, ast.Attribute):
+                self.label(f.value)
+            return OPTIM | (argl & GRADVAR)
         if name in CREATORS and isinstance(f, (ast.Attribute, ast.Name)):
             r = 0
             for kw in node.keywords:
@@ -659,8 +698,8 @@ class LabelPass:
         if name == "getattr" and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) \
                 and isinstance(node.args[1].value, str):
             return alist[0] | self.p.attr_labels.get(node.args[1].value, 0) | name_seed(node.args[1].value)
-        if name == "Parameter" and not (self.f.name == "__init__"):
-            return argl | GRADVAR
+        if name == "Parameter":
+            return argl | WEIGHT | (GRADVAR if self.f.name != "__init__" else 0)
         if name == "requires_grad_" and isinstance(f, ast.Attribute):
             base = self.label(f.value)
             if isinstance(f.value, ast.Call) and call_name(f.value) in CREATORS | {"clone", "detach"}:
@@ -698,6 +737,7 @@ class LabelPass:
             if isinstance(f, ast.Attribute) and kind != "init":
                 self.label(f.value)
             return r & ~GRADVAR if not (argl & GRADVAR) else r
+        argl &= ~OBJECTS      # a scheduler or scaler built around an optimiser is not an optimiser
         if isinstance(f, ast.Attribute):
             base = self.label(f.value)
             if name in MUTATORS:

@@ -41,3 +41,6 @@ DATA_OPS = {"cat", "stack", "concatenate", "where", "tensor", "from_numpy", "asa
             "clip", "minimum", "maximum", "full", "pad", "repeat", "tile", "narrow", "split", "chunk", "unique",
             "searchsorted", "bucketize", "isin", "eq", "ne", "masked_select", "take", "index_select", "flip"}
 
+GRAD_TRANSFORMS = {"grad", "grad_and_value", "vjp", "jacrev", "jacfwd", "hessian"}
+INPLACE_UPDATES = {"add_", "sub_", "copy_", "addcdiv_", "addcmul_", "lerp_", "mul_", "div_"}
+VIEW_ATTRS = {"data", "T", "mT", "H", "mH", "real", "imag"}   # views of a tensor: what flows is the tensor itself

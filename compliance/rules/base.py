@@ -13,7 +13,7 @@ from ..events import EK, Event
 
 from ..index import FuncInfo, Stmt
 
-from ..labels import CONCRETE, GRADVAR, LOADER, TRAIN, VAL
+from ..labels import CONCRETE, GRADVAR, LOADER, PARAM_SHIFT, TRAIN, VAL
 
 from ..loops import common_loops, loop_var_is_epoch
 
@@ -247,7 +247,7 @@ def judge(ctx: Context, site: TrainSite, max_depth: int = 5) -> list[Judgement]:
         seen.add((id(f), id(T)))
         scores = [e for e in f.events if e.kind == EK.ACCUM] + [e for e in f.lifted if e.kind == EK.SCORE]
         scores = [a for a in scores if not (a.via is not None and T is a.stmt)]
-        resolved = (lab & CONCRETE) | (prog.resolve(f, lab) if lab >> 16 else 0)
+        resolved = (lab & CONCRETE) | (prog.resolve(f, lab) if lab >> PARAM_SHIFT else 0)
         if scores:
             if not resolved & VAL:
                 out.append(Judgement("notval", f, T, None, chain, labels=resolved))

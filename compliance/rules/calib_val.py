@@ -15,7 +15,7 @@ from ..astutil import call_name, own_exprs, walk
 
 from ..index import FuncInfo
 
-from ..labels import LOADER, TRAIN, VAL
+from ..labels import LOADER, PARAM_SHIFT, TRAIN, VAL
 from .base import Context, Rule
 from .registry import register
 
@@ -45,7 +45,7 @@ class CalibVal(Rule):
                 for i in range(len(t.params)):
                     for e in prog.arg_expr(cs, t, i):
                         lab |= f.memo.get(id(e), 0)
-                lab |= prog.resolve(f, lab) if lab >> 16 else 0
+                lab |= prog.resolve(f, lab) if lab >> PARAM_SHIFT else 0
                 if lab & VAL:
                     expl = (f"{f.name}() runs the calibration routine {t.name}() on validation data "
                             f"(line {cs.line}).")
@@ -69,7 +69,7 @@ class CalibVal(Rule):
                     exprs = own_exprs(s)
                 for expr in exprs:
                     lab = f.memo.get(id(expr), 0)
-                    if lab & VAL and not lab >> 16:
+                    if lab & VAL and not lab >> PARAM_SHIFT:
                         expl = f"The calibration routine {f.name}() reads validation data at line {st.line}."
                         out.append(ctx.finding(self.id, f, [(st, ())], st, expl, ctx.evidence(f.unit, [st.line])))
                         break

@@ -18,7 +18,7 @@ from ..astutil import names_in, root_name, walk
 from ..events import EK
 from ..index import FuncInfo
 
-from ..labels import CTX, HASH, LOSS, MIXT, TGT, VAL
+from ..labels import CTX, HASH, LOSS, MIXT, PARAM_SHIFT, TGT, VAL
 
 from ..loops import common_loops
 from .base import Context, Rule
@@ -40,7 +40,7 @@ class NgramTarget(Rule):
                 if e.kind != EK.HASHREAD:
                     continue
                 local_hash = bool(e.labels & HASH)
-                lab = e.labels | (prog.resolve(f, e.labels) if e.labels >> 16 else 0)
+                lab = e.labels | (prog.resolve(f, e.labels) if e.labels >> PARAM_SHIFT else 0)
                 if not lab & HASH or not (lab & VAL or f in scoring):
                     continue
                 if local_hash and not _computed_key(ctx, f, e.extra.get("key"), 0):
@@ -69,7 +69,7 @@ class NgramTarget(Rule):
         for e in f.events:
             if e.kind != EK.READ or not (e.labels & (MIXT | HASH)):
                 continue
-            lab = e.labels | (ctx.prog.resolve(f, e.labels) if e.labels >> 16 else 0)
+            lab = e.labels | (ctx.prog.resolve(f, e.labels) if e.labels >> PARAM_SHIFT else 0)
             if not lab & TGT and not lab & (MIXT | HASH):
                 continue
             if not (lab & VAL or f in scoring or _reaches_scoring(ctx, f)):
@@ -92,7 +92,7 @@ class NgramTarget(Rule):
         incs = [e for e in f.events + f.lifted if e.kind == EK.INCR and e.root is not None]
         reads = [e for e in f.events + f.lifted if e.kind == EK.READ and e.root is not None]
         for inc in incs:
-            lab = inc.labels | (ctx.prog.resolve(f, inc.labels) if inc.labels >> 16 else 0)
+            lab = inc.labels | (ctx.prog.resolve(f, inc.labels) if inc.labels >> PARAM_SHIFT else 0)
             target_bearing = bool(lab & TGT) or (lab & VAL and not lab & CTX)
             if not target_bearing or inc.extra.get("bulk"):
                 continue

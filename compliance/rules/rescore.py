@@ -12,7 +12,7 @@ from ..events import EK, Event
 
 from ..index import FuncInfo
 
-from ..labels import VAL
+from ..labels import PARAM_SHIFT, VAL
 
 from ..loops import common_loops
 from .base import Context, Rule, judge
@@ -56,7 +56,7 @@ class Rescore(Rule):
                 if inc.via is not None and any(_scores(t) for t in inc.via.targets):
                     continue   # updated inside the callee's own scoring: judged there
                 lab = inc.labels
-                if not ((lab | (prog.resolve(f, lab) if lab >> 16 else 0)) & VAL):
+                if not ((lab | (prog.resolve(f, lab) if lab >> PARAM_SHIFT else 0)) & VAL):
                     continue
                 if any(common_loops(a.stmt, inc.stmt) for a in scores):
                     continue   # updated inside the scoring loop: NGRAM-TARGET judges the order

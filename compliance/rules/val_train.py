@@ -16,7 +16,7 @@ from ..astutil import call_name
 
 from ..index import FuncInfo
 
-from ..labels import LOADER, TRAIN, VAL, name_seed
+from ..labels import LOADER, PARAM_SHIFT, TRAIN, VAL, name_seed
 from ..report import ACTIVE, Finding
 from ..rulings import RULINGS
 from .base import Context, DataContext, Rule
@@ -40,7 +40,7 @@ class ValTrain(Rule):
         for site in ctx.train_sites():
             if site.gradvar:
                 continue
-            lab = site.loss_labels | (prog.resolve(site.func, site.loss_labels) if site.loss_labels >> 16 else 0)
+            lab = site.loss_labels | (prog.resolve(site.func, site.loss_labels) if site.loss_labels >> PARAM_SHIFT else 0)
             if not (lab & VAL and lab & (TRAIN | LOADER)):
                 continue
             src = _val_source(ctx)
