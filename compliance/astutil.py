@@ -145,9 +145,10 @@ def const_literal(n: ast.AST) -> bool:
     return len(elts) >= _LITERAL_MIN and all(type(e) is _CONST for e in elts)
 
 
-def walk(node: ast.AST) -> list[ast.AST]:
+def walk(node: ast.AST, lambdas: bool = True) -> list[ast.AST]:
     """Every node under `node` (itself first), iteratively: no recursion limit on deep trees. Data tables (see
-    const_literal) are not entered."""
+    const_literal) are not entered; with lambdas=False neither are lambda bodies (a lambda is a function of its
+    own: its code runs where it is called, not where it is written)."""
     out = []
     stack = [node]
     push = stack.append
@@ -155,6 +156,8 @@ def walk(node: ast.AST) -> list[ast.AST]:
         n = stack.pop()
         out.append(n)
         if type(n) in _DISPLAYS and const_literal(n):
+            continue
+        if not lambdas and type(n) is ast.Lambda and n is not node:
             continue
         for name in _fields_of(n):
             v = getattr(n, name, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from .astutil import children, own_exprs
+from .astutil import children, own_exprs, walk
 from .index import CallSite, ClassInfo, FuncInfo, Guard, Stmt
 from .vocab import GENERIC_METHODS
 
@@ -83,6 +83,10 @@ class CallResolver:
                     return self.methods_of(t, m), "call", recv
             if isinstance(recv, ast.Attribute) and recv.attr in self.attr_types:
                 return self.methods_of(self.attr_types[recv.attr], m), "call", recv
+            if isinstance(recv, ast.Call) and not (isinstance(recv.func, ast.Name) and recv.func.id == "super"):
+                cname = _class_name_of_call(recv, self, f)
+                if cname:
+                    return self.methods_of(cname, m), "call", recv
             if isinstance(recv, ast.Call) and isinstance(recv.func, ast.Name) and recv.func.id == "super" and f.cls:
                 for ci in self.classes.get(f.cls, []):
                     for b in ci.bases:
@@ -112,6 +116,7 @@ class CallResolver:
         for f in self.funcs:
             self._resolve_calls(f)
         self._link_callers(self.funcs)
+        self._resolve_value_calls()
         for _ in range(2):
             dirty = self._infer_types()
             if not dirty:
@@ -125,6 +130,7 @@ class CallResolver:
                 f.calls = []
                 self._resolve_calls(f)
             self._link_callers(dirty)
+            self._resolve_value_calls()
 
     def _link_callers(self, funcs) -> None:
         for f in funcs:
@@ -182,8 +188,10 @@ class CallResolver:
                             f.types[t.id] = cname
                         elif isinstance(t, ast.Attribute):
                             self.attr_types[t.attr] = cname
+        f.value_calls = []
         for st in f.stmts:
             nodes = st.nodes
+            st.stored = _stored_refs(st.node)
             if any(type(n) in (ast.IfExp, ast.BoolOp) for n in nodes):
                 for expr in own_exprs(st.node):
                     self._calls_in(f, st, expr, ())
@@ -193,14 +201,19 @@ class CallResolver:
     def _calls_flat(self, f: FuncInfo, st: Stmt, nodes: list) -> None:
         """`_calls_in` for a statement without expression-level guards: one pass over its nodes."""
         funcs = {id(n.func) for n in nodes if type(n) is ast.Call}
+        stored = st.stored
         for node in nodes:
             t = type(node)
             if t is ast.Call:
                 ts, kind, recv = self.resolve_call(f, node.func)
                 if ts:
                     f.calls.append(CallSite(f, st, node, ts, (), kind, recv))
-            elif id(node) in funcs:
+                elif type(node.func) in (ast.Name, ast.Subscript, ast.Call, ast.Attribute):
+                    f.value_calls.append((st, node, ()))
+            elif id(node) in funcs or id(node) in stored:
                 continue
+            elif t is ast.Lambda:
+                f.calls.append(CallSite(f, st, node, [self.lambdas[id(node)]], (), "ref", None))
             elif t is ast.Name and type(node.ctx) is ast.Load:
                 ts, is_cls = self.lookup_name(f, node.id)
                 if ts and not is_cls:
@@ -231,10 +244,15 @@ class CallResolver:
                 ts, kind, recv = self.resolve_call(f, node.func)
                 if ts:
                     f.calls.append(CallSite(f, st, node, ts, guards, kind, recv))
+                elif type(node.func) in (ast.Name, ast.Subscript, ast.Call, ast.Attribute):
+                    f.value_calls.append((st, node, guards))
                 todo = [(node.func, guards, True)] + [(a, guards, False) for a in node.args] + \
                        [(k.value, guards, False) for k in node.keywords]
+            elif id(node) in st.stored:
+                continue
             elif isinstance(node, ast.Lambda):
-                todo = [(node.body, guards, False)]
+                if not func_pos:
+                    f.calls.append(CallSite(f, st, node, [self.lambdas[id(node)]], guards, "ref", None))
             elif not func_pos and isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
                 ts, is_cls = self.lookup_name(f, node.id)
                 if ts and not is_cls:
@@ -248,6 +266,150 @@ class CallResolver:
                 todo = [(c, guards, False) for c in children(node)
                         if isinstance(c, (ast.expr, ast.comprehension, ast.keyword, ast.arguments, ast.arg))]
             stack.extend(reversed(todo))
+
+    # -- calls through values: variables, containers, partial, lambdas, bound methods ------------------------------
+    def _refs(self, f: FuncInfo, e: ast.expr | None, depth: int = 0, call: bool = False) -> list:
+        """The functions an expression evaluates to (not calls of them): [(function, receiver, partial call)].
+        For a call (call=True) a parameter's functions are not followed: a function passed as an argument is
+        judged at the call that passes it (context-insensitive resolution would mix the callers)."""
+        if e is None or depth > 6:
+            return []
+        t = type(e)
+        if t is ast.Name:
+            if call and _is_param(f, e.id):
+                return []
+            vals = self._fvals_of(f, e.id)
+            if vals:
+                return list(vals)
+            ts, is_cls = self.lookup_name(f, e.id)
+            return [] if is_cls else [(x, None, None) for x in ts]
+        if t is ast.Lambda:
+            fi = self.lambdas.get(id(e))
+            return [(fi, None, None)] if fi is not None else []
+        if t is ast.Attribute:
+            ts, kind, recv = self.resolve_call(f, e)
+            if ts and kind == "call" and e.attr not in GENERIC_METHODS:
+                return [(x, recv, None) for x in ts]
+            return list(self.attr_fvals.get(e.attr, ()))
+        if t is ast.Call:
+            name = e.func.attr if isinstance(e.func, ast.Attribute) else getattr(e.func, "id", "")
+            if name == "partial" and e.args:
+                return [(x, r, e) for x, r, _ in self._refs(f, e.args[0], depth + 1, call)]
+            if name in ("items", "values", "get", "pop", "copy", "setdefault") and isinstance(e.func, ast.Attribute):
+                return self._refs(f, e.func.value, depth + 1, call)
+            if name in ("zip", "enumerate", "reversed", "list", "tuple", "sorted", "iter", "compile", "wraps"):
+                return [r for a in e.args for r in self._refs(f, a, depth + 1, call)]
+            return []
+        if t is ast.IfExp:
+            return self._refs(f, e.body, depth + 1, call) + self._refs(f, e.orelse, depth + 1, call)
+        if t in (ast.List, ast.Tuple, ast.Set):
+            return [r for x in e.elts for r in self._refs(f, x, depth + 1, call)]
+        if t is ast.Dict:
+            return [r for x in e.values for r in self._refs(f, x, depth + 1, call)]
+        if t in (ast.Subscript, ast.Starred):
+            return self._refs(f, e.value, depth + 1, call)
+        return []
+
+    def _fvals_of(self, f: FuncInfo, name: str):
+        g = f
+        while g is not None:
+            if name in g.fvals:
+                return g.fvals[name]
+            if name in g.local_names and not g.is_module:
+                return None
+            g = g.parent
+        mod = self.modules.get(id(f.unit))
+        return mod.fvals.get(name) if mod is not None else None
+
+    def _store_fvals(self, f: FuncInfo, name: str, refs: list) -> bool:
+        """Add refs to the functions variable `name` may hold (in the scope that owns it)."""
+        g = f
+        while g is not None and name not in g.local_names:
+            g = g.parent
+        scope = g if g is not None else self.modules.get(id(f.unit))
+        if scope is None or not refs:
+            return False
+        return _add_refs(scope.fvals.setdefault(name, []), refs)
+
+    def _scan_fvals(self, f: FuncInfo) -> bool:
+        """Function values stored by f's statements: assignments, container stores, loop variables, decorators."""
+        changed = False
+        for st in f.stmts:
+            s = st.node
+            if isinstance(s, (ast.Assign, ast.AnnAssign)) and s.value is not None:
+                refs = self._refs(f, s.value)
+                if refs:
+                    for t in (s.targets if isinstance(s, ast.Assign) else [s.target]):
+                        root = _root_name(t)
+                        if root:
+                            changed |= self._store_fvals(f, root, refs)
+                        elif isinstance(t, ast.Attribute):          # self.fwd = fn: by attribute name
+                            changed |= _add_refs(self.attr_fvals.setdefault(t.attr, []), refs)
+            elif isinstance(s, (ast.For, ast.AsyncFor)):
+                refs = self._refs(f, s.iter)
+                if refs:
+                    for n in walk(s.target):
+                        if isinstance(n, ast.Name):
+                            changed |= self._store_fvals(f, n.id, refs)
+            elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
+                    and s.value.func.attr in _CONTAINER_ADDS:
+                root = _root_name(s.value.func.value)
+                refs = [r for a in s.value.args for r in self._refs(f, a)]
+                refs += [r for k in s.value.keywords for r in self._refs(f, k.value)]
+                if root and refs:
+                    changed |= self._store_fvals(f, root, refs)
+            elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.decorator_list:
+                fi = self._def_of(f, s)
+                for d in s.decorator_list:
+                    for g, _, _ in self._refs(f, d.func if isinstance(d, ast.Call) else d):
+                        if g.params:
+                            changed |= self._store_fvals(g, g.params[0], [(fi, None, None)]) if fi else False
+        for i, pname in enumerate(f.params):        # parameters: what the call sites pass
+            refs = []
+            for cs in self.callers.get(f, ()):
+                if cs.kind == "ref" or not isinstance(cs.node, ast.Call):
+                    continue
+                for e in self.arg_expr(cs, f, i)[:1]:
+                    refs += self._refs(cs.caller, e)
+            if refs:
+                changed |= self._store_fvals(f, pname, refs)
+        return changed
+
+    def _def_of(self, f: FuncInfo, node) -> FuncInfo | None:
+        for g in self.funcs:
+            if g.node is node:
+                return g
+        return None
+
+    def _resolve_value_calls(self) -> None:
+        """Calls through variables and containers (`fn(x)`, `phases[name](m)`, `for h in hooks: h()`, a stored
+        partial or bound method): one call site per function the value may hold, in the container's order."""
+        if not hasattr(self, "attr_fvals"):
+            self.attr_fvals: dict[str, list] = {}
+        for _ in range(4):
+            changed = False
+            for f in self.funcs:
+                changed |= self._scan_fvals(f)
+            if not changed:
+                break
+        for f in self.funcs:
+            old = getattr(f, "value_sites", [])
+            for cs in old:
+                for t in cs.targets:
+                    lst = self.callers.get(t)
+                    if lst is not None and cs in lst:
+                        lst.remove(cs)
+                if cs in f.calls:
+                    f.calls.remove(cs)
+            f.value_sites = []
+            for st, node, guards in getattr(f, "value_calls", ()):
+                refs = self._refs(f, node.func, call=True)
+                for k, (t, recv, partial) in enumerate(refs[:16]):
+                    cs = CallSite(f, st, node, [t], guards, "call", recv, sub=k if len(refs) > 1 else 0,
+                                  bound=partial)
+                    f.calls.append(cs)
+                    f.value_sites.append(cs)
+                    self.callers[t].append(cs)
 
     # -- resolving parameter bits to call-site labels ---------------------------------------------------------
     def arg_expr(self, cs: CallSite, callee: FuncInfo, i: int) -> list[ast.expr]:
@@ -264,6 +426,14 @@ class CallResolver:
         if bound and i == 0:
             return [cs.receiver] if cs.receiver is not None else []
         pos = i - (1 if (bound or (cs.kind == "init")) else 0)
+        if cs.bound is not None:      # functools.partial(fn, a, b, k=v)(x): a, b fill the first positions
+            pre = cs.bound.args[1:]
+            for k in cs.bound.keywords:
+                if k.arg == pname:
+                    return [k.value]
+            if 0 <= pos < len(pre):
+                return [pre[pos]]
+            pos -= len(pre)
         if pname == callee.vararg:
             start = len([p for p in callee.params if p not in (callee.vararg, callee.kwarg)])
             start -= (1 if bound else 0)
@@ -284,6 +454,68 @@ def _ref_is_called(cs: CallSite) -> bool:
     """A function passed by reference (timed_eval(name, fn, ...), torch.compile(fn)) is assumed to be called."""
     return True
 
+
+
+def _is_param(f: FuncInfo, name: str) -> bool:
+    g = f
+    while g is not None:
+        if name in g.params:
+            return True
+        if name in g.local_names:
+            return False
+        g = g.parent
+    return False
+
+
+def _add_refs(cur: list, refs: list) -> bool:
+    seen = {(id(a), id(b), id(c)) for a, b, c in cur}
+    new = False
+    for r in refs:
+        k = (id(r[0]), id(r[1]), id(r[2]))
+        if k not in seen and r[0] is not None:
+            seen.add(k)
+            cur.append(r)
+            new = True
+    return new
+
+
+_CONTAINER_ADDS = {"append", "extend", "insert", "add", "update", "setdefault", "appendleft", "register"}
+
+
+def _root_name(t: ast.AST) -> str | None:
+    """The variable a store goes into: `x`, `x[k]`, `x[k][j]` (not attributes: see attr_fvals)."""
+    while isinstance(t, ast.Subscript):
+        t = t.value
+    return t.id if isinstance(t, ast.Name) else None
+
+
+def _stored_refs(s: ast.stmt) -> set:
+    """Ids of the expressions a statement stores as values (assigned, put in a container, bound by partial):
+    functions named there are not called there."""
+    roots = []
+    if isinstance(s, (ast.Assign, ast.AnnAssign)) and s.value is not None:
+        roots.append(s.value)
+    elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
+            and s.value.func.attr in _CONTAINER_ADDS:
+        roots.extend(s.value.args)
+        roots.extend(k.value for k in s.value.keywords)
+    elif isinstance(s, (ast.For, ast.AsyncFor)):
+        roots.append(s.iter)
+    out = set()
+    while roots:
+        e = roots.pop()
+        t = type(e)
+        if t in (ast.Name, ast.Lambda, ast.Attribute):
+            out.add(id(e))
+        elif t in (ast.List, ast.Tuple, ast.Set):
+            roots.extend(e.elts)
+        elif t is ast.Dict:
+            roots.extend(e.values)
+        elif t is ast.IfExp:
+            roots.extend((e.body, e.orelse))
+        elif t is ast.Call and (getattr(e.func, "attr", None) or getattr(e.func, "id", None)) == "partial" and e.args:
+            roots.append(e.args[0])
+    return out
 
 
 def _class_name_of_call(call: ast.Call, prog: CallResolver, caller: FuncInfo | None = None) -> str | None:

@@ -37,6 +37,7 @@ class Stmt:
     withs: tuple = ()        # context expressions of enclosing `with` blocks
     _own: list | None = None
     _nodes: list | None = None
+    stored: set = field(default_factory=set)   # ids of function references the statement stores, not calls
 
     @property
     def line(self) -> int:
@@ -50,11 +51,12 @@ class Stmt:
 
     @property
     def nodes(self) -> list:
-        """Every node of the statement's own expressions (computed once)."""
+        """Every node of the statement's own expressions (computed once); a lambda is there, its body is not (the
+        lambda is a function of its own)."""
         if self._nodes is None:
             out = []
             for e in self.own:
-                out.extend(walk(e))
+                out.extend(walk(e, lambdas=False))
             self._nodes = out
         return self._nodes
 
@@ -68,6 +70,12 @@ class CallSite:
     guards: tuple = ()          # expression-level guards (IfExp / BoolOp) around the call
     kind: str = "call"          # call | ref | init
     receiver: ast.expr | None = None
+    sub: int = 0                # order among the functions one call reaches through a container (phase tables)
+    bound: ast.Call | None = None   # functools.partial(...) that bound some arguments
+
+    @property
+    def pos(self) -> tuple:
+        return (self.stmt.index, self.sub)
 
     @property
     def line(self) -> int:
@@ -94,6 +102,9 @@ class FuncInfo:
         self.defs: dict[str, list[Stmt]] = defaultdict(list)
         self.types: dict[str, str] = {}          # var -> user class name
         self.ret_type: str | None = None         # the user class every `return` of a factory builds
+        self.fvals: dict[str, list] = {}         # var -> [(function, receiver, partial call)] it may hold
+        self.value_calls: list = []              # calls through values, resolved after fvals
+        self.value_sites: list = []
         self.ret_labels = 0
         self.ret_elems: list[int] | None = None
         self.calls: list[CallSite] = []
@@ -165,11 +176,15 @@ class ProgramIndex:
         self.callers: dict[FuncInfo, list[CallSite]] = defaultdict(list)
         self.optimizer_classes: set[str] = set(OPTIMIZER_NAMES)
         self.module_names = {u.module for u in units} | {u.path.stem for u in units}
+        self.lambdas: dict[int, FuncInfo] = {}             # id(ast.Lambda) -> its function
         for u in units:
             self._index_unit(u)
         self._find_optimizer_classes()
-        for f in self.funcs:
+        todo = list(self.funcs)
+        while todo:
+            f = todo.pop()
             self._structure(f)
+            todo.extend(self._index_lambdas(f))
 
     # -- indexing -------------------------------------------------------------------------------------------
     def _index_unit(self, unit: SourceUnit) -> None:
@@ -224,9 +239,25 @@ class ProgramIndex:
                         self.optimizer_classes.add(name)
                         changed = True
 
+    def _index_lambdas(self, f: FuncInfo) -> list[FuncInfo]:
+        """Each lambda written in f's statements becomes a function (nested in f) whose body returns its
+        expression."""
+        out = []
+        for st in f.stmts:
+            for n in st.nodes:
+                if type(n) is ast.Lambda and id(n) not in self.lambdas:
+                    fi = FuncInfo("<lambda>", f"{f.qualname}.<lambda:{n.lineno}>", n, f.unit, None, f)
+                    self.lambdas[id(n)] = fi
+                    self.funcs.append(fi)
+                    out.append(fi)
+        return out
+
     # -- statements -----------------------------------------------------------------------------------------
     def _structure(self, f: FuncInfo) -> None:
-        body = f.node.body if not isinstance(f.node, ast.Lambda) else []
+        if isinstance(f.node, ast.Lambda):
+            body = [ast.copy_location(ast.Return(value=f.node.body), f.node.body)]
+        else:
+            body = f.node.body
         counter = [0]
 
         def visit_block(stmts, loops, guards, withs):

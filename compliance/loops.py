@@ -25,7 +25,7 @@ def contains(outer: Stmt, inner: Stmt) -> bool:
     return outer in inner.loops or any(l is outer for l in inner.loops)
 
 
-def loop_var_is_epoch(loop: Stmt) -> bool:
+def is_epoch_loop(loop: Stmt) -> bool:
     """A `for` loop whose variable does not pick the data: `for epoch in range(E)` (used at most in logs or an
     LR schedule), as opposed to `for ci in range(num_chunks)` whose variable indexes the chunk."""
     node = loop.node

@@ -10,7 +10,7 @@ common loop (a separate training pass, then scoring) and adapt-then-score inside
 from __future__ import annotations
 
 from ..labels import LOADER, TRAIN
-from .base import Context, Rule, judge, throwaway
+from .base import Context, Rule, judge
 from .registry import register
 
 
@@ -23,7 +23,7 @@ class TttPre(Rule):
     def check(self, ctx: Context):
         out = []
         for site in ctx.train_sites():
-            if site.gradvar or throwaway(site):
+            if site.gradvar:
                 continue
             for j in judge(ctx, site):
                 if j.kind not in ("pre", "after"):
