@@ -141,8 +141,9 @@ class TrainSite:
     step: Event
     backward: Event
     loss_labels: int
-    gradvar: bool
+    gradvar: bool                # what is trained is a requires-grad tensor, not a module's parameters
     lines: list[int] = field(default_factory=list)
+    delta: bool = False          # ... added directly to hidden states or logits (a SLOT delta / logit bias)
 
 
 def find_train_sites(prog: Program) -> list[TrainSite]:
@@ -170,7 +171,7 @@ def find_train_sites(prog: Program) -> list[TrainSite]:
             done.add(key)
             gv = bool(s.extra.get("gradvar")) or bool(b.labels & GRADVAR and not _model_params(f, s))
             lines = [b.stmt.line, s.stmt.line] + ([inner.line] if inner is not None else [])
-            sites.append(TrainSite(f, s, b, b.labels, gv, lines))
+            sites.append(TrainSite(f, s, b, b.labels, gv, lines, gv and _additive(f)))
     return sites
 
 
@@ -218,7 +219,7 @@ def trained_locally(site: "TrainSite") -> bool:
         if isinstance(s, (ast.Return, ast.Expr)) and s.value is not None:
             v = s.value.value if isinstance(s.value, (ast.Yield, ast.YieldFrom)) else s.value
             if isinstance(s, ast.Return) or isinstance(s.value, (ast.Yield, ast.YieldFrom)):
-                if _bare_names(v) & roots:
+                if _handed_on(v) & roots:
                     return False
             if isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Attribute) \
                     and s.value.func.attr in ("append", "extend", "insert", "add", "update", "setdefault") \
@@ -231,6 +232,15 @@ def trained_locally(site: "TrainSite") -> bool:
         elif isinstance(s, (ast.Global, ast.Nonlocal)) and set(s.names) & roots:
             return False
     return True
+
+
+def _handed_on(e) -> set:
+    """Names a returned expression hands on as objects or views (`A`, `A.detach()`, `(A, B)`, `{"a": A}`): every
+    name in it except those only called (`probe(x)` returns an output, not the probe)."""
+    if e is None:
+        return set()
+    called = {id(n.func) for n in walk(e) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    return {n.id for n in walk(e) if isinstance(n, ast.Name) and id(n) not in called}
 
 
 def _bare_names(e) -> set:
@@ -256,6 +266,30 @@ def names_in_own(node) -> set:
     for e in own_exprs(node):
         out |= names_in(e)
     return out
+
+
+_VIEWS = {"unsqueeze", "expand", "expand_as", "view", "reshape", "detach", "to", "float", "half", "bfloat16",
+          "squeeze", "repeat", "contiguous", "clone", "type_as"}
+
+
+def _additive(f: FuncInfo) -> bool:
+    """A requires-grad tensor of f is added as it is (or a view of it) to something: `hidden + delta`,
+    `logits + bias[None]`: a SLOT delta or logit bias, not the factors of an adapter (`h @ A @ B`)."""
+    for st in f.stmts:
+        for n in st.nodes:
+            if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Sub)):
+                for side in (n.left, n.right):
+                    while True:
+                        if isinstance(side, ast.Subscript):
+                            side = side.value
+                        elif isinstance(side, ast.Call) and isinstance(side.func, ast.Attribute) \
+                                and side.func.attr in _VIEWS:
+                            side = side.func.value
+                        else:
+                            break
+                    if isinstance(side, ast.Name) and f.labels.get(side.id, 0) & GRADVAR:
+                        return True
+    return False
 
 
 def _model_params(f: FuncInfo, step: Event) -> bool:

@@ -29,7 +29,7 @@ class Slot(Rule):
     def check(self, ctx: Context):
         out = []
         for site in ctx.train_sites():
-            if not site.gradvar:
+            if not site.delta:
                 continue
             for j in judge(ctx, site):
                 if j.kind not in ("pre", "after"):

@@ -23,7 +23,7 @@ class TttPre(Rule):
     def check(self, ctx: Context):
         out = []
         for site in ctx.train_sites():
-            if site.gradvar:
+            if site.delta:
                 continue
             for j in judge(ctx, site):
                 if j.kind not in ("pre", "after"):
