@@ -210,9 +210,13 @@ def node_key(node: ast.AST | None) -> tuple:
             if name == "ctx":
                 continue
             v = getattr(n, name, None)
-            if not isinstance(v, (ast.AST, list)):
-                vals.append(v)
-            elif isinstance(v, list):
+            if isinstance(v, list):
                 vals.append(len(v))
+            elif isinstance(v, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop)):
+                vals.append(type(v).__name__)
+            elif not isinstance(v, ast.AST):
+                vals.append(v)
+        if isinstance(n, ast.Compare):
+            vals.append(tuple(type(o).__name__ for o in n.ops))
         out.append((type(n).__name__, tuple(vals)))
     return tuple(out)

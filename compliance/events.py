@@ -11,7 +11,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from . import budget
-from .astutil import call_name, dotted, has_grad_attr, names_in, root_name, walk
+from .astutil import call_name, dotted, has_grad_attr, names_in, node_key, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
 from .labels import GRAD, GRADFN, GRADVAR, HASH, LOSS, OPTIM, PARAM_SHIFT, VAL, WEIGHT, param_indices
 from .taint import LabelPass, _accumulates
@@ -256,19 +256,26 @@ class EventScan:
         name = call_name(call)
         return name in self.p.optimizer_classes
 
-    @staticmethod
-    def _is_increment(t: ast.Subscript, v: ast.AST) -> bool:
-        """`T[k] = T.get(k, 0) + 1` or `T[k] = T[k] + c`."""
+    def _is_increment(self, t: ast.Subscript, v: ast.AST) -> bool:
+        """`T[k] = T.get(k, 0) + 1`, `T[k] = T[k] + c`, or `T[k] = c + 1` with c read from T just before."""
         if not isinstance(v, ast.BinOp) or not isinstance(v.op, ast.Add):
             return False
-        key = ast.dump(t)
+        key = node_key(t)
+        table = node_key(t.value)
         for side in (v.left, v.right):
-            if ast.dump(side) == key.replace("ctx=Store()", "ctx=Load()"):
+            if node_key(side) == key:
                 return True
             if isinstance(side, ast.Call) and call_name(side) == "get" and isinstance(side.func, ast.Attribute) \
-                    and ast.dump(side.func.value) == ast.dump(t.value) and side.args \
-                    and ast.dump(side.args[0]) == ast.dump(t.slice):
+                    and node_key(side.func.value) == table:
                 return True
+            if isinstance(side, ast.Name):
+                for d in self.f.defs.get(side.id, [])[:4]:
+                    dv = getattr(d.node, "value", None)
+                    for n in walk(dv) if dv is not None else ():
+                        if (isinstance(n, ast.Subscript) and node_key(n.value) == table) or (
+                                isinstance(n, ast.Call) and call_name(n) == "get"
+                                and isinstance(n.func, ast.Attribute) and node_key(n.func.value) == table):
+                            return True
         return False
 
     def _call_event(self, st: Stmt, node: ast.Call, opt_vars: dict) -> None:
@@ -368,7 +375,7 @@ class EventScan:
             if isinstance(s, ast.Assign) and any(isinstance(t, ast.Subscript) for t in s.targets):
                 # read-modify-write of the same table is an update, not a read
                 for t in s.targets:
-                    if isinstance(t, ast.Subscript) and EventScan._is_increment(t, s.value):
+                    if isinstance(t, ast.Subscript) and self._is_increment(t, s.value):
                         for n in walk(s.value):
                             skip_nodes.add(id(n))
             for expr in (0,):

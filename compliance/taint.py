@@ -11,7 +11,7 @@ from . import budget
 from .astutil import call_name, const_literal, dotted, names_in, own_exprs, postorder, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
 from .labels import (CONCRETE, CTX, DATA, GRAD, GRADFN, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, OBJECTS,
-                     OPTIM, PARAM_SHIFT, SUMMARY_ONLY, WEIGHT,
+                     MULTI, OPTIM, PARAM_SHIFT, SUMMARY_ONLY, TKEY, WEIGHT,
                      TGT, TRAIN, VAL, name_seed, param_indices, pbit, string_labels)
 from .vocab import CREATORS, DATA_OPS, DROP_ATTRS, DROP_CALLS, GRAD_TRANSFORMS, LOSS_FUNCS, MUTATORS, VIEW_ATTRS
 
@@ -278,6 +278,14 @@ class LabelPass:
                     elif m == "requires_grad_" and isinstance(sub.func.value, ast.Name) \
                             and self._fresh_tensor(sub.func.value.id):
                         self.f.labels[sub.func.value.id] |= GRADVAR
+
+    def _several_scores(self, arg) -> bool:
+        """[score_a, score_b] or [score(m) for m in models]: per-token scores of several predictors."""
+        if isinstance(arg, (ast.List, ast.Tuple)):
+            return sum(1 for e in arg.elts if self.label(e) & LOSS) >= 2
+        if isinstance(arg, (ast.ListComp, ast.GeneratorExp)):
+            return bool(self.label(arg) & LOSS)
+        return False
 
     def _is_func_transform(self, f: ast.expr) -> bool:
         """`grad` / `grad_and_value` / `vjp` ... of torch.func or functorch (not some other `grad`)."""
@@ -623,8 +631,9 @@ class LabelPass:
             last = sl.elts[-1]
             if isinstance(last, ast.Slice) and data_base:
                 r |= self._slice_role(last)
-            if idx & TGT and b & (VAL | LOSS | CTX) and not b & TGT:
-                r = (r & ~TGT) | LOSS
+            if idx & TGT and not b & TGT:
+                # p(gold) out of the model's scores, or a count addressed by the gold token
+                r = (r & ~TGT) | (LOSS if b & (LOSS | CTX) else TKEY)
             return r
         if isinstance(sl, ast.Slice):
             r = b | ((self.label(sl.lower) | self.label(sl.upper)) & (VAL | TRAIN | ~CONCRETE))
@@ -633,6 +642,8 @@ class LabelPass:
             return r
         k = self.label(sl)
         r = b | (k & ~(HASH | MIXT | LOSS))
+        if k & TGT and not b & (TGT | DATA | LOSS | LOADER):
+            r = (r & ~TGT) | TKEY        # table[key with the target]: a count at the gold token
         if data_base and not b & LOSS:
             if isinstance(sl, ast.BinOp) and isinstance(sl.op, ast.Add) and _const_pos(sl.right):
                 r |= TGT
@@ -672,6 +683,20 @@ class LabelPass:
             if isinstance(f, ast.Attribute):
                 self.label(f.value)
             return 0
+        if _HASH_CALL.search(name) and argl & (TGT | MIXT) and not self.p.resolve_call(self.f, f)[0]:
+            return (argl & ~(MIXT | LOSS)) | HASH | MIXT          # hash((ctx, y)), crc32(f"{ctx}|{y}".encode())
+        if name in _XOR_FUNCS and len(alist) >= 2:
+            return self._combine(ast.BitXor(), alist[0], alist[1], node.args[0], node.args[1])
+        if name in _REDUCE_FUNCS and len(alist) >= 2:
+            return self._combine(ast.Mod(), alist[0], alist[1], node.args[0], node.args[1])
+        if name == "ravel_multi_index" and alist:
+            return (alist[0] | MIXT) if alist[0] & TGT and alist[0] & ~TGT & (DATA | ~CONCRETE) else alist[0]
+        if name == "get" and isinstance(f, ast.Attribute) and alist and alist[0] & TGT:
+            base = self.label(f.value)
+            if not base & (TGT | DATA | LOSS | LOADER):
+                return (base | (argl & ~(TGT | HASH | MIXT | LOSS))) | TKEY     # counts.get(key with y, 0)
+        if name in _STACKS and node.args and self._several_scores(node.args[0]):
+            return argl | MULTI
         if isinstance(f, (ast.Name, ast.Call)) and self.label(f) & GRADFN:
             return (argl & ~(OBJECTS | LOSS | WEIGHT | GRADVAR)) | GRAD      # torch.func.grad(fn)(params, x, y)
         if name in GRAD_TRANSFORMS and self._is_func_transform(f):
@@ -757,11 +782,17 @@ class LabelPass:
             r = (r & ~(TGT | HASH | MIXT)) | LOSS
         if name in ("log", "log2", "log1p") and r & (TGT | LOSS):
             r |= LOSS
-        if name in ("log_softmax", "log_probs", "logsumexp"):
+        if name in ("log_softmax", "log_probs", "logsumexp", "softmax"):
             r = (r & ~TGT) | LOSS
         return r & ~(HASH | MIXT) if name in ("sum", "mean", "item", "float", "double") and not (r & HASH) else r
 
 
+_HASH_CALL = re.compile(r"^(hash|crc32|adler32|md5|sha\d*|sha3_\d+|blake2[bs]|xxh\w*|fnv\w*|murmur\w*|digest|"
+                        r"hexdigest|intdigest|mmh3\w*|cityhash\w*|farmhash\w*)$", re.I)
+_XOR_FUNCS = {"bitwise_xor", "bitwise_or", "bitwise_left_shift", "bitwise_right_shift", "left_shift", "right_shift",
+              "logical_xor"}
+_REDUCE_FUNCS = {"remainder", "fmod", "mod", "bitwise_and", "floor_divide"}
+_STACKS = {"stack", "vstack", "hstack", "cat", "concatenate", "array", "tensor", "column_stack", "dstack"}
 _SCOPED = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp, ast.Lambda)
 def _accumulates(name: str, value: ast.AST) -> bool:
     """`x = x + v`, `x = torch.cat([x, v])`, `x = x + [v]`: the new value extends the old one."""

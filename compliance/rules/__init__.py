@@ -29,7 +29,7 @@ def run_rules(ctx, scope: str, incomplete: list[str], deadline=None) -> list:
                               f"{str(exc)[:160]}); its class was not checked")
             continue
         for f in out:
-            key = (f.rule, f.file, f.line, f.explanation[:60])
+            key = (f.rule, f.file, f.line)
             if key in seen:
                 continue
             seen.add(key)
