@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from . import budget
 from .astutil import call_name, dotted, has_grad_attr, names_in, node_key, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
-from .labels import GRAD, GRADFN, GRADVAR, HASH, LOSS, OPTIM, PARAM_SHIFT, VAL, WEIGHT, param_indices
+from .labels import CONCRETE, GRAD, GRADFN, GRADVAR, HASH, LOSS, OPTIM, PARAM_SHIFT, VAL, WEIGHT, param_indices
 from .taint import LabelPass, _accumulates
 from .calls import _ref_is_called
 from .vocab import INPLACE_UPDATES, OPT_HINT, SCHEDULER_HINT
@@ -110,7 +110,10 @@ class EventLifter:
                                 seen_keys.add(key)
                                 root = self._map_root(src.root, t, cs)
                                 lab = self.resolve_at(cs, t, src.labels) if src.labels else 0
-                                f.lifted.append(Event(k, cs.stmt, cs.node, lab, root, dict(src.extra), via=cs,
+                                extra = dict(src.extra)
+                                if k == EK.INCR:
+                                    extra["holder"] = self._holder(src, t, cs, root)
+                                f.lifted.append(Event(k, cs.stmt, cs.node, lab, root, extra, via=cs,
                                                       origin=src.origin or src))
                     if ks & {EK.ACCUM, EK.SCORE} or (EK.PACCUM in ks and self._paccum_site(f, cs, t)):
                         key = (EK.SCORE, id(cs))
@@ -142,7 +145,35 @@ class EventLifter:
             out = [e for e in t.lifted if e.kind == kind]
         return out[:8]
 
+    def _holder(self, src: Event, callee: FuncInfo, cs: CallSite, mapped):
+        """The caller's variable that holds the state a callee's increment changed: the table itself (a parameter
+        or a returned table, mapped), or the object whose method incremented its attribute (`cache.add(...)` with
+        `cache` a parameter). None when it is not a variable of the caller (a fresh object, an attribute)."""
+        if mapped and mapped[0] == "n" and mapped[1] is cs.caller:
+            return mapped[2]
+        name = src.extra.get("holder")
+        if name is None and src.via is not None and src.via.receiver is not None:
+            name = root_name(src.via.receiver)
+        if name and name in callee.params:
+            exprs = self.arg_expr(cs, callee, callee.params.index(name))
+            if exprs and isinstance(exprs[0], ast.Name):
+                return exprs[0].id
+        return None
+
     def _map_root(self, root, callee: FuncInfo, cs: CallSite):
+        """The table `root` of the callee as the caller sees it: a parameter is what the call passes; a local
+        table the callee returns (`return counts`, `return (h + 1) / h.sum()`) is what the call's result is
+        assigned to."""
+        if root and root[0] == "n" and root[1] is callee and root[2] not in callee.params \
+                and root[2] in _returned_names(callee):
+            s = cs.stmt.node
+            if isinstance(s, (ast.Assign, ast.AnnAssign)) and s.value is not None and _contains(s.value, cs.node):
+                tgts = s.targets if isinstance(s, ast.Assign) else [s.target]
+                if len(tgts) == 1 and isinstance(tgts[0], (ast.Name, ast.Attribute)):
+                    return expr_root(cs.caller, tgts[0])
+        return self._map_param_root(root, callee, cs)
+
+    def _map_param_root(self, root, callee: FuncInfo, cs: CallSite):
         if root and root[0] == "n" and root[1] is callee and root[2] in callee.params:
             i = callee.params.index(root[2])
             exprs = self.arg_expr(cs, callee, i)
@@ -192,6 +223,27 @@ _REPORT_STR = re.compile(r"val_loss|val_bpb|bpb|val_nll", re.I)
 _REPORT_TARGET = re.compile(r"val_loss|val_bpb|bpb|val_nll", re.I)
 
 
+_COUNTERS = {"bincount", "histc", "histogram", "histogramdd", "histogram2d", "unique", "Counter", "value_counts",
+             "unique_consecutive"}
+
+
+def _counting(v) -> bool:
+    """The value is (built from) a count over data: bincount, histc, histogram, unique(return_counts), Counter."""
+    return v is not None and any(isinstance(n, ast.Call) and call_name(n) in _COUNTERS for n in walk(v))
+
+
+def _returned_names(f: FuncInfo) -> set:
+    out = set()
+    for st in f.stmts:
+        if isinstance(st.node, ast.Return) and st.node.value is not None:
+            out |= names_in(st.node.value)
+    return out
+
+
+def _contains(tree, node) -> bool:
+    return any(n is node for n in walk(tree))
+
+
 class EventScan:
     def __init__(self, prog: Program, f: FuncInfo):
         self.p, self.f = prog, f
@@ -233,8 +285,7 @@ class EventScan:
                 if isinstance(s.target, ast.Subscript):
                     self.add(EK.INCR, st, s, self.L(s.target.slice) | self.L(s.value), expr_root(f, s.target),
                              key=s.target.slice)
-                elif isinstance(s.target, ast.Name) and isinstance(s.value, ast.Call) \
-                        and call_name(s.value) in ("bincount",):
+                elif isinstance(s.target, (ast.Name, ast.Attribute)) and _counting(s.value):
                     self.add(EK.INCR, st, s, self.L(s.value), expr_root(f, s.target), bulk=True)
             elif isinstance(s, ast.Assign):
                 v = s.value
@@ -245,8 +296,7 @@ class EventScan:
                                               & GRADVAR))
                     if isinstance(t, ast.Subscript) and self._is_increment(t, v):
                         self.add(EK.INCR, st, s, self.L(t.slice), expr_root(f, t), key=t.slice)
-                if isinstance(v, ast.Call) and call_name(v) in ("bincount", "Counter", "unique") \
-                        and self.L(v) & VAL:
+                if _counting(v) and self.L(v) & (VAL | ~CONCRETE):
                     for t in s.targets:
                         if isinstance(t, (ast.Name, ast.Attribute)):
                             self.add(EK.INCR, st, s, self.L(v), expr_root(f, t), bulk=True)
@@ -392,6 +442,11 @@ class EventScan:
                     elif isinstance(node, ast.Call) and call_name(node) == "take" and len(node.args) >= 2:
                         key, base = node.args[1], node.args[0]
                     if key is None:
+                        if id(st) not in update_lines and isinstance(node, (ast.Name, ast.Attribute)) \
+                                and isinstance(node.ctx, ast.Load) and not isinstance(s, ast.Delete):
+                            root = expr_root(f, node)
+                            if root is not None and root in roots:      # the table used whole (prior[None])
+                                self.add(EK.READ, st, node, 0, root, whole=True)
                         continue
                     klab = self.L(key)
                     root = expr_root(f, base)

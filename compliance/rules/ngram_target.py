@@ -100,7 +100,8 @@ class NgramTarget(Rule):
     def _update_before_read(self, ctx, f: FuncInfo, accs):
         out = []
         incs = [e for e in f.events + f.lifted if e.kind == EK.INCR and e.root is not None]
-        reads = [e for e in f.events + f.lifted if e.kind == EK.READ and e.root is not None]
+        reads = [e for e in f.events + f.lifted if e.kind == EK.READ and e.root is not None
+                 and not e.extra.get("whole")]
         for inc in incs:
             lab = inc.labels | (ctx.prog.resolve(f, inc.labels) if inc.labels >> PARAM_SHIFT else 0)
             target_bearing = bool(lab & TGT) or (lab & VAL and not lab & CTX)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..events import EK, Event
 
+from ..astutil import root_name
 from ..index import FuncInfo
 
 from ..labels import PARAM_SHIFT, VAL
@@ -40,6 +41,43 @@ class Rescore(Rule):
                 out.append(ctx.finding(self.id, j.func, hops, j.loop, expl, ev))
                 break
         out.extend(self._precomputed(ctx))
+        out.extend(self._second_pass(ctx))
+        return out
+
+    def _second_pass(self, ctx: Context):
+        """A scoring function called again over a state its first call changed: the first call counts the
+        validation tokens into an object it was given (after scoring each window: legal within that call), the
+        second call scores all the tokens again with those counts."""
+        prog = ctx.prog
+        out = []
+        for f in prog.funcs:
+            scores = sorted((e for e in f.lifted if e.kind == EK.SCORE), key=lambda e: e.stmt.index)
+            if len(scores) < 2:
+                continue
+            for inc in f.lifted:
+                if inc.kind != EK.INCR or not inc.extra.get("holder"):
+                    continue
+                lab = inc.labels | (prog.resolve(f, inc.labels) if inc.labels >> PARAM_SHIFT else 0)
+                if not lab & VAL:
+                    continue
+                holder = inc.extra["holder"]
+                first = next((a for a in scores if a.stmt is inc.stmt), None)
+                if first is None:
+                    continue
+                for a in scores:
+                    if a.stmt.index <= inc.stmt.index or common_loops(a.stmt, inc.stmt):
+                        continue
+                    call = a.via.node if a.via is not None else None
+                    args = list(getattr(call, "args", [])) + [k.value for k in getattr(call, "keywords", [])]
+                    recv = a.via.receiver if a.via is not None else None
+                    if any(root_name(x) == holder for x in args) or (recv is not None and root_name(recv) == holder):
+                        expl = (f"The scoring call at line {inc.stmt.line} of {f.name}() adds the validation tokens "
+                                f"to `{holder}` as it scores them; the scoring call at line {a.stmt.line} then scores "
+                                f"the tokens again with `{holder}` holding the counts of all of them (two passes: "
+                                "only the first score of a token counts).")
+                        ev = ctx.evidence(f.unit, [inc.stmt.line, a.stmt.line])
+                        out.append(ctx.finding(self.id, f, [(a.stmt, ())], a.stmt, expl, ev))
+                        break
         return out
 
     def _precomputed(self, ctx: Context):
@@ -110,11 +148,10 @@ def _reads_root(ctx: Context, f: FuncInfo, a: Event, root) -> bool:
     reads = [r for r in callee.events + callee.lifted if r.kind == EK.READ]
     if root[0] in ("a", "g"):
         return any(r.root == root for r in reads)
-    # a local table passed to the scorer as an argument
+    # a local table (or the object holding it) handed to the scoring function
     call = a.via.node if a.via is not None else None
-    passed = False
     if call is not None and hasattr(call, "args"):
         for arg in list(call.args) + [k.value for k in call.keywords]:
-            if getattr(arg, "id", None) == root[2]:
-                passed = True
-    return passed and bool(reads)
+            if root_name(arg) == root[2]:
+                return True
+    return False
