@@ -14,6 +14,7 @@ OPTIM = 1 << 13     # an optimiser object (constructed from an optimiser class),
 GRADFN = 1 << 14    # a gradient transform: torch.func.grad(f), grad_and_value(f), vjp: calling it gives a GRAD
 TKEY = 1 << 15      # a value read from a table with a key that includes the target token (a count at the gold token)
 MULTI = 1 << 16     # several per-token scores stacked together (one row per predictor)
+TIME = 1 << 17      # a clock reading (time.perf_counter(), time.time(), ...) and what is computed from it
 PARAM_SHIFT = 24
 CONCRETE = (1 << PARAM_SHIFT) - 1
 DATA = VAL | TGT | CTX | TRAIN

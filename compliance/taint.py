@@ -11,9 +11,9 @@ from . import budget
 from .astutil import call_name, const_literal, dotted, names_in, own_exprs, postorder, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
 from .labels import (CONCRETE, CTX, DATA, GRAD, GRADFN, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, OBJECTS,
-                     MULTI, OPTIM, PARAM_SHIFT, SUMMARY_ONLY, TKEY, WEIGHT,
+                     MULTI, OPTIM, PARAM_SHIFT, SUMMARY_ONLY, TIME, TKEY, WEIGHT,
                      TGT, TRAIN, VAL, name_seed, param_indices, pbit, string_labels)
-from .vocab import CREATORS, DATA_OPS, DROP_ATTRS, DROP_CALLS, GRAD_TRANSFORMS, LOSS_FUNCS, MUTATORS, VIEW_ATTRS
+from .vocab import CLOCKS, CREATORS, DATA_OPS, DROP_ATTRS, DROP_CALLS, GRAD_TRANSFORMS, LOSS_FUNCS, MUTATORS, VIEW_ATTRS
 
 if TYPE_CHECKING:
     from .program import Program
@@ -679,6 +679,9 @@ class LabelPass:
             argl |= v
         for kw in node.keywords:
             argl |= self.label(kw.value)
+        if name in CLOCKS and (dotted(f).startswith("time.") or self.p.aliases.get(id(self.f.unit), {}).get(
+                dotted(f), "").startswith("time.")):
+            return TIME
         if name in DROP_CALLS:
             if isinstance(f, ast.Attribute):
                 self.label(f.value)

@@ -44,3 +44,4 @@ DATA_OPS = {"cat", "stack", "concatenate", "where", "tensor", "from_numpy", "asa
 GRAD_TRANSFORMS = {"grad", "grad_and_value", "vjp", "jacrev", "jacfwd", "hessian"}
 INPLACE_UPDATES = {"add_", "sub_", "copy_", "addcdiv_", "addcmul_", "lerp_", "mul_", "div_"}
 VIEW_ATTRS = {"data", "T", "mT", "H", "mH", "real", "imag"}   # views of a tensor: what flows is the tensor itself
+CLOCKS = {"time", "perf_counter", "monotonic", "perf_counter_ns", "time_ns", "monotonic_ns", "process_time"}

@@ -228,3 +228,15 @@ def test_broken_syntax_is_repaired_and_still_audited(tmp_path):
 def test_kit_train_gpt_audits_clean():
     rep = audit(ROOT / "train_gpt.py")
     assert rep.verdict == "clean" and [f.as_dict() for f in rep.findings] == []  # not even a dormant finding
+
+
+def test_gptq_reserve_set_to_zero_is_a_calibration_after_the_budget(capsys):
+    """The 1.0611-shaped script is clean with its default reserve (4 s taken off the 600 s cap) and flagged when
+    run with GPTQ_RESERVE_SECONDS=0 (--set, or a log that says so: folders/calib_reserve_zero_logged)."""
+    script = RULES / "calib_val" / "legal_calib_gptq_reserve.py"
+    assert audit(script).verdict == "clean"
+    code, out, _ = run_cli(["audit", str(script), "--json", "--set", "GPTQ_RESERVE_SECONDS=0"], capsys)
+    obj = json.loads(out)
+    assert code == 1 and [f["rule"] for f in obj["findings"] if f["status"] == "active"] == ["CALIB-VAL"]
+    assert "600 s" in obj["findings"][0]["explanation"]
+    assert audit(script, settings={"GPTQ_RESERVE_SECONDS": "12", "MAX_WALLCLOCK_SECONDS": "600"}).verdict == "clean"

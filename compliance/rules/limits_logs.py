@@ -5,6 +5,7 @@ artifact bytes, code bytes), and scores and seeds against submission.json. The l
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -103,6 +104,27 @@ def _code_bytes(lg: RunLog, r: dict, script_bytes: int | None, script_name: str,
     return []
 
 
+RE_CALIB_TIME = re.compile(r"(?:hessians?|calibration)\b.*?\bin\s+(" + r"\d+(?:\.\d+)?" + r")\s*s\b", re.I)
+
+
+def _calibration_time(lg: RunLog, r: dict, warnings: list[str]) -> None:
+    """A warning when a log shows calibration time that does not fit in what the training left of the 600 s
+    (the code's reserve is checked statically by CALIB-VAL; the log says how long calibration really took)."""
+    if lg.train_time_ms is None:
+        return
+    for i, text in enumerate(lg.lines, 1):
+        m = RE_CALIB_TIME.search(text)
+        if not m:
+            continue
+        calib_s = float(m.group(1))
+        total = lg.train_time_ms / 1000.0 + calib_s
+        r["calibration_s"] = calib_s
+        if total > TRAIN_CAP_MS / 1000.0:
+            warnings.append(f"{lg.name}:{i}: training stopped at {lg.train_time_ms / 1000:.1f} s and calibration "
+                            f"took {calib_s:.1f} s after it: {total:.1f} s of the 600 s training budget")
+        return
+
+
 def check_logs(logs: list[RunLog], script_bytes: int | None, script_name: str, submission: dict | None,
                submission_name: str, limits: dict, warnings: list[str], non_record: bool = False) -> list[Finding]:
     """Returns the LIMITS findings on the logs (and submission.json, when given); fills ``limits`` with what each
@@ -116,6 +138,7 @@ def check_logs(logs: list[RunLog], script_bytes: int | None, script_name: str, s
         warnings.extend(f"{lg.name}: text log and JSON run file disagree: {c} (limits are checked on the larger "
                         "value)" for c in lg.conflicts)
         timed += _train_time(lg, r, warnings)
+        _calibration_time(lg, r, warnings)
         timed += _eval_time(lg, r)
         out += _artifact(lg, r, script_bytes, warnings)
         out += _code_bytes(lg, r, script_bytes, script_name, warnings)
