@@ -15,6 +15,7 @@ GRADFN = 1 << 14    # a gradient transform: torch.func.grad(f), grad_and_value(f
 TKEY = 1 << 15      # a value read from a table with a key that includes the target token (a count at the gold token)
 MULTI = 1 << 16     # several per-token scores stacked together (one row per predictor)
 TIME = 1 << 17      # a clock reading (time.perf_counter(), time.time(), ...) and what is computed from it
+BYTESRC = 1 << 18   # a per-token byte sidecar (fineweb_val_bytes_*.bin): bytes of the original text
 PARAM_SHIFT = 24
 CONCRETE = (1 << PARAM_SHIFT) - 1
 DATA = VAL | TGT | CTX | TRAIN
@@ -51,6 +52,7 @@ _LOSS_NAME = re.compile(r"^(per_?tok(en)?_?(loss|nll)s?|ptl|tok_loss(es)?|token_
                         r"\w*_nlls?|nll_\w+|losses|loss_per_tok(en)?)$", re.I)
 _SPLIT_TAIL = r"([_\-.]?\d|[_\-.]?\*|[_\-.](tokens?|toks|data|ids|set|split|shards?|docs?|stream)\b|\.(bin|pt|npy|npz|txt|jsonl?)\b|/|$)"
 _VAL_STR = re.compile(r"fineweb_val|(^|[/_\-.])val(id|idation)?" + _SPLIT_TAIL, re.I)
+_BYTES_STR = re.compile(r"_bytes_|val_bytes|bytes_\d{3,}|byte_sidecar", re.I)
 _TRAIN_STR = re.compile(r"fineweb_train|(^|[/_\-.])train" + _SPLIT_TAIL, re.I)
 _BOTH_STR = re.compile(r"fineweb_?\*|(^|/)\*\.bin$", re.I)
 
@@ -86,6 +88,8 @@ def string_labels(s: str) -> int:
             v |= TRAIN
         if _BOTH_STR.search(s):
             v |= VAL | TRAIN
+        if _BYTES_STR.search(s):
+            v |= BYTESRC
         _str_cache[s] = v
     return v
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from . import budget
 from .astutil import call_name, const_literal, dotted, names_in, own_exprs, postorder, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
-from .labels import (CONCRETE, CTX, DATA, GRAD, GRADFN, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, OBJECTS,
+from .labels import (BYTESRC, CONCRETE, CTX, DATA, GRAD, GRADFN, GRADVAR, HASH, LOADER, LOSS, MIXP, MIXPS, MIXT, OBJECTS,
                      MULTI, OPTIM, PARAM_SHIFT, SUMMARY_ONLY, TIME, TKEY, WEIGHT,
                      TGT, TRAIN, VAL, name_seed, param_indices, pbit, string_labels)
 from .vocab import CLOCKS, CREATORS, DATA_OPS, DROP_ATTRS, DROP_CALLS, GRAD_TRANSFORMS, LOSS_FUNCS, MUTATORS, VIEW_ATTRS
@@ -682,6 +682,8 @@ class LabelPass:
         if name in CLOCKS and (dotted(f).startswith("time.") or self.p.aliases.get(id(self.f.unit), {}).get(
                 dotted(f), "").startswith("time.")):
             return TIME
+        if name == "len" and node.args and isinstance(node.args[0], ast.Call) and call_name(node.args[0]) == "encode":
+            return BYTESRC        # len(piece.encode()): a byte length of text (byte tables are built from these)
         if name in DROP_CALLS:
             if isinstance(f, ast.Attribute):
                 self.label(f.value)
