@@ -86,6 +86,12 @@ def _program_context(loaded, logs, settings, report: Report) -> Context | None:
         for lg in logs:
             env = {k: v for k, v in lg.env.items() if k in flags.by_env}
             attrs = {k: v for k, v in lg.attrs.items() if k in flags.by_attr}
+            for k, v in getattr(lg, "words", {}).items():     # what a run's log says: ngram_cache:enabled
+                value = _WORDS.get(v.lower(), v)
+                if k in flags.by_attr and k not in attrs:
+                    attrs[k] = value
+                if k.upper() in flags.by_env and k.upper() not in env:
+                    env[k.upper()] = "1" if value is True else "0" if value is False else v
             if not env and not attrs:
                 continue
             key = json.dumps([sorted(env.items()), sorted((k, repr(v)) for k, v in attrs.items())])
@@ -103,6 +109,10 @@ def _program_context(loaded, logs, settings, report: Report) -> Context | None:
         report.incomplete.append(f"the static analysis of the code failed ({type(exc).__name__}: {str(exc)[:160]}); "
                                  "no code rule was checked")
     return None
+
+
+_WORDS = {"enabled": True, "on": True, "yes": True, "true": True, "disabled": False, "off": False, "no": False,
+          "false": False}
 
 
 def _submitted_script(path: Path, loaded) -> Path | None:

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from .astutil import dotted, walk
+from .astutil import call_name, dotted, walk
 
 from .index import FuncInfo, Guard, Stmt
 
@@ -96,8 +96,51 @@ class FlagTable:
         self.by_env: dict[str, list[FlagDef]] = {}
         self.module_consts: dict[tuple[str, str], FlagDef] = {}
         self.helpers = self._env_helpers()
+        self.env_writes: list[tuple] = []      # (key expr, value expr, loop dict expr | None, kind, func, stmt)
         for unit in prog.units:
             self._scan_unit(unit)
+        self._scan_env_writes()
+        self._scan_config_ctors()
+
+    def _scan_env_writes(self) -> None:
+        """Writes to os.environ that set the defaults later reads see: `os.environ.setdefault(K, V)`,
+        `os.environ[K] = V`, `os.environ.update({...})`, also in a loop over a preset's items."""
+        for f in self.prog.funcs:
+            if "environ" not in f.unit.text:
+                continue
+            for st in f.stmts:
+                s = st.node
+                loop_dict = None
+                if st.loops and isinstance(st.loops[-1].node, ast.For):
+                    it = st.loops[-1].node.iter
+                    if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and it.func.attr == "items":
+                        loop_dict = (it.func.value, st.loops[-1].node.target)
+                if isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and \
+                        dotted(s.value.func) in ("os.environ.setdefault", "environ.setdefault") and len(s.value.args) >= 2:
+                    self.env_writes.append((s.value.args[0], s.value.args[1], loop_dict, "setdefault", f, st))
+                elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Subscript) \
+                        and dotted(s.targets[0].value) in ("os.environ", "environ"):
+                    self.env_writes.append((s.targets[0].slice, s.value, loop_dict, "set", f, st))
+                elif isinstance(s, ast.Expr) and isinstance(s.value, ast.Call) and \
+                        dotted(s.value.func) in ("os.environ.update", "environ.update") and s.value.args:
+                    self.env_writes.append((None, s.value.args[0], None, "update", f, st))
+
+    def _scan_config_ctors(self) -> None:
+        """`Cfg(flag=True)` for a config class with a field `flag`: that instance's value is the argument."""
+        fields = {}
+        for fds in self.by_attr.values():
+            for fd in fds:
+                if fd.kind == "field" and fd.cls:
+                    fields.setdefault(fd.cls, set()).add(fd.attr)
+        if not fields:
+            return
+        for f in self.prog.funcs:
+            for st in f.stmts:
+                for n in st.nodes:
+                    if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in fields:
+                        for k in n.keywords:
+                            if k.arg in fields[n.func.id]:
+                                self.add(FlagDef(k.arg, None, "ctor", k.value, scope=f, cls=n.func.id))
 
     def _env_helpers(self) -> set[str]:
         out = set()
@@ -143,15 +186,21 @@ class FlagTable:
                 pass
 
     def _scan_assign(self, node, mod: FuncInfo, cls: str | None, module: str | None = None,
-                     field_like: bool = False) -> None:
+                     field_like: bool = False, guarded: frozenset | None = None) -> None:
+        """Settings defined by an assignment. Under an `if` (guarded: the names its test reads) a definition does
+        not replace an unconditional one, and one assigned inside its own guard (`if X: X = True`) is not a
+        definition at all: it does not switch the setting on."""
         if isinstance(node, ast.Assign):
             targets, value = node.targets, node.value
         elif isinstance(node, ast.AnnAssign):
             targets, value = [node.target], node.value
         else:
             if isinstance(node, (ast.If, ast.Try)):
+                names = frozenset(n.id for n in walk(node.test) if isinstance(n, ast.Name)) \
+                    if isinstance(node, ast.If) else frozenset()
+                inner = (guarded or frozenset()) | names
                 for s in getattr(node, "body", []) + getattr(node, "orelse", []):
-                    self._scan_assign(s, mod, cls, module, field_like)
+                    self._scan_assign(s, mod, cls, module, field_like, inner)
             return
         if value is None:
             return
@@ -161,18 +210,23 @@ class FlagTable:
                 if isinstance(t, ast.Tuple) and isinstance(value, ast.Tuple) and len(t.elts) == len(value.elts):
                     for te, ve in zip(t.elts, value.elts):
                         if isinstance(te, ast.Name):
-                            self._one(te.id, ve, mod, cls, module, field_like)
+                            self._one(te.id, ve, mod, cls, module, field_like, guarded)
                 continue
-            self._one(t.id, value, mod, cls, module, field_like)
+            self._one(t.id, value, mod, cls, module, field_like, guarded)
 
     def _one(self, name: str, value: ast.expr, mod: FuncInfo, cls: str | None, module: str | None,
-             field_like: bool) -> None:
+             field_like: bool, guarded: frozenset | None = None) -> None:
+        if guarded is not None:
+            if name in guarded:
+                return                   # `if X: X = True` does not make X true
+            if cls is None and module is not None and (module, name) in self.module_consts:
+                return                   # a conditional definition does not replace the unconditional one
         r = first_env_read(value, self.helpers)
         if r:
             fd = FlagDef(name, r[0], "expr", value, scope=mod, cls=cls)
         else:
             lit = _literal(value)
-            if lit is UNKNOWN or isinstance(lit, (list, dict, tuple, set)) and len(str(lit)) > 200:
+            if lit is UNKNOWN or isinstance(lit, (list, dict, tuple, set)) and len(str(lit)) > 20000:
                 if not (isinstance(value, ast.Call) and dotted(value.func) in ("field", "dataclasses.field")):
                     return
                 dflt = next((k.value for k in value.keywords if k.arg == "default"), None)
@@ -280,7 +334,44 @@ class Evaluator:
             return fd.default
         if fd.kind == "const":
             return fd.default
+        if fd.kind == "ctor":
+            return self.ev(fd.expr, fd.scope, depth + 1)
         return self.ev(fd.expr, fd.scope, depth + 1, cls=fd.cls)
+
+    def _written_env(self, name: str, depth: int):
+        """The value the script itself writes into os.environ[name] (a preset's default), or UNKNOWN."""
+        if not self.t.env_writes or depth > 8 or getattr(self, "_in_writes", False):
+            return UNKNOWN
+        self._in_writes = True
+        try:
+            for key, value, loop, kind, func, st in self.t.env_writes:
+                if any(self.truth(g) is False for g in st.guards):
+                    continue
+                if kind == "update":
+                    d = self.ev(value, func, depth + 1)
+                    if isinstance(d, dict) and name in d:
+                        return d[name]
+                    continue
+                if loop is not None:
+                    d = self.ev(loop[0], func, depth + 1)
+                    tgt = loop[1]
+                    if isinstance(d, dict) and name in d and isinstance(tgt, ast.Tuple) and len(tgt.elts) == 2 \
+                            and isinstance(key, ast.Name) and isinstance(tgt.elts[0], ast.Name) \
+                            and key.id == tgt.elts[0].id:
+                        v = d[name]
+                        if isinstance(value, ast.Name) and isinstance(tgt.elts[1], ast.Name) \
+                                and value.id == tgt.elts[1].id:
+                            return v
+                        if isinstance(value, ast.Call) and call_name(value) == "str" and value.args \
+                                and isinstance(value.args[0], ast.Name) and value.args[0].id == tgt.elts[1].id:
+                            return str(v)
+                    continue
+                k = self.ev(key, func, depth + 1)
+                if k == name:
+                    return self.ev(value, func, depth + 1)
+            return UNKNOWN
+        finally:
+            self._in_writes = False
 
     def attr_value(self, attr: str, depth: int = 0):
         if attr in self.attrs:
@@ -288,6 +379,9 @@ class Evaluator:
         fds = self.t.by_attr.get(attr)
         if not fds:
             return UNKNOWN
+        ctors = [fd for fd in fds if fd.kind == "ctor"]
+        if ctors:
+            fds = ctors        # the instances the program builds say what the value is, not the field default
         vals = [self.flag_value(fd, depth) for fd in fds]
         known = [v for v in vals if v is not UNKNOWN]
         if not known:
@@ -329,6 +423,9 @@ class Evaluator:
             name, dflt = r
             if name in self.env:
                 return self.env[name]
+            written = self._written_env(name, depth)
+            if written is not UNKNOWN:
+                return written
             if name in ("RANK", "LOCAL_RANK"):
                 return "0"
             if name == "WORLD_SIZE":
@@ -406,6 +503,24 @@ class Evaluator:
             return tuple(vals) if isinstance(node, ast.Tuple) else (set(vals) if isinstance(node, ast.Set) else vals)
         if isinstance(node, ast.Call):
             return self._call(node, func, depth, cls)
+        if isinstance(node, ast.Dict):
+            keys = [ev(k) if k is not None else UNKNOWN for k in node.keys]
+            vals = [ev(v) for v in node.values]
+            if any(k is UNKNOWN for k in keys):
+                return UNKNOWN
+            try:
+                return dict(zip(keys, vals))
+            except TypeError:
+                return UNKNOWN
+        if isinstance(node, ast.Subscript):
+            base = ev(node.value)
+            key = ev(node.slice)
+            if base is UNKNOWN or key is UNKNOWN:
+                return UNKNOWN
+            try:
+                return base[key]
+            except (KeyError, IndexError, TypeError):
+                return UNKNOWN
         if isinstance(node, ast.JoinedStr):
             return UNKNOWN
         return UNKNOWN

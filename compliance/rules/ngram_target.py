@@ -29,7 +29,7 @@ from .registry import register
 class NgramTarget(Rule):
     id = "NGRAM-TARGET"
     title = "the target token used to form its own probability"
-    fixtures = ("rules/ngram_target",)
+    fixtures = ("rules/ngram_target", "folders/log_words_activate")
 
     def check(self, ctx: Context):
         out = []
