@@ -383,16 +383,16 @@ class EventScan:
 
     def _updates(self, target, value, inplace: bool, method: bool = False) -> bool:
         """Does writing `value` (an expression or a list of them) into `target` move a parameter by a gradient?
-        In place (`p.sub_(lr * g)`, `w -= eta * gw`, `_foreach_add_(ps, gs)`): the value carries a gradient and the
-        target is not a gradient or a gradient buffer itself (a plain local name must hold parameters). Rebinding
-        (`params = {k: params[k] - lr * g[k]}`, `p.data = p.data - lr * p.grad`): the new value mixes parameters
-        (or a requires-grad tensor) with a gradient."""
+        In place (`p.sub_(lr * g)`, `w -= eta * gw`, `_foreach_add_(ps, gs)`): the value is a gradient (or a
+        parameter step) and the target is not a gradient or a gradient buffer itself (a plain local name must hold
+        parameters). Rebinding (`params = {k: params[k] - lr * g[k]}`, `p.data = p.data - lr * p.grad`): the new
+        value is a parameter step, parameters plus or minus a gradient (activations computed with updated
+        parameters are not)."""
         values = value if isinstance(value, list) else [value]
-        vlab = 0
-        for v in values:
-            vlab |= self.L(v)
-        grad = bool(vlab & GRAD) or any(has_grad_attr(v) for v in values)
-        if not grad:
+        step = any(self._step_expr(v) for v in values)
+        pure = step or any(has_grad_attr(v) for v in values) or any(
+            self.L(v) & GRAD and not self.L(v) & (WEIGHT | GRADVAR) for v in values)
+        if not pure:
             return False
         if isinstance(target, ast.Attribute) and target.attr in ("grad", "main_grad"):
             return False
@@ -405,7 +405,20 @@ class EventScan:
             return True
         if isinstance(target, ast.Attribute) and target.attr == "data":
             return True
-        return bool(vlab & (WEIGHT | GRADVAR)) and isinstance(target, (ast.Name, ast.Attribute, ast.Subscript))
+        return step and isinstance(target, (ast.Name, ast.Attribute, ast.Subscript))
+
+    def _step_expr(self, v) -> bool:
+        """Parameters plus or minus a gradient term: `w - lr * g`, `params[k] - lr * g[k]`."""
+        if v is None:
+            return False
+        for n in walk(v):
+            if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Sub)):
+                a, b = self.L(n.left), self.L(n.right)
+                pure_a = (a & GRAD and not a & (WEIGHT | GRADVAR)) or has_grad_attr(n.left)
+                pure_b = (b & GRAD and not b & (WEIGHT | GRADVAR)) or has_grad_attr(n.right)
+                if (a & (WEIGHT | GRADVAR) and pure_b) or (b & (WEIGHT | GRADVAR) and pure_a):
+                    return True
+        return False
 
     def _is_counter(self, name: str) -> bool:
         for d in self.f.defs.get(name, []):
@@ -418,6 +431,9 @@ class EventScan:
     def reads(self) -> None:
         f = self.f
         roots = self.p.incr_roots
+        root_names = self.p.__dict__.get("_incr_names")
+        if root_names is None:
+            root_names = self.p._incr_names = {r[-1] for r in roots if isinstance(r[-1], str)}
         update_lines = {id(e.stmt) for e in f.events if e.kind == EK.INCR}
         for st in f.stmts:
             s = st.node
@@ -443,6 +459,7 @@ class EventScan:
                         key, base = node.args[1], node.args[0]
                     if key is None:
                         if id(st) not in update_lines and isinstance(node, (ast.Name, ast.Attribute)) \
+                                and (node.id if isinstance(node, ast.Name) else node.attr) in root_names \
                                 and isinstance(node.ctx, ast.Load) and not isinstance(s, ast.Delete):
                             root = expr_root(f, node)
                             if root is not None and root in roots:      # the table used whole (prior[None])

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 class TaintAnalysis:
     # -- labels ---------------------------------------------------------------------------------------------
     def _analyse_labels(self) -> None:
+        """Every function once, callee first (constructors first of all: they set the attributes others read),
+        then again while what a function reads (attributes, outer variables, callee results) changed after its
+        last pass (its own writes do not count: each pass runs to its own fixed point)."""
         order = self._callee_first_order()
+        order = [f for f in order if f.name == "__init__"] + [f for f in order if f.name != "__init__"]
         self.version = 0
         self.attr_ver: dict[str, int] = {}
         self.glob_ver: dict[tuple, int] = {}
@@ -30,16 +34,17 @@ class TaintAnalysis:
             self._read_sets(f)
         for f in order:
             budget.check()
-            f.ran_at = self.version
             LabelPass(self, f).run()
+            f.ran_at = self.version
         for _round in range(4):
             rerun = False
             for f in order:
                 if any(self.attr_ver.get(a, 0) > f.ran_at for a in f.attr_reads) or \
                         any(self.glob_ver.get(k, 0) > f.ran_at for k in f.outer_reads) or \
                         any(getattr(c, "ret_ver", 0) > f.ran_at for c in f.callees):
-                    f.ran_at = self.version
+                    budget.check()
                     LabelPass(self, f).run()
+                    f.ran_at = self.version
                     rerun = True
             if not rerun:
                 break
@@ -641,7 +646,7 @@ class LabelPass:
                 r |= self._slice_role(sl)
             return r
         k = self.label(sl)
-        r = b | (k & ~(HASH | MIXT | LOSS))
+        r = b | (k & ~(HASH | MIXT | LOSS | WEIGHT | GRADVAR | GRAD | OBJECTS))   # a key is no parameter
         if k & TGT and not b & (TGT | DATA | LOSS | LOADER):
             r = (r & ~TGT) | TKEY        # table[key with the target]: a count at the gold token
         if data_base and not b & LOSS:
