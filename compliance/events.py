@@ -398,14 +398,21 @@ class EventScan:
             return False
         tlab = self.L(target) if isinstance(target, ast.expr) else 0
         if inplace:
-            if tlab & GRAD and not tlab & (WEIGHT | GRADVAR):
-                return False          # a gradient or momentum buffer being accumulated
+            if isinstance(target, ast.Name) and self._gradient_alias(target.id):
+                return False          # `g = p.grad; g.mul_(c)`: a gradient being scaled, not a parameter
             if isinstance(target, ast.Name) and not method:
                 return bool(tlab & (WEIGHT | GRADVAR))      # `w -= eta * g`: w holds parameters
             return True
         if isinstance(target, ast.Attribute) and target.attr == "data":
             return True
         return step and isinstance(target, (ast.Name, ast.Attribute, ast.Subscript))
+
+    def _gradient_alias(self, name: str) -> bool:
+        defs = self.f.defs.get(name, [])
+        return bool(defs) and all(
+            isinstance(d.node, ast.Assign) and (has_grad_attr(d.node.value) or (
+                isinstance(d.node.value, ast.Call) and dotted(d.node.value.func).endswith("autograd.grad")))
+            for d in defs)
 
     def _step_expr(self, v) -> bool:
         """Parameters plus or minus a gradient term: `w - lr * g`, `params[k] - lr * g[k]`."""

@@ -448,11 +448,11 @@ class LabelPass:
                         if isinstance(m, ast.Name):
                             scope[m.id] = p
 
-    def _attr_value(self, lab: int) -> int:
-        """What an attribute written with `lab` holds: parameter bits (a constructor's arguments stored on self)
-        resolved to what the call sites pass, as attributes are labelled program-wide."""
-        if lab >> PARAM_SHIFT and self.f.is_method:
-            return (lab & CONCRETE) | (self.p.resolve(self.f, lab & ~CONCRETE & ~(1 << PARAM_SHIFT)) & CONCRETE)
+    @staticmethod
+    def _attr_value(lab: int) -> int:
+        """What an attribute written with `lab` holds program-wide: its concrete labels. A constructor's
+        arguments stored on self are not resolved into it (all instances would share them); they reach a method's
+        results through the receiver, whose labels at each call site include what its constructor was given."""
         return lab & CONCRETE
 
     def _set_attr(self, attr: str, lab: int) -> None:
