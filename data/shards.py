@@ -40,26 +40,32 @@ def write_atomic(path: str | os.PathLike, *chunks: bytes) -> None:
             tmp.unlink()
 
 
-def write_shard(path: str | os.PathLike, tokens) -> Path:
-    """Write ``tokens`` (ids in [0, 65535]) to ``path`` atomically (temp name, then ``os.replace``)."""
-    path = Path(path)
+def encode_shard(tokens, name: str | os.PathLike = "shard") -> bytes:
+    """The bytes of a shard holding ``tokens`` (ids in [0, 65535]): header then uint16 ids. ``name`` is only
+    used in error messages."""
     arr = np.asarray(tokens)
     if arr.ndim != 1:
-        raise ValueError(f"{path}: tokens must be a 1-D array, got shape {arr.shape}")
+        raise ValueError(f"{name}: tokens must be a 1-D array, got shape {arr.shape}")
     if arr.size and arr.dtype != TOKEN_DTYPE:
         if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{path}: tokens must be integers, got dtype {arr.dtype}")
+            raise ValueError(f"{name}: tokens must be integers, got dtype {arr.dtype}")
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 0xFFFF:
-            raise ValueError(f"{path}: token ids must lie in [0, 65535], got range [{lo}, {hi}]")
+            raise ValueError(f"{name}: token ids must lie in [0, 65535], got range [{lo}, {hi}]")
     arr = arr.astype(TOKEN_DTYPE, copy=False)
     if arr.size >= 2**31:
-        raise ValueError(f"{path}: {arr.size} tokens do not fit the int32 header")
+        raise ValueError(f"{name}: {arr.size} tokens do not fit the int32 header")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0] = MAGIC
     header[1] = VERSION
     header[2] = arr.size
-    write_atomic(path, header.tobytes(), arr.tobytes())
+    return header.tobytes() + arr.tobytes()
+
+
+def write_shard(path: str | os.PathLike, tokens) -> Path:
+    """Write ``tokens`` (ids in [0, 65535]) to ``path`` atomically (temp name, then ``os.replace``)."""
+    path = Path(path)
+    write_atomic(path, encode_shard(tokens, path))
     return path
 
 

@@ -18,6 +18,7 @@ import sentencepiece as spm
 from data import fineweb, prepare
 from data.bytes import byte_table_from_sentencepiece, count_bytes, load_byte_table, token_bytes
 from data.errors import UserError
+from data.manifest import display_path
 from data.shards import HEADER_BYTES, ShardError, read_header, read_shard, write_shard
 from data.sources import load_txt_dir, load_wiki, split_docs, trainer_pieces, wiki_summaries_path
 from data.tokenizer import MAX_SENTENCE_LENGTH
@@ -258,7 +259,7 @@ def test_two_builds_identical_and_rerun_up_to_date(wiki, tmp_path, capsys):
     every = [p for p in out2.rglob("*") if p.is_file()]
     before = {p: p.stat().st_mtime_ns for p in every}
     rc, stdout, _ = run_main(["--out-dir", out2], capsys)
-    assert rc == 0 and stdout.strip() == f"up to date: {prepare.display_path(out2 / 'datasets/wiki_sp1024/manifest.json')}"
+    assert rc == 0 and stdout.strip() == f"up to date: {display_path(out2 / 'datasets/wiki_sp1024/manifest.json')}"
     assert {p: p.stat().st_mtime_ns for p in out2.rglob("*") if p.is_file()} == before
 
 
@@ -521,9 +522,10 @@ class FakeHub:
 
     def list_files(self):
         self.calls.append("list")
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return {p.relative_to(self.root).as_posix(): fineweb.RemoteFile(p.stat().st_size, sha(p))
+                for p in sorted(self.root.rglob("*")) if p.is_file()}
 
-    def download(self, remote):
+    def download(self, remote, force=False):
         self.calls.append(remote)
         return self.root / remote
 
@@ -568,7 +570,7 @@ def test_fineweb_build_from_fake_repo(wiki, tmp_path, capsys):
     # a tokenizer that does not load is one clear error
     args_b = prepare.parse_args(["--source", "fineweb", "--variant", "sp4096", "--train-shards", "1",
                                  "--out-dir", str(tmp_path / "d2")])
-    with pytest.raises(UserError, match="cannot load tokenizer"):
+    with pytest.raises(UserError, match="fineweb_4096_bpe.model from the repo is damaged even when fetched again"):
         fineweb.build_from_fineweb(args_b, client=FakeHub(remote))
 
 
@@ -591,9 +593,9 @@ def test_fineweb_offline_one_line(tmp_path, capsys, monkeypatch):
     def refuse(*a, **k):
         raise ConnectionError("[Errno 111] Connection refused")
 
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", refuse)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_tree", refuse)
     rc, stdout, stderr = run_main(["--source", "fineweb", "--variant", "sp4096", "--out-dir", tmp_path], capsys)
     assert rc == 1 and stderr.count("\n") == 1
-    assert stderr.startswith("error: cannot reach huggingface.co to download willdepueoai/parameter-golf: "
+    assert stderr.startswith("error: cannot reach huggingface.co to download kevclark/parameter-golf: "
                              "ConnectionError: [Errno 111] Connection refused;")
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
