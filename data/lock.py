@@ -7,7 +7,7 @@ beside the other's tokenizer, under a manifest that hashes whichever tokenizer w
 ``kill -9``, so a stale lock file never blocks a later run. A second build waits for the first (saying so on
 stderr) and then decides afresh whether anything is left to do.
 
-Files are written under hidden temporary names (``.<name>.<pid>.tmp``) and renamed into place; a build killed
+Files are written under hidden temporary names (``.<name>.<suffix>.tmp``) and renamed into place; a build killed
 mid-write leaves such a file. The next build of the same dataset, holding the lock, removes them.
 """
 
@@ -67,16 +67,15 @@ def dataset_lock(data_root: Path, dataset: str, *, wait_note=None):
 
 
 def remove_stale_temps(folder: Path, names=None) -> list[Path]:
-    """Remove hidden temporary files (``.<name>.<pid>.tmp``) in ``folder``: all of them, or only those of the
-    given file ``names``. Call it while holding the dataset's lock. Returns what was removed."""
+    """Remove hidden temporary files (``.<name>.<suffix>.tmp``, the suffix a pid or random letters) in ``folder``:
+    all of them, or only those of the given file ``names``. Call it while holding the dataset's lock. Returns what
+    was removed."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for p in folder.glob(".*.tmp"):
-        stem = p.name[1:-len(".tmp")]
-        target = stem.rsplit(".", 1)[0] if stem.rsplit(".", 1)[-1].isdigit() else stem
-        if names is not None and target not in names:
+        if names is not None and not any(p.name.startswith(f".{n}.") for n in names):
             continue
         if p.is_file() or p.is_symlink():
             p.unlink()

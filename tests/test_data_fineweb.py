@@ -15,6 +15,7 @@ import pytest
 from data import fineweb, prepare
 from data.bytes import count_bytes, load_byte_table
 from data.errors import UserError
+from data.hub import RemoteFile
 from data.shards import read_shard, write_shard
 
 BOS = 1
@@ -45,7 +46,7 @@ class FakeHub:
 
     def list_files(self):
         self.calls.append("list")
-        return {r: fineweb.RemoteFile(p.stat().st_size, sha(p)) for r in listing(self.root)
+        return {r: RemoteFile(p.stat().st_size, sha(p)) for r in listing(self.root)
                 for p in [self.root / r]}
 
     def download(self, remote, force=False):
