@@ -205,3 +205,21 @@ def test_caseops_flag_refused_for_fineweb(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--caseops does not apply to --source fineweb (fetch --variant sp8192_caseops" in err
+
+
+def test_equivalence_bench_proto_shim_reads_sentencepiece(corpus):
+    """bench/bench_caseops_equiv.py serves the record's encode_as_immutable_proto from SentencePiece's serialized
+    proto: its pieces must be SentencePiece's own (ids, and surfaces = the input bytes each piece spans)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_caseops_equiv.py"
+    spec = importlib.util.spec_from_file_location("bench_caseops_equiv", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sp = spm.SentencePieceProcessor(model_file=str(corpus["case_model"]))
+    text = caseops.encode("The  NASA \u200bMcDonald's \U0001f992 caf\u00e9 \ufb01 x" + TITLE)
+    proto = bench.immutable_proto_shim(sp, text)
+    enc = sp.encode(text, out_type="offset_mapping", return_bytes=True)
+    raw = text.encode("utf-8")
+    assert [p.id for p in proto.pieces] == enc["ids"]
+    assert [p.surface.encode("utf-8") for p in proto.pieces] == [raw[b:e] for b, e in enc["offsets"]]
