@@ -16,8 +16,7 @@ import pytest
 import sentencepiece as spm
 
 from data import prepare
-from data.bytes import byte_table_from_sentencepiece, count_bytes, load_byte_table, token_bytes
-from data.errors import UserError
+from data.bytes import byte_table_from_sentencepiece, count_bytes, token_bytes
 from data.manifest import display_path
 from data.shards import HEADER_BYTES, ShardError, read_header, read_shard, write_shard
 from data.sources import load_txt_dir, load_wiki, split_docs, trainer_pieces, wiki_summaries_path
