@@ -164,7 +164,8 @@ def encode_split_caseops(sp, docs: list[str], split: str, threads: int, bos_id: 
 def write_split(folder: Path, split: str, stream: np.ndarray, max_tokens: int, bar) -> dict[str, tuple[str, int]]:
     """Cut ``stream`` into shards of at most ``max_tokens`` tokens (documents may straddle shards); returns
     ``{name: (sha256 of the bytes written, tokens)}``."""
-    from data.shards import encode_shard, write_atomic
+    from data.shards import encode_shard
+    from kitlib.fileio import write_atomic
 
     written = {}
     n_shards = max(1, -(-stream.size // max_tokens))

@@ -11,7 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from data.shards import HEADER_BYTES, write_atomic
+from data.shards import HEADER_BYTES
+from kitlib.fileio import write_atomic
 
 FORMAT = "parameter-golf-kit dataset manifest"
 # Up-to-date checks re-hash every file when the dataset is at most this big (else sizes only).

@@ -2,7 +2,9 @@
 
 A shard is a header of 256 little-endian int32 (1024 bytes) with ``[0] = 20240520`` (magic),
 ``[1] = 1`` (version) and ``[2] = num_tokens``, followed by ``num_tokens`` little-endian uint16
-token ids. The file size is exactly ``1024 + 2 * num_tokens``.
+token ids. The file size is exactly ``1024 + 2 * num_tokens``. The CaseOps val byte sidecar
+(``fineweb_val_bytes_NNNNNN.bin``) has the same format, one uint16 byte count per val token. Files are written with
+``kitlib.fileio.write_atomic`` (a temporary name, then a rename).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from kitlib.fileio import write_atomic
 
 MAGIC = 20240520
 VERSION = 1
@@ -21,23 +25,6 @@ TOKEN_DTYPE = np.dtype("<u2")
 
 class ShardError(ValueError):
     """A shard file that is not in the expected format (the message names the file)."""
-
-
-def write_atomic(path: str | os.PathLike, *chunks: bytes) -> None:
-    """Write `chunks` to a temporary name beside `path`, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def encode_shard(tokens, name: str | os.PathLike = "shard") -> bytes:

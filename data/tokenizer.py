@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Iterable
 
 from data.errors import UserError
-from data.shards import write_atomic
 from data.sources import trainer_pieces
+from kitlib.fileio import write_atomic
 
 # The trainer settings of the official tokenizers (vocab_size is added per build).
 OFFICIAL_TRAINER_SETTINGS = {
