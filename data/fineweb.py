@@ -23,9 +23,9 @@ Local layout (like upstream's downloader): ``<out>/datasets/fineweb10B_<remote>/
 
 Every file is checked after download against the repository's listing (size, and sha256 for LFS files) and its
 own header (``1024 + 2 * tokens`` bytes, at least one token); a bad file is fetched once more, bypassing the
-cache, and refused if it is still bad (``data/hub.py``). The remote manifest's counts (files, val tokens, val documents, and the
-train tokens when every train shard is fetched) must match what arrived; every sidecar must be as long as its
-val shard and give 0 bytes to BOS and to the CaseOps operators.
+cache, and refused if it is still bad (``data/hub.py``). The remote manifest's counts (files, val tokens, val
+documents, and the train tokens when every train shard is fetched) must match what arrived; every sidecar must be
+as long as its val shard and give 0 bytes to BOS and to the CaseOps operators.
 """
 
 from __future__ import annotations
