@@ -893,7 +893,8 @@ def score_nll(model: GPT, tokens: Tensor, seq_len: int, stride: int, batch_seqs:
 
 @torch.no_grad()
 def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stride: int) -> Tensor:
-    """Full log-probabilities (float64, [P, V]) for each target position, with the scorer's own context."""
+    """Full log-probabilities (float64, [P, V]) for each target position, with the scorer's own context. Python API
+    for the auditor's probes and the tests (a run never calls it)."""
     model.eval()
     wins, out = windows(tokens.numel(), seq_len, stride), []
     for p in positions:
@@ -1002,7 +1003,8 @@ def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world
 
 
 def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTTLedger = TTTLedger()) -> Tensor:
-    """Single-process TTT scoring: NLL of tokens[1:] in stream order (float64)."""
+    """Single-process TTT scoring: NLL of tokens[1:] in stream order (float64). Python API for the auditor's probes
+    and the tests (a run calls ttt_eval)."""
     pos, nll = ttt_eval(model, tokens, args, 0, 1, ledger)
     return torch.empty_like(nll).index_copy_(0, pos - 1, nll)
 
@@ -1226,7 +1228,8 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
 
 def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
-    """The full PPM distribution (float64 [V]) for token index t >= 1, from tokens < t (direct, slow)."""
+    """The full PPM distribution (float64 [V]) for token index t >= 1, from tokens < t (direct, slow). Python API
+    for the auditor's probes and the tests (a run never calls it)."""
     x, V = np.asarray(tokens).astype(np.int64)[:t], int(vocab_size)
     b = np.flatnonzero(x[1:] == bos_id) + 1 if reset_doc else np.zeros(0, np.int64)
     h = x[int(b[-1]) if b.size else 0:]  # the segment: tokens counted since the last reset
