@@ -1,8 +1,9 @@
-"""Settings in words: what each kit flag does, for README and technique_summary.
+"""A run's settings in words: what each setting does, for the README and technique_summary, and which differ from
+the script's defaults.
 
-Defaults come from the script that ran (``Hyperparameters.from_env({}).as_dict()``, in a
-subprocess); ``BUILTIN_DEFAULTS`` (the upstream baseline's values) is only a fallback when the
-script cannot be imported.
+Defaults come from the script that ran (``Hyperparameters.from_env({}).as_dict()``, imported by path with
+``kitlib.scripts`` in a subprocess: the script imports torch, and a crash there must not take pack down);
+``BUILTIN_DEFAULTS`` (the upstream baseline's values) is only a fallback when the script cannot be imported.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 # Keys that identify a run rather than configure it: they may differ between seeds.
 RUN_IDENTITY_KEYS = ("SEED", "RUN_ID")
 
-# flag -> (short name for technique_summary, phrase for README)
-FLAG_PHRASES: dict[str, tuple[str, str]] = {
+# setting -> (short name for technique_summary, phrase for README)
+PHRASES: dict[str, tuple[str, str]] = {
     "VALUE_RESIDUAL": ("Value Residual", "value residual (ResFormer): every layer mixes layer 0's values into its own with two learned scalars"),
     "GATED_ATTENTION": ("Gated Attention", "head-wise sigmoid gate on each attention head's output, from the sublayer's normalised input"),
     "REVIEW_RESIDUAL": ("Review Residual", "review residual: each sublayer's update is gated by sigma(W [rms(x); rms(u)]), conditioned on the update itself"),
@@ -100,11 +101,13 @@ BUILTIN_DEFAULTS: dict[str, object] = {
     "MUON_WD": 0.0, "LEAKY_RELU": 0, "TTT": 0, "GPTQ_LITE": 0,
 }
 
+KIT_ROOT = Path(__file__).resolve().parents[1]  # where kitlib is
+
 _DEFAULTS_PROBE = r"""
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("_records_defaults_probe", sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from kitlib.scripts import load_script
+mod = load_script(sys.argv[1])
 meanings = {}
 for row in getattr(mod, "FLAGS", []) or []:
     try:
@@ -126,7 +129,7 @@ def script_defaults(script: Path, timeout: float = 180.0) -> tuple[dict | None, 
     """
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _DEFAULTS_PROBE, str(Path(script).resolve())],
+            [sys.executable, "-c", _DEFAULTS_PROBE, str(Path(script).resolve()), str(KIT_ROOT)],
             capture_output=True, text=True, timeout=timeout, cwd=str(Path(script).resolve().parent),
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -197,7 +200,7 @@ def env_value(value: object) -> str:
 
 def describe(key: str, value: object, default: object, meanings: dict | None = None) -> str:
     """One README bullet for a non-default setting (our phrase, else the script's own FLAGS meaning)."""
-    short, phrase = FLAG_PHRASES.get(key, (key, (meanings or {}).get(key, "")))
+    short, phrase = PHRASES.get(key, (key, (meanings or {}).get(key, "")))
     dflt = "unknown" if default is None else env_value(default)
     text = f"`{key}={env_value(value)}` (default {dflt})"
     if phrase:
@@ -212,13 +215,13 @@ def technique_summary(changes: list[tuple[str, object, object]]) -> str:
     for key, value, default in changes:
         if key in ("DATA_PATH", "TOKENIZER_PATH", "VAL_LOSS_EVERY", "TRAIN_LOG_EVERY"):
             continue
-        short, _ = FLAG_PHRASES.get(key, (key, ""))
+        short, _ = PHRASES.get(key, (key, ""))
         num = _as_num(value)
         if "{v}" in short:
             parts.append(short.format(v=env_value(value)))
         elif num == 1.0 and isinstance(value, (bool, int)) and _as_num(default) in (0.0, None):
             parts.append(short)  # an on/off flag turned on
-        elif num == 0.0 and _as_num(default) not in (None, 0.0) and key in FLAG_PHRASES and isinstance(value, (bool, int)):
+        elif num == 0.0 and _as_num(default) not in (None, 0.0) and key in PHRASES and isinstance(value, (bool, int)):
             parts.append(f"no {short}")
         else:
             parts.append(f"{short} {env_value(value)}")
