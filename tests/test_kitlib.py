@@ -230,3 +230,6 @@ def test_load_script_registers_imports_siblings_and_caches(tmp_path):
     named = scripts.load_script(p, "kitlib_test_named")
     assert named is not mod and sys.modules["kitlib_test_named"] is named
     assert scripts.module_name(p) != scripts.module_name(tmp_path / "other" / "train_gpt.py")
+    bare = tmp_path / "train_gpt"  # any file name: a wrapper or a record's script need not end in .py
+    bare.write_text("VALUE = 7\n")
+    assert scripts.load_script(bare).VALUE == 7
