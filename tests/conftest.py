@@ -1,5 +1,4 @@
 """Shared fixtures: the embedded dataset built once per test session, and the kit's train_gpt module."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,6 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from kitlib.scripts import load_script  # noqa: E402
 
 # A model small enough to train in seconds on two CPU cores.
 TINY_ENV = {
@@ -30,12 +31,8 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tg():
-    """train_gpt.py imported as a module."""
-    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "train_gpt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_gpt"] = module
-    spec.loader.exec_module(module)
-    return module
+    """train_gpt.py imported as the module `train_gpt`."""
+    return load_script(ROOT / "train_gpt.py", "train_gpt")
 
 
 def run_script(env: dict, cwd: Path, nproc: int = 1, script: Path = ROOT / "train_gpt.py",

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from compliance.logparse import load_run, parse_text_log  # noqa: E402
 from records.__main__ import main as records_main  # noqa: E402
 from records.check import check_path  # noqa: E402
-from records.pack import PackOptions, Refusal, UsageError, pack  # noqa: E402
+from records.pack import PackOptions, Refusal, pack  # noqa: E402
 from records.wrap import decode_wrapper, make_wrapper  # noqa: E402
 
 FX = Path(__file__).resolve().parent / "fixtures" / "records"
@@ -404,7 +404,7 @@ PACK_BAD = [
     ("missing-script", lambda r: (["--script", str(r / "nope.py")], None), "error: script", 2),
     ("missing-requirements", lambda r: (["--requirements", "nope.txt"], None), "error: --requirements nope.txt", 2),
     ("missing-reference", lambda r: (["--reference", "nope"], None), "error: --reference nope: no such", 2),
-    ("zero-reference-bpb", lambda r: (["--reference-bpb", "0"], None), "error: --reference-bpb 0.0 is not a positive", 2),
+    ("zero-reference-bpb", lambda r: (["--reference-bpb", "0"], None), "--reference-bpb 0.0 is not a positive", 2),
     ("nan-reference-loss", lambda r: (["--reference-loss", "nan"], None), "error: --reference-loss nan is not", 2),
     ("out-root-is-a-file", lambda r: (["--out-root", str(_file_at(r, "records_file"))], None),
      "error: --out-root", 2),
