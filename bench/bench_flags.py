@@ -98,16 +98,12 @@ def measure(a, p: dict, work: Path) -> list[dict]:
     for r in range(1, a.rounds + 1):
         for i, (name, flags) in enumerate(p["configs"]):
             env = {**p["inherited"], **p["env"], **flags, "RUN_ID": f"flags{i}_r{r}", "PYTHONUNBUFFERED": "1"}
-            out = runs.run_once(runs.command(p["kit_path"], 1), env, work / f"r{r}_{i}", "peak", a.timeout, a.verbose)
-            parsed = runs.parse_log(out["lines"])
-            why = runs.problem(out, a.timeout)
             try:
-                ms, _, last = runs.steady_ms(parsed["steps"], p["skip"])
-            except ValueError as err:
-                why = why or str(err)
-            if why:
-                raise runs.RunFailed(f"configuration {name!r} (round {r}): {why}; output kept in {out['output']}\n"
-                                     f"{runs.tail(out, 30)}")
+                out, parsed, (ms, _, last) = runs.measured_run(runs.command(p["kit_path"], 1), env, work / f"r{r}_{i}",
+                                                               "peak", a.timeout, a.verbose, p["skip"])
+            except runs.RunFailed as err:
+                raise runs.RunFailed(f"configuration {name!r} (round {r}): {err}; output kept in "
+                                     f"{err.out['output']}\n{runs.tail(err.out, 30)}") from None
             out_runs.append({"config": name, "flags": flags, "round": r, "ms_per_step": ms,
                              "tokens_per_s": p["tokens"] / (ms / 1000), "params": parsed["params"],
                              "train_loss_last": parsed["losses"].get(last), "peak_mib": parsed["peak_mib"],

@@ -146,16 +146,12 @@ def one_run(a, p: dict, r: int, role: str, path: Path, py: str, work: Path) -> d
     env["PYTHONPATH"] = os.pathsep.join([str(path.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     cmd = runs.command(path, a.nproc, py)
     print(f"[round {r}/{a.rounds}] {role}: running ...", flush=True)
-    out = runs.run_once(cmd, env, work / f"r{r}_{role}", a.kill_at, a.timeout, a.verbose)
-    parsed = runs.parse_log(out["lines"])
-    why = runs.problem(out, a.timeout)
     try:
-        ms, s_from, s_to = runs.steady_ms(parsed["steps"], p["skip"])
-    except ValueError as err:
-        why = why or str(err)
-    if why:
-        raise runs.RunFailed(f"{role} run (round {r}) {why}; full output: {out['output']}\n"
-                             f"  command: {' '.join(cmd)}\n  last lines:\n{runs.tail(out)}")
+        out, parsed, (ms, s_from, s_to) = runs.measured_run(cmd, env, work / f"r{r}_{role}", a.kill_at, a.timeout,
+                                                            a.verbose, p["skip"])
+    except runs.RunFailed as err:
+        raise runs.RunFailed(f"{role} run (round {r}) {err}; full output: {err.out['output']}\n"
+                             f"  command: {' '.join(cmd)}\n  last lines:\n{runs.tail(err.out)}") from None
     tps = (p["other_tokens"] if role == "other" else p["tokens"]) / (ms / 1000) if ms > 0 else None
     first = min(parsed["steps"])
     print(f"[round {r}/{a.rounds}] {role}: {ms:.2f} ms/step ({tps:,.0f} tokens/s) steps {s_from}->{s_to}, "

@@ -29,7 +29,11 @@ DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR
 
 
 class RunFailed(Exception):
-    """A run that did not end as planned: the message says which, why, and where its output is."""
+    """A run that did not end as planned: why (the message) and its run_once result (``out``)."""
+
+    def __init__(self, why: str, out: dict | None = None):
+        super().__init__(why)
+        self.out = out
 
 
 def parse_log(lines) -> dict:
@@ -118,6 +122,21 @@ def run_once(cmd, env, cwd: Path, kill_at: str, timeout: float, verbose: bool) -
         proc.stdout.close()
     return {"rc": proc.returncode, "killed": killed, "timed_out": deadline.expired, "lines": lines,
             "wall_s": time.perf_counter() - t0, "output": str(out_path)}
+
+
+def measured_run(cmd, env, cwd: Path, kill_at: str, timeout: float, verbose: bool, skip: int):
+    """run_once and its figures: (out, parsed log, (ms per step, from step, to step)); RunFailed when the run did not
+    end as planned or logged fewer than two training steps."""
+    out = run_once(cmd, env, cwd, kill_at, timeout, verbose)
+    parsed = parse_log(out["lines"])
+    why = problem(out, timeout)
+    try:
+        steady = steady_ms(parsed["steps"], skip)
+    except ValueError as err:
+        why = why or str(err)
+    if why:
+        raise RunFailed(why, out)
+    return out, parsed, steady
 
 
 def problem(out: dict, timeout: float) -> str | None:

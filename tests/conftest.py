@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,24 @@ def dataset(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "data.prepare", "--out-dir", str(out)], cwd=ROOT, check=True,
                    capture_output=True)
     return out / "datasets" / "wiki_sp1024", out / "tokenizers" / "wiki_1024_bpe.model"
+
+
+def process_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once process `pid` no longer exists (polls until `timeout` seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def gone():
+    """`gone(pid, timeout=10)`: True once the process has ended (for kill tests)."""
+    return process_gone
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """kitlib: the atomic writer, the record-significance test and seed statistics, process groups, scripts by path."""
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -161,7 +160,7 @@ def test_bpb_to_nats_uses_the_entrys_ratio():
 
 # ---------------------------------------------------------------- procs
 
-def test_stop_ends_the_whole_group(tmp_path):
+def test_stop_ends_the_whole_group(tmp_path, gone):
     """A launcher whose child ignores nothing special: stop() ends both (a torchrun and its workers)."""
     code = ("import subprocess, sys, time\n"
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
@@ -170,15 +169,7 @@ def test_stop_ends_the_whole_group(tmp_path):
     proc = procs.start([sys.executable, "-c", code], cwd=tmp_path)
     child = int(proc.stdout.readline())
     procs.stop(proc, grace=5)
-    assert proc.poll() is not None
-    for _ in range(50):
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the launcher's child survived stop()")
+    assert proc.poll() is not None and gone(child), "the launcher's child survived stop()"
     procs.stop(proc)  # twice is harmless
 
 
