@@ -8,18 +8,13 @@ import os
 import sys
 
 from ablations.grid import GridError
+from kitlib.cli import ArgumentParser
 from kitlib.stats import RECORD_ALPHA, RECORD_MARGIN_NATS
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        sys.stderr.write(f"{self.prog.removeprefix('python -m ')}: error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m ablations", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    ap = ArgumentParser(prog="python -m ablations", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
 
     r = sub.add_parser("run", help="run (or resume) every group x configuration x seed of a grid")
     r.add_argument("grid", help="grid TOML file (see ablations/grids/)")

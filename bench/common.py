@@ -20,6 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from kitlib.cli import ArgumentParser  # noqa: F401 - the benchmarks' parser (one error line, exit 2)
 from kitlib.fileio import unwritable, write_atomic
 from kitlib.scripts import ScriptError, load_script
 
@@ -47,13 +48,6 @@ class BenchError(SystemExit):
         print(f"error: {msg}", file=sys.stderr, flush=True)
         super().__init__(2)
         self.msg = msg
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the benchmarks' error format: one `error:` line, exit status 2."""
-
-    def error(self, message):
-        raise BenchError(f"{message} (see --help)")
 
 
 # ------------------------------------------------------------------------------------------------------------------

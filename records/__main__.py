@@ -6,21 +6,16 @@ import argparse
 import json
 import sys
 
+from kitlib.cli import ArgumentParser
 from kitlib.stats import RECORD_ALPHA, RECORD_MARGIN_NATS
 
 from .check import check_path
 from .pack import PackOptions, Refusal, UsageError, pack
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        sys.stderr.write(f"{self.prog.removeprefix('python -m ')}: error: {message} (see {self.prog} --help)\n")
-        sys.exit(2)
-
-
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m records", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    ap = ArgumentParser(prog="python -m records", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
 
     p = sub.add_parser("pack", help="turn finished runs into a record folder",
                        description="Pack finished runs (logs/<id>.json or logs/<id>.txt; usually 3 seeds of one "

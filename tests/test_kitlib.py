@@ -224,3 +224,17 @@ def test_load_script_registers_imports_siblings_and_caches(tmp_path):
     bare = tmp_path / "train_gpt"  # any file name: a wrapper or a record's script need not end in .py
     bare.write_text("VALUE = 7\n")
     assert scripts.load_script(bare).VALUE == 7
+
+
+# ---------------------------------------------------------------- cli
+
+def test_argument_errors_are_one_line(capsys):
+    from kitlib.cli import ArgumentParser
+    ap = ArgumentParser(prog="python -m tool")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
+    sub.add_parser("run").add_argument("--n", type=int)
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["run", "--n", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err == "tool run: error: argument --n: invalid int value: 'x' (see python -m tool run --help)\n"
