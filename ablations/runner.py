@@ -592,6 +592,48 @@ def prepare(grid: Grid, out: Path, script_p: Path, python: str, dry_run: bool, a
     return runs
 
 
+def _attempt(r: RunSpec, out: Path, script_p: Path, grid: Grid, python: str, verbose: bool,
+             run_timeout: float | None, say, bar) -> bool:
+    """One attempt at run `r`: earlier attempts archived, the run, its row appended (True) or its console kept as
+    failed-N with a FAILED line that says why (False)."""
+    p = _paths(out, r.run_id)
+    if any(p[k].exists() for k in ("console", "txt", "json")):
+        dest = archive_attempt(out, r.run_id, "interrupted or failed earlier attempt")
+        if dest:
+            say(f"[ablations]   earlier attempt kept as {dest.relative_to(out)}")
+    last_beat = [time.time()]
+
+    def status(line: str, verbose_: bool) -> None:
+        if verbose_:
+            say(f"  {line}")
+        elif line.startswith("step:") or line.startswith("final_"):
+            bar.set_postfix_str(f"{r.run_id} {line[:80]}")
+            if bar.disable and (time.time() - last_beat[0] > 60 or line.startswith("final_")):
+                last_beat[0] = time.time()
+                say(f"[ablations]   {r.run_id}: {line}")
+
+    t0 = time.time()
+    code = run_one(r, out, script_p, grid.nproc, python, verbose, status, timeout=run_timeout)
+    dt = time.time() - t0
+    js = read_run_json(p["json"])
+    if is_complete(js):
+        if code != 0:
+            say(f"[ablations]   {r.run_id}: exit status {code} after a complete JSON; keeping the result")
+        row = row_from_json(js, r, out, wall_seconds=dt)
+        append_result(out / "results.csv", row)
+        say(f"[ablations]   finished {r.run_id} in {_fmt_dur(dt)}: val_bpb={row['val_bpb']} "
+            f"val_loss={row['val_loss']} steps={row['steps']}")
+        return True
+    timed_out = code == RUN_TIMEOUT_STATUS and run_timeout
+    why = (f"timed out after {run_timeout:g} s" if timed_out
+           else f"exit status {code}" if code != 0 else "no complete logs/<RUN_ID>.json")
+    words = "" if timed_out else last_words(p["console"])
+    dest = archive_attempt(out, r.run_id, f"failed: {why}")
+    say(f"[ablations]   FAILED {r.run_id} ({why}{': ' + words if words else ''}); log kept as "
+        f"{dest.relative_to(out) if dest else '(no output)'}")
+    return False
+
+
 def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: str | Path = "train_gpt.py",
              dry_run: bool = False, force: bool = False, verbose: bool = False, python: str | None = None,
              max_runs: int | None = None, allow_unknown: bool = False, run_timeout: float | None = None,
@@ -612,7 +654,6 @@ def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: s
     if run_timeout is not None and not (math.isfinite(run_timeout) and run_timeout > 0):
         raise RunnerError(f"--timeout {run_timeout} must be a positive number of seconds")
     runs = prepare(grid, out, script_p, python, dry_run, allow_unknown, say)
-
     if dry_run:
         say(f"[ablations] grid {grid.name}: {len(runs)} runs ({len(grid.group_names)} group(s) x "
             f"{len(grid.seeds)} seed(s) x {len(grid.configs)} config(s)), nproc={grid.nproc}, out={out}")
@@ -624,11 +665,8 @@ def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: s
     (out / "logs").mkdir(exist_ok=True)
     check_grid_copy(grid, grid_path, out, force)
     _link_data(out, script_p)
-    results = out / "results.csv"
-    done = resume_results(results, runs, out, say)
-
-    total = len(runs)
-    todo = [r for r in runs if r.key not in done]
+    done = resume_results(out / "results.csv", runs, out, say)
+    total, todo = len(runs), [r for r in runs if r.key not in done]
     say(f"[ablations] grid {grid.name}: {total} runs, {total - len(todo)} already done, {len(todo)} to run; "
         f"out={out}")
     bar = tqdm(total=total, initial=total - len(todo), desc=grid.name, unit="run", file=sys.stderr,
@@ -637,82 +675,40 @@ def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: s
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:
         old_term = None
-    failed: list[str] = []
-    t_start = time.time()
-    durations: list[float] = []
-    n_done = total - len(todo)
-    rc = 0
+    failed, durations, t_start, n_done = [], [], time.time(), total - len(todo)
     current: RunSpec | None = None
     try:
-        for i, r in enumerate(todo):
+        for i, current in enumerate(todo):
             if max_runs is not None and i >= max_runs:
                 say(f"[ablations] stopping after --max-runs {max_runs}")
                 break
             eta = (sum(durations) / len(durations)) * (len(todo) - i) if durations else None
             say(f"[ablations] {n_done}/{total} done" + (f", {len(failed)} failed" if failed else "")
-                + f"; now {r.run_id} ({i + 1} of {len(todo)} to run); elapsed {_fmt_dur(time.time() - t_start)}, "
-                f"ETA {_fmt_dur(eta)}")
-            bar.set_postfix_str(r.run_id)
-            current = r
-            p = _paths(out, r.run_id)
-            if any(p[k].exists() for k in ("console", "txt", "json")):
-                dest = archive_attempt(out, r.run_id, "interrupted or failed earlier attempt")
-                if dest:
-                    say(f"[ablations]   earlier attempt kept as {dest.relative_to(out)}")
-            last_beat = [time.time()]
-
-            def status(line: str, verbose_: bool, r=r, last_beat=last_beat) -> None:
-                if verbose_:
-                    say(f"  {line}")
-                elif line.startswith("step:") or line.startswith("final_"):
-                    bar.set_postfix_str(f"{r.run_id} {line[:80]}")
-                    if not bar.disable:
-                        return
-                    if time.time() - last_beat[0] > 60 or line.startswith("final_"):
-                        last_beat[0] = time.time()
-                        say(f"[ablations]   {r.run_id}: {line}")
-
+                + f"; now {current.run_id} ({i + 1} of {len(todo)} to run); elapsed "
+                f"{_fmt_dur(time.time() - t_start)}, ETA {_fmt_dur(eta)}")
+            bar.set_postfix_str(current.run_id)
             t0 = time.time()
-            code = run_one(r, out, script_p, grid.nproc, python, verbose, status, timeout=run_timeout)
-            dt = time.time() - t0
-            js = read_run_json(p["json"])
-            if is_complete(js):
-                if code != 0:
-                    say(f"[ablations]   {r.run_id}: exit status {code} after a complete JSON; keeping the result")
-                row = row_from_json(js, r, out, wall_seconds=dt)
-                append_result(results, row)
-                durations.append(dt)
+            ok = _attempt(current, out, script_p, grid, python, verbose, run_timeout, say, bar)
+            durations.append(time.time() - t0)
+            if ok:
                 n_done += 1
                 bar.update(1)
-                current = None
-                say(f"[ablations]   finished {r.run_id} in {_fmt_dur(dt)}: val_bpb={row['val_bpb']} "
-                    f"val_loss={row['val_loss']} steps={row['steps']}")
             else:
-                why = (f"timed out after {run_timeout:g} s" if code == RUN_TIMEOUT_STATUS and run_timeout
-                       else f"exit status {code}" if code != 0 else "no complete logs/<RUN_ID>.json")
-                words = "" if code == RUN_TIMEOUT_STATUS and run_timeout else last_words(p["console"])
-                dest = archive_attempt(out, r.run_id, f"failed: {why}")
-                failed.append(r.run_id)
-                durations.append(dt)
-                say(f"[ablations]   FAILED {r.run_id} ({why}{': ' + words if words else ''}); log kept as "
-                    f"{dest.relative_to(out) if dest else '(no output)'}")
+                failed.append(current.run_id)
             current = None
     except (KeyboardInterrupt, _Interrupted) as e:
-        rc = 130
         name = str(e) or "SIGINT"
         msg = f"[ablations] interrupted ({name})"
         if current is not None and not is_complete(read_run_json(_paths(out, current.run_id)["json"])):
             dest = archive_attempt(out, current.run_id, f"interrupted ({name})")
             msg += f" during {current.run_id}; its log kept as {dest.relative_to(out) if dest else '(no output)'}"
         say(msg + "; rerun the same command to resume")
+        return 130
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         bar.close()
-    if rc:
-        return rc
-    remaining = total - n_done
     say(f"[ablations] {n_done}/{total} runs complete, {len(failed)} failed this time"
         + (f" ({', '.join(failed)}); rerun the same command to retry them" if failed else "")
-        + f"; results: {results}")
-    return 0 if remaining == 0 else 1
+        + f"; results: {out / 'results.csv'}")
+    return 0 if n_done == total else 1
