@@ -129,18 +129,16 @@ def match_model_dim(count_params, env: dict[str, str], target_params: int, num_h
 
 
 def known_settings(mod) -> set[str] | None:
-    """The env names the script reads (Hyperparameters.from_env({}).as_dict() and FLAGS), or None if unknown."""
-    names: set[str] = set()
-    flags = getattr(mod, "FLAGS", None)
-    if isinstance(flags, (list, tuple)):
-        names |= {f[0] for f in flags if isinstance(f, (list, tuple)) and f and isinstance(f[0], str)}
+    """The env names the script reads: the kit's SETTINGS names and their ALIASES; for another script, the keys of
+    Hyperparameters.from_env({}).as_dict(); None when the script says nothing about its settings."""
+    settings = getattr(mod, "SETTINGS", None)
+    if settings:
+        return {s.name for s in settings} | set(getattr(mod, "ALIASES", {}) or {})
     hp = getattr(mod, "Hyperparameters", None)
-    if hp is not None and hasattr(hp, "from_env"):
-        try:
-            d = hp.from_env({}).as_dict()
-            names |= {k for k in d if isinstance(k, str)}
-        except Exception:  # noqa: BLE001
-            pass
+    try:
+        names = {k for k in hp.from_env({}).as_dict() if isinstance(k, str)}
+    except Exception:  # noqa: BLE001 - a script without from_env/as_dict says nothing
+        return None
     return names or None
 
 

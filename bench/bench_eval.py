@@ -195,7 +195,7 @@ def build(a, p: dict):
     kit, hp = p["kit"], p["hp"]
     device = common.pick_device(a.device)
     attention = common.setup_device(kit, device)
-    model = common.model_from(kit, hp, p["state"], a.artifact, perturb_weights=not a.no_perturb)
+    model = common.model_from(kit, hp, p["state"], a.artifact, perturb_weights=not a.no_perturb, device=device)
     source = (f"artifact {a.artifact}" if p["state"] is not None else
               f"random init (seed {hp.seed}{'' if a.no_perturb else ', +N(0, 1/fan_in) on matrices'})")
     model = model.to(device).eval()

@@ -138,15 +138,17 @@ def score_all(a, p: dict, model, reloaded, other_state, device) -> dict:
     tokens = torch.from_numpy(p["val_np"].astype(np.int64)).to(device)
     val_bytes = torch.from_numpy(kit.target_bytes(p["val_np"], kit.byte_tables(p["sp"]))).to(device)
     out = {"targets": tokens.numel() - 1, "val_loss_float": None, "val_bpb_float": None, "val_bpb_other": None}
-    model_q = kit.build_model(hp)
+    model_q = kit.build_model(hp, device)
     model_q.load_state_dict(reloaded)
     t0 = time.perf_counter()
     out["val_loss_reloaded"], out["val_bpb_reloaded"] = score_bpb(kit, model_q.to(device), tokens, val_bytes, *args)
     out["score_s"] = time.perf_counter() - t0
-    if p["state_q"] is None:
-        out["val_loss_float"], out["val_bpb_float"] = score_bpb(kit, model.to(device), tokens, val_bytes, *args)
+    if p["state_q"] is None:  # the float model, with the device's attention kernel like the others
+        model_f = kit.build_model(hp, device)
+        model_f.load_state_dict(model.state_dict())
+        out["val_loss_float"], out["val_bpb_float"] = score_bpb(kit, model_f.to(device), tokens, val_bytes, *args)
     if other_state is not None:
-        model_o = kit.build_model(hp)
+        model_o = kit.build_model(hp, device)
         try:
             model_o.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in other_state.items()})
         except RuntimeError as err:

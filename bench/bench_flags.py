@@ -1,6 +1,6 @@
 """What each technique flag costs in training: the kit on one base configuration, alone and with each flag on.
 
-    python bench/bench_flags.py                                   # 1 GPU: baseline + every flag, 200 steps each
+    python bench/bench_flags.py                                   # 1 GPU: baseline + every technique, 200 steps
     python bench/bench_flags.py --only VALUE_RESIDUAL=1 --only "GATED_ATTENTION=1 GATED_ATTENTION_MODE=element"
     python bench/bench_flags.py --tiny --only SMEAR_GATE=1        # CPU smoke test
 
@@ -26,12 +26,13 @@ from bench import common, runs
 from bench.common import BenchError
 
 
-def default_configs(num_layers: int) -> list[str]:
-    """Each technique flag of TECHNIQUES.md / the README's flag table, one at a time, at its usual setting."""
-    return ["VALUE_RESIDUAL=1", "GATED_ATTENTION=1", "GATED_ATTENTION=1 GATED_ATTENTION_MODE=element",
-            "REVIEW_RESIDUAL=1", "REVIEW_RESIDUAL=1 REVIEW_GATE=full", "HIGHWAY=1", "SMEAR_GATE=1", "BIGRAM_HASH=1",
-            "ORTHO_INIT=1", f"XSA_LAST_N={min(4, num_layers)}", "ROPE_DIMS=16", "LN_SCALE=1", "EMA=1",
-            "MUON_WD=0.04", "ADAM_WD=0.04", "MLP_ACT=leaky_relu2", "MLP_MULT=3", "NUM_LAYERS=11"]
+def checked(kit, env: dict, name: str, flags: dict) -> str | None:
+    """Why the kit refuses the base plus `flags` (a setting it does not read, or its own check), or None."""
+    try:
+        kit.check_config(kit.Hyperparameters.from_env({**env, **flags}), 1)
+    except kit.ConfigError as err:
+        return common.unknown_settings(kit, flags, f"configuration {name!r}") or f"configuration {name!r}: {err}"
+    return common.unknown_settings(kit, flags, f"configuration {name!r}")
 
 
 def parse_config(text: str) -> dict:
@@ -50,7 +51,8 @@ def parser() -> argparse.ArgumentParser:
     ap = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_config_args(ap)
     ap.add_argument("--only", action="append", default=[], metavar="'KEY=VAL ...'",
-                    help="a configuration to measure against the baseline (repeatable; default: every flag)")
+                    help="a configuration to measure against the baseline (repeatable; default: every technique "
+                         "value the kit declares with on=, its TECHNIQUES list)")
     ap.add_argument("--kit", default=str(common.KIT), help="the kit's train_gpt.py (default: this checkout's)")
     ap.add_argument("--iterations", type=int, default=None, help="steps per run (default 200 on CUDA, 20 on CPU)")
     ap.add_argument("--skip", type=int, default=None, help="measure from this step (default 10; 2 with --tiny)")
@@ -79,13 +81,19 @@ def plan(a, cuda: bool) -> dict:
     base = common.kit_args(kit, env)
     env.setdefault("EVAL_STRIDE", str(base.eval_seq_len))  # a cheap final evaluation (not measured)
     skip = a.skip if a.skip is not None else (2 if a.tiny else 10)
-    configs = [("baseline", {})] + [(text, parse_config(text)) for text in (a.only or default_configs(base.num_layers))]
-    for name, flags in configs:  # every configuration is checked before anything runs
-        common.check_settings(kit, flags, f"configuration {name!r}")
-        try:
-            kit.check_config(common.kit_args(kit, {**env, **flags}), 1)
-        except kit.ConfigError as err:
-            raise BenchError(f"configuration {name!r}: {err}") from None
+    configs = [("baseline", {})]
+    for text in a.only or kit.TECHNIQUES:  # --only, else every technique's `on=` value from the kit's SETTINGS
+        flags = parse_config(text)
+        why = checked(kit, env, text, flags)
+        if why and a.only:  # every configuration asked for is checked before anything runs
+            raise BenchError(why)
+        if why:  # a technique this base cannot take (e.g. XSA_LAST_N=4 on 2 layers) is left out, and said so
+            print(f"note: left out: {why}")
+        else:
+            configs.append((text, flags))
+    why = checked(kit, env, "baseline", {})
+    if why:
+        raise BenchError(why)
     common.load_val(kit, data, 2, base.vocab_size)
     return {"kit_path": kit_path, "env": env, "n": n, "skip": skip if skip < n else max(1, n // 2),
             "configs": configs, "tokens": base.train_batch_tokens,

@@ -130,17 +130,25 @@ def parse_overrides(items, option: str = "--env") -> dict:
 
 
 def kit_settings(kit) -> set[str]:
-    """The environment names the kit reads (its settings table)."""
-    return {f[0] for f in kit.FLAGS}
+    """The environment names the kit reads: its SETTINGS and their aliases."""
+    return {s.name for s in kit.SETTINGS} | set(kit.ALIASES)
+
+
+def unknown_settings(kit, env: dict, where: str) -> str | None:
+    """Why `env` names something the kit does not read (a name it does not read would be benchmarked as if it
+    changed something), or None."""
+    unknown = sorted(set(env) - kit_settings(kit))
+    if not unknown:
+        return None
+    what = "is not a setting" if len(unknown) == 1 else "are not settings"
+    return f"{where}: {', '.join(unknown)} {what} of {Path(kit.__file__).name} (see its settings table)"
 
 
 def check_settings(kit, env: dict, where: str) -> None:
-    """Every key of `env` must be a setting of the kit: a name it does not read would be benchmarked as if it
-    changed something."""
-    unknown = sorted(set(env) - kit_settings(kit))
-    if unknown:
-        what = "is not a setting" if len(unknown) == 1 else "are not settings"
-        raise BenchError(f"{where}: {', '.join(unknown)} {what} of {Path(kit.__file__).name} (see its settings table)")
+    """Every key of `env` must be a setting of the kit (one error line otherwise)."""
+    why = unknown_settings(kit, env, where)
+    if why:
+        raise BenchError(why)
 
 
 def check_args(a, *, at_least: dict | None = None, writable: tuple = ()) -> None:
@@ -165,7 +173,7 @@ def preset_env(name: str, kit) -> dict:
     """baseline: the upstream baseline's shape and batch (= the kit's defaults), written out explicitly;
     record: presets/record.env; tiny: TINY_ENV; anything else: a KEY=VALUE file."""
     if name == "baseline":
-        defaults = {f[0]: f[2] for f in kit.FLAGS}
+        defaults = {s.name: s.default for s in kit.SETTINGS}
         return {k: fmt(defaults[k]) for k in BASELINE_KEYS}
     if name == "tiny":
         return dict(TINY_ENV)
@@ -205,9 +213,11 @@ def artifact_env(kit, artifact: str | Path, env_items=()) -> tuple[dict, dict]:
     return state, env
 
 
-def model_from(kit, hp, state: dict | None, artifact: str | None = None, perturb_weights: bool = True):
-    """The kit's model for `hp`: the artifact's weights loaded, else the random init (+ noise, see perturb)."""
-    model = kit.build_model(hp)
+def model_from(kit, hp, state: dict | None, artifact: str | None = None, perturb_weights: bool = True,
+               device=None):
+    """The kit's model for `hp` (its attention kernel the best for `device`): the artifact's weights loaded, else the
+    random init (+ noise, see perturb)."""
+    model = kit.build_model(hp, device)
     if state is not None:
         try:
             model.load_state_dict(state)
@@ -321,8 +331,8 @@ def load_tokens(kit, path: str | Path, option: str = "--shard"):
         tokens = kit.load_shard(p)
     except (kit.ConfigError, OSError) as err:
         raise BenchError(f"{option}: {err}") from None
-    if tokens.size == 0:
-        raise BenchError(f"{option} {path} holds no tokens")
+    if tokens.size == 0:  # an older kit's load_shard accepts an empty shard
+        raise BenchError(f"{option} {path} holds 0 tokens")
     return tokens
 
 
@@ -361,14 +371,15 @@ def device_name(device=None, count: int = 1, threads: int | None = None) -> str:
 
 
 def setup_device(kit, device) -> str:
-    """What the kit's main() does once the device is known: TF32 on CUDA, and the attention kernel. Returns its
-    name."""
+    """What the kit's start of a run does once the device is known (TF32 and the flash SDPA kernel on CUDA). Returns
+    the name of the attention kernel the kit's build_model(args, device) picks there."""
     import torch
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    kit.ATTENTION = kit.attention_kernel(device)
-    return kit.ATTENTION[0]
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+    return kit.attention_kernel(device)[0]
 
 
 def perturb(model, seed: int) -> None:

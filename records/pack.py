@@ -317,8 +317,8 @@ def pack(opts: PackOptions) -> PackResult:
 
     defaults, defaults_how, meanings = F.script_defaults(script)
     if defaults is None:
-        defaults_note = f"{defaults_how}; compared with the upstream baseline's defaults instead"
-        defaults = dict(F.BUILTIN_DEFAULTS)
+        defaults_note = f"{defaults_how}; no default is known, so every setting is listed"
+        defaults = {}
     else:
         defaults_note = f"defaults read from {defaults_how}"
     changes = F.non_default(config, defaults)

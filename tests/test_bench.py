@@ -271,7 +271,7 @@ BAD = [
     ("export", lambda t, d: ["--tiny", "--save", t], "is a folder"),
     ("export", lambda t, d: ["--tiny", "--json", _file(t, "f") / "a.json"], "error: --json"),
     ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, b""), "is 0 bytes, shorter than its 1024-byte header"),
-    ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, _zero_token_shard()), "hold 0 token(s); scoring needs"),
+    ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, _zero_token_shard()), " 0 token"),
     ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, b"\x01" * 3000), "has magic 16843009"),
     ("export", lambda t, d: ["--tiny", "--max-tokens", "-1"], "error: --max-tokens -1 must be at least 0"),
     ("export", lambda t, d: ["--artifact", t / "nope.ptz"], "error: --artifact"),
@@ -310,7 +310,7 @@ BAD = [
     ("ppmc", lambda t, d: ["--shard", t / "nope.bin"], "error: --shard"),
     ("ppmc", lambda t, d: ["--shard", _file(t, "empty.bin", b"")], "is 0 bytes, shorter than its 1024-byte header"),
     ("ppmc", lambda t, d: ["--shard", ROOT / "README.md"], "has magic"),
-    ("ppmc", lambda t, d: ["--shard", _file(t, "zero.bin", _zero_token_shard())], "holds no tokens"),
+    ("ppmc", lambda t, d: ["--shard", _file(t, "zero.bin", _zero_token_shard())], " 0 token"),
     ("ppmc", lambda t, d: ["--shard", d[0] / "fineweb_val_000000.bin", "--vocab", "3"], ">= --vocab 3"),
     ("ppmc", lambda t, d: ["--script", t / "nope.py"], "error: --script"),
 ]
