@@ -19,7 +19,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pack", help="turn finished runs into a record folder",
                        description="Pack finished runs (logs/<id>.json or logs/<id>.txt; usually 3 seeds of one "
-                                   "configuration) into records/<track>/YYYY-MM-DD_<Name>/ and ./submission.json.")
+                                   "configuration) into records/<track>/YYYY-MM-DD_<Name>/ and ./submission.json. "
+                                   "Exit 0 written, 1 refused (the entry is not submittable), 2 bad argument; "
+                                   "a refusal or a bad argument writes nothing.")
     p.add_argument("runs", nargs="+", metavar="RUN_JSON_OR_LOG")
     p.add_argument("--name", required=True, help="entry name (folder: YYYY-MM-DD_<Name>)")
     p.add_argument("--author", required=True)
