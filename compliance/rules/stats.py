@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import math
 
+from kitlib.stats import RECORD_ALPHA, RECORD_MARGIN_NATS, bpb_to_nats, record_test, sample_std
+
 from ..logparse import RunLog
 from ..report import WARNING, Finding
 from .base import LogContext, Rule
 from .registry import register
 
-SIGNIFICANCE_NATS = 0.005
-SIGNIFICANCE_P = 0.01
 
 
 def per_seed_losses(logs: list[RunLog], submission: dict | None) -> tuple[list[float], list[float]]:
@@ -44,47 +44,40 @@ def per_seed_losses(logs: list[RunLog], submission: dict | None) -> tuple[list[f
 
 def significance(losses: list[float], bpbs: list[float], reference_loss: float | None,
                  reference_bpb: float | None) -> tuple[dict, list[str]]:
-    """One-sided one-sample t-test (scipy): is the mean per-seed loss below reference_loss - 0.005 nats at
-    p < 0.01? A reference bpb is converted to nats with the entry's own loss/bpb ratio."""
+    """The kit's record test (kitlib.stats.record_test: one-sided one-sample t-test of the per-seed losses against
+    reference_loss - 0.005 nats, p < 0.01). A reference bpb is converted to nats with the entry's own loss/bpb
+    ratio (kitlib.stats.bpb_to_nats). Returns (info for the report, warnings)."""
     warnings = []
-    info: dict = {"seeds": len(losses), "threshold_nats": SIGNIFICANCE_NATS, "alpha": SIGNIFICANCE_P}
+    info: dict = {"seeds": len(losses), "threshold_nats": RECORD_MARGIN_NATS, "alpha": RECORD_ALPHA}
     if reference_loss is None and reference_bpb is not None:
-        ratio = [l / b for l, b in zip(losses, bpbs) if b and math.isfinite(b) and b > 0]
-        if not ratio:
+        pairs = [(l, b) for l, b in zip(losses, bpbs) if b and math.isfinite(b) and b > 0]
+        if not pairs:
             warnings.append("STATS: cannot convert the reference bpb to nats (no val_loss/val_bpb pair found)")
             return info, warnings
-        r = sum(ratio) / len(ratio)
-        reference_loss = reference_bpb * r
+        mean_loss = sum(l for l, _ in pairs) / len(pairs)
+        mean_bpb = sum(b for _, b in pairs) / len(pairs)
+        reference_loss = bpb_to_nats(reference_bpb, mean_loss, mean_bpb)
         info["reference_bpb"] = reference_bpb
-        info["nats_per_bpb"] = r
+        info["nats_per_bpb"] = mean_loss / mean_bpb
     if reference_loss is None:
         return info, warnings
     info["reference_loss"] = reference_loss
-    target = reference_loss - SIGNIFICANCE_NATS
+    target = reference_loss - RECORD_MARGIN_NATS
     info["target_loss"] = target
     if not losses:
         warnings.append("STATS: no per-seed val_loss found in the logs or submission.json")
         return info, warnings
-    mean = sum(losses) / len(losses)
-    info["mean_loss"] = mean
-    info["improvement_nats"] = reference_loss - mean
-    if len(losses) < 2:
-        info["p_value"] = None
-        warnings.append(f"STATS: one seed only (val_loss {mean:.6f}); the significance test needs >= 2 seeds")
-        return info, warnings
-    from scipy import stats
-    sd = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1))
-    if sd == 0.0:
-        p = 0.0 if mean < target else 1.0
-        t = float("-inf") if mean < target else float("inf")
-    else:
-        res = stats.ttest_1samp(losses, target, alternative="less")
-        p, t = float(res.pvalue), float(res.statistic)
-    info.update({"t_statistic": t, "p_value": p, "std_loss": sd, "significant": p < SIGNIFICANCE_P})
-    if not p < SIGNIFICANCE_P:
-        warnings.append(f"STATS: not a significant record: mean val_loss {mean:.6f} vs reference {reference_loss:.6f} "
-                        f"- 0.005 = {target:.6f}; one-sided one-sample t = {t:.3f}, p = {p:.4g} (needs p < 0.01, "
-                        f"{len(losses)} seeds)")
+    res = record_test(losses, ref_loss=reference_loss)
+    info.update({"mean_loss": res["mean_loss"], "improvement_nats": res["improvement_nats"], "test": res["test"],
+                 "t_statistic": res["t"], "p_value": res["p_value"], "std_loss": sample_std(losses),
+                 "significant": res["meets_record_bar"]})
+    if res["p_value"] is None:
+        warnings.append(f"STATS: one seed only (val_loss {res['mean_loss']:.6f}); the significance test needs >= 2 "
+                        "seeds")
+    elif not res["meets_record_bar"]:
+        warnings.append(f"STATS: not a significant record: mean val_loss {res['mean_loss']:.6f} vs reference "
+                        f"{reference_loss:.6f} - 0.005 = {target:.6f}; one-sided one-sample t = {res['t']:.3f}, "
+                        f"p = {res['p_value']:.4g} (needs p < 0.01 and >= 0.005 nats, {len(losses)} seeds)")
     return info, warnings
 
 
