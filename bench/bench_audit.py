@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -128,19 +127,24 @@ def make_table_script(n_values: int) -> str:
 
 
 def audit_once(path: Path, root: Path) -> dict:
-    """Audit `path` in a fresh process with the compliance package under `root`; wall/CPU seconds, peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "compliance", "audit", str(path), "--json"], cwd=root,
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Audit `path` in a fresh process with the compliance package under `root`; wall/CPU seconds and peak RSS of
+    that process alone (os.wait4)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        p = subprocess.Popen([sys.executable, "-m", "compliance", "audit", str(path), "--json"], cwd=root,
+                             stdout=out, stderr=err, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+        _, status, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     try:
-        verdict = json.loads(p.stdout)["verdict"]
+        verdict = json.loads(stdout)["verdict"]
     except (ValueError, KeyError):
-        verdict = f"exit {p.returncode}: {p.stderr.strip()[-120:]}"
-    return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            "peak_rss_mb": after.ru_maxrss / 1024, "verdict": verdict, "exit": p.returncode}
+        verdict = f"exit {p.returncode}: {stderr.strip()[-120:]}"
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024,
+            "verdict": verdict, "exit": p.returncode}
 
 
 def synthetic(args) -> list[str]:

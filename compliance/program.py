@@ -1,12 +1,12 @@
 """The shared static analysis the rules stand on, assembled: the index (index.py), call resolution (calls.py), the
 taint of validation data, targets, hashes and losses (taint.py) and the events lifted to call sites (events.py).
 
-Labels are bit flags in one int (labels.py): VAL (validation data: files, patterns, tokens), TRAIN (training
-data), TGT (the target tokens: ``y``, ``chunk[1:]``, ``tokens[i + 1]``, ``tokens[i]`` next to ``tokens[i - k]``),
-CTX (inputs ``[:-1]``), HASH (a lossy hash that mixes a target into a key), LOSS (per-token losses), GRADVAR
-(tensors created with ``requires_grad=True`` outside modules), LOADER (objects built from data files). Function
-results are summarised in terms of their parameters (one bit per parameter), so a call site gets exactly the
-labels of the arguments that flow through; parameters are resolved to call-site labels on demand.
+Labels are bit flags in one int (labels.py lists them): where data comes from (VAL, TRAIN), what it is (TGT
+targets, CTX inputs, LOSS per-token losses, MULTI stacked scores, TKEY a count read at the gold token, HASH a lossy
+hash mixing a target into a key, BYTESRC a byte sidecar, TIME a clock), and what an object is (WEIGHT parameters,
+GRAD gradients, GRADFN gradient transforms, OPTIM optimisers, GRADVAR requires-grad tensors, LOADER data loaders).
+Function results are summarised in terms of their parameters (one bit per parameter), so a call site gets exactly
+the labels of the arguments that flow through; parameters are resolved to call-site labels on demand.
 """
 
 from __future__ import annotations

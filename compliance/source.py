@@ -473,9 +473,9 @@ def load_program(path: Path) -> LoadedProgram:
         entries = entry_scripts(path)
         if not entries:
             if any(p.suffix in (".log", ".txt", ".json") for p in path.iterdir()):
-                return LoadedProgram(root=path, units=[], notes=[f"{path.name}: no Python script found; only the "
-                                                                  "logs and submission.json were audited"],
-                                     entry_files=[])
+                return LoadedProgram(root=path, units=[], notes=[], entry_files=[], incomplete=[
+                    f"{path.name}: no Python script in the folder; only its logs and submission.json were audited, "
+                    "no code rule was checked"])
             raise InputError(f"{path} holds no Python script to audit")
     else:
         root = path.parent
@@ -510,6 +510,10 @@ def load_program(path: Path) -> LoadedProgram:
                     queue.append((sib, runs_main))
     if path.is_file() and not any(u.tree.body for u in units) and not problems:
         raise InputError(f"{path} holds no Python statements (only comments or blank lines): nothing to audit")
+    for e in entries if path.is_dir() else ():
+        if not any(u.tree.body for u in units if u.path == e) and not any(p.startswith(e.name) for p in problems):
+            problems.append(f"{_display(e, root)} is empty or holds only comments: the entry's code is not there to "
+                            "audit")
     return LoadedProgram(root=root, units=units, notes=notes, entry_files=entries, ran_files=ran,
                          incomplete=problems)
 

@@ -137,3 +137,19 @@ def test_empty_and_special_files_are_refused(tmp_path, capsys):
         assert code == 2 and out == "" and err.count("\n") == 1 and words in err
     code, _, err = run_cli(["audit", str(empty), "--time-budget", "0"], capsys)
     assert code == 2 and "--time-budget" in err
+
+
+def test_a_folder_without_its_code_is_incomplete(tmp_path, capsys):
+    """A record folder whose train_gpt.py is 0 bytes (one published record is), or that holds only logs, is not clean:
+    its code was not there to audit."""
+    empty = tmp_path / "empty_entry"
+    empty.mkdir()
+    (empty / "train_gpt.py").write_text("")
+    (empty / "submission.json").write_text('{"val_bpb": 1.3}')
+    code, out, _ = run_cli(["audit", str(empty)], capsys)
+    assert code == 3 and "train_gpt.py is empty" in out
+    logs_only = tmp_path / "logs_only"
+    logs_only.mkdir()
+    (logs_only / "train.log").write_text("step:1/1 val_loss:2.0 val_bpb:1.2\n")
+    rep = audit(logs_only)
+    assert rep.verdict == "incomplete" and "no Python script" in rep.incomplete[0]
