@@ -14,6 +14,9 @@ bench/RESULTS.md. Timings on a shared machine vary with its load: compare CPU se
 """
 from __future__ import annotations
 
+if not __package__:  # run as `python bench/bench_audit.py`: the one bootstrap (bench/_path.py)
+    import _path  # noqa: F401
+
 import argparse
 import json
 import os
@@ -23,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import common
+
+ROOT = common.ROOT
 
 BLOCK = '''
 class Stage{i}(nn.Module):
@@ -172,14 +176,11 @@ def synthetic(args) -> list[str]:
 
 
 def records(args) -> list[str]:
-    sys.path.insert(0, str(ROOT))
     from compliance.audit import audit
     rows, total, worst = [], 0.0, (0.0, "")
     counts: dict[str, int] = {}
     for folder in args.folders:
         p = Path(folder)
-        if not p.is_dir():
-            continue
         t = time.perf_counter()
         rep = audit(p)
         dt = time.perf_counter() - t
@@ -196,7 +197,7 @@ def records(args) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("synthetic", help="generated scripts of the given sizes")
     s.add_argument("--mb", type=float, nargs="+", default=[1.0, 5.0])
@@ -206,18 +207,24 @@ def main(argv=None) -> int:
     for p in (s, r):
         p.add_argument("--record", action="store_true", help="append the figures to bench/RESULTS.md")
     args = ap.parse_args(argv)
+    device = f"CPU: {common.cpu_name()} ({os.cpu_count()} cores)"
     if args.cmd == "synthetic":
         if any(not m > 0 for m in args.mb):
             ap.error("--mb takes positive sizes")
         if args.other and not (Path(args.other) / "compliance").is_dir():
             ap.error(f"--other {args.other} holds no compliance/ package")
-        rows = synthetic(args)
     else:
-        rows = records(args)
+        missing = [f for f in args.folders if not Path(f).is_dir()]
+        if missing:
+            ap.error(f"not a folder: {missing[0]}")
     if args.record:
-        from common import cpu_name, record
-        record(ROOT / "bench" / "RESULTS.md", f"bench_audit {args.cmd}", f"CPU: {cpu_name()} ({os.cpu_count()} cores)",
-               "; ".join(rows))
+        unwritable = common.unwritable(common.RESULTS)
+        if unwritable:
+            ap.error(f"--record: {unwritable}")
+    print(f"device: {device}", flush=True)
+    rows = synthetic(args) if args.cmd == "synthetic" else records(args)
+    if args.record:
+        common.record(common.RESULTS, f"bench_audit {args.cmd}", device, "; ".join(rows))
     return 0
 
 

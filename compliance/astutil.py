@@ -61,8 +61,22 @@ def names_in(node: ast.AST | None) -> set[str]:
     return set(out)
 
 
+def _is_grad_attr(n: ast.AST) -> bool:
+    return type(n) is ast.Attribute and n.attr in ("grad", "main_grad")
+
+
 def has_grad_attr(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Attribute) and n.attr in ("grad", "main_grad") for n in walk(node))
+    return any(_is_grad_attr(n) for n in walk(node))
+
+
+def grad_attr_subtrees(node: ast.AST) -> set[int]:
+    """ids of the nodes under `node` whose subtree reads a `.grad` / `.main_grad` attribute, in one pass (asking
+    has_grad_attr of every node of a long `a + b + ...` chain would walk it quadratically)."""
+    marked: set[int] = set()
+    for n in reversed(walk(node)):
+        if _is_grad_attr(n) or any(id(c) in marked for c in children(n)):
+            marked.add(id(n))
+    return marked
 
 
 

@@ -450,9 +450,13 @@ class CallResolver:
 
 
 
-def _ref_is_called(cs: CallSite) -> bool:
-    """A function passed by reference (timed_eval(name, fn, ...), torch.compile(fn)) is assumed to be called."""
-    return True
+def callees(f: FuncInfo):
+    """(call site, callee) for every call `f` makes, recursion into `f` itself left out. A function passed by
+    reference (timed_eval(name, fn, ...), torch.compile(fn)) is assumed to be called."""
+    for cs in f.calls:
+        for t in cs.targets:
+            if t is not f:
+                yield cs, t
 
 
 

@@ -11,11 +11,11 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from . import budget
-from .astutil import call_name, dotted, has_grad_attr, names_in, node_key, root_name, walk
+from .astutil import call_name, dotted, grad_attr_subtrees, has_grad_attr, names_in, node_key, root_name, walk
 from .index import CallSite, FuncInfo, Stmt
 from .labels import CONCRETE, GRAD, GRADFN, GRADVAR, HASH, LOSS, OPTIM, PARAM_SHIFT, VAL, WEIGHT, param_indices
 from .taint import LabelPass, _accumulates
-from .calls import _ref_is_called
+from .calls import callees
 from .vocab import INPLACE_UPDATES, OPT_HINT, SCHEDULER_HINT
 
 if TYPE_CHECKING:
@@ -77,49 +77,39 @@ class EventLifter:
             changed = False
             rounds += 1
             for f in self.funcs:
-                for cs in f.calls:
-                    if cs.kind == "ref" and not _ref_is_called(cs):
-                        continue
-                    for t in cs.targets:
-                        if t is f:
-                            continue
-                        ks = summary.get(t, set())
-                        new = set()
-                        if ks & {EK.ACCUM, EK.SCORE} or (EK.PACCUM in ks and self._paccum_site(f, cs, t)):
-                            new.add(EK.SCORE)
-                        new |= ks & {EK.BACKWARD, EK.STEP, EK.UPDATE, EK.INCR, EK.READ}
-                        if not new <= summary[f]:
-                            summary[f] |= new
-                            changed = True
+                for cs, t in callees(f):
+                    ks = summary.get(t, set())
+                    new = set()
+                    if ks & {EK.ACCUM, EK.SCORE} or (EK.PACCUM in ks and self._paccum_site(f, cs, t)):
+                        new.add(EK.SCORE)
+                    new |= ks & {EK.BACKWARD, EK.STEP, EK.UPDATE, EK.INCR, EK.READ}
+                    if not new <= summary[f]:
+                        summary[f] |= new
+                        changed = True
         self.summary = summary
         for f in self._callee_first_order():
             seen_keys = set()
-            for cs in f.calls:
-                if cs.kind == "ref" and not _ref_is_called(cs):
-                    continue
-                for t in cs.targets:
-                    if t is f:
-                        continue
-                    ks = summary.get(t, set())
-                    for k in (EK.BACKWARD, EK.STEP, EK.UPDATE, EK.INCR, EK.READ):
-                        if k in ks:
-                            for src in self._events_reaching(t, k):
-                                key = (k, id(cs), src.root)
-                                if key in seen_keys:
-                                    continue
-                                seen_keys.add(key)
-                                root = self._map_root(src.root, t, cs)
-                                lab = self.resolve_at(cs, t, src.labels) if src.labels else 0
-                                extra = dict(src.extra)
-                                if k == EK.INCR:
-                                    extra["holder"] = self._holder(src, t, cs, root)
-                                f.lifted.append(Event(k, cs.stmt, cs.node, lab, root, extra, via=cs,
-                                                      origin=src.origin or src))
-                    if ks & {EK.ACCUM, EK.SCORE} or (EK.PACCUM in ks and self._paccum_site(f, cs, t)):
-                        key = (EK.SCORE, id(cs))
-                        if key not in seen_keys:
+            for cs, t in callees(f):
+                ks = summary.get(t, set())
+                for k in (EK.BACKWARD, EK.STEP, EK.UPDATE, EK.INCR, EK.READ):
+                    if k in ks:
+                        for src in self._events_reaching(t, k):
+                            key = (k, id(cs), src.root)
+                            if key in seen_keys:
+                                continue
                             seen_keys.add(key)
-                            f.lifted.append(Event(EK.SCORE, cs.stmt, cs.node, 0, None, {"callee": t}, via=cs))
+                            root = self._map_root(src.root, t, cs)
+                            lab = self.resolve_at(cs, t, src.labels) if src.labels else 0
+                            extra = dict(src.extra)
+                            if k == EK.INCR:
+                                extra["holder"] = self._holder(src, t, cs, root)
+                            f.lifted.append(Event(k, cs.stmt, cs.node, lab, root, extra, via=cs,
+                                                  origin=src.origin or src))
+                if ks & {EK.ACCUM, EK.SCORE} or (EK.PACCUM in ks and self._paccum_site(f, cs, t)):
+                    key = (EK.SCORE, id(cs))
+                    if key not in seen_keys:
+                        seen_keys.add(key)
+                        f.lifted.append(Event(EK.SCORE, cs.stmt, cs.node, 0, None, {"callee": t}, via=cs))
 
     def _paccum_site(self, f: FuncInfo, cs: CallSite, t: FuncInfo) -> bool:
         """A helper that adds a loss into an accumulator it is given scores when the caller passes it a loss, or
@@ -418,11 +408,14 @@ class EventScan:
         """Parameters plus or minus a gradient term: `w - lr * g`, `params[k] - lr * g[k]`."""
         if v is None:
             return False
+        grads = None
         for n in walk(v):
             if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Add, ast.Sub)):
+                if grads is None:
+                    grads = grad_attr_subtrees(v)
                 a, b = self.L(n.left), self.L(n.right)
-                pure_a = (a & GRAD and not a & (WEIGHT | GRADVAR)) or has_grad_attr(n.left)
-                pure_b = (b & GRAD and not b & (WEIGHT | GRADVAR)) or has_grad_attr(n.right)
+                pure_a = (a & GRAD and not a & (WEIGHT | GRADVAR)) or id(n.left) in grads
+                pure_b = (b & GRAD and not b & (WEIGHT | GRADVAR)) or id(n.right) in grads
                 if (a & (WEIGHT | GRADVAR) and pure_b) or (b & (WEIGHT | GRADVAR) and pure_a):
                     return True
         return False

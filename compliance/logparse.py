@@ -1,7 +1,8 @@
 """Reading training logs: the kit's text log and JSON run file (docs/CONTRACT.md), and upstream variants.
 
-One parser serves the auditor (``compliance/logs.py`` checks limits, submission.json and significance on what it
-reads) and the record tool (``records/check.py``, ``records/pack.py``); it imports nothing from ``records``.
+One parser serves the auditor (``compliance/rules/limits_logs.py`` and ``rules/stats.py`` check limits,
+submission.json and significance on what it reads) and the record tool (``records/check.py``, ``records/pack.py``);
+it imports nothing from ``records``.
 
 The kit writes ``run_id:``, ``code_sha256:.. code_bytes:..``, ``versions:``, ``device:``, ``config:{json}``, step
 lines, ``final_*_exact`` scores, ``eval_time_total:Nms`` and ``logs/<RUN_ID>.json`` beside the text. Upstream

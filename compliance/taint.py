@@ -412,19 +412,25 @@ class LabelPass:
                 return None
             cs = CallSite(self.f, None, node, [t], (), kind, recv)
             for k, s in enumerate(t.ret_elems):
-                lab = s & CONCRETE & ~SUMMARY_ONLY
-                flowing = []
-                for i in param_indices(s):
-                    a = 0
-                    for e in self.p.arg_expr(cs, t, i):
-                        a |= self.label(e)
-                    flowing.append(a)
-                    lab |= a & ~SUMMARY_ONLY
-                if s & (MIXP | MIXPS) and len(flowing) >= 2 and any(x & TGT for x in flowing) \
-                        and sum(1 for x in flowing if x) >= 2:
-                    lab |= HASH if s & MIXPS else MIXT
-                out[k] |= lab
+                out[k] |= self._apply_summary(cs, t, s)
         return out
+
+    def _apply_summary(self, cs: CallSite, t, s: int) -> int:
+        """The labels a call site gets from the callee's result summary `s`: its concrete labels, plus what the
+        arguments passed for its parameter bits carry; a result that mixes two or more labelled arguments, one a
+        target, is a target mix (HASH when the callee hashes, else MIXT)."""
+        lab = s & CONCRETE & ~SUMMARY_ONLY
+        flowing = []
+        for i in param_indices(s):
+            a = 0
+            for e in self.p.arg_expr(cs, t, i):
+                a |= self.label(e)
+            flowing.append(a)
+            lab |= a & ~SUMMARY_ONLY
+        if s & (MIXP | MIXPS) and len(flowing) >= 2 and any(x & TGT for x in flowing) \
+                and sum(1 for x in flowing if x) >= 2:
+            lab |= HASH if s & MIXPS else MIXT
+        return lab
 
     def _bind(self, target, it, scope: dict) -> None:
         """Bind a comprehension target to its iterable's labels (enumerate/zip element-wise)."""
@@ -752,19 +758,7 @@ class LabelPass:
         if targets:
             r = 0
             for t in targets:
-                s = t.ret_labels
-                r |= s & CONCRETE & ~SUMMARY_ONLY
-                flowing = []
-                for i in param_indices(s):
-                    lab = 0
-                    cs = CallSite(self.f, None, node, [t], (), kind, recv)
-                    for e in self.p.arg_expr(cs, t, i):
-                        lab |= self.label(e)
-                    flowing.append(lab)
-                    r |= lab & ~SUMMARY_ONLY
-                if s & (MIXP | MIXPS) and len(flowing) >= 2 and any(x & TGT for x in flowing) \
-                        and sum(1 for x in flowing if x) >= 2:
-                    r |= HASH if s & MIXPS else MIXT
+                r |= self._apply_summary(CallSite(self.f, None, node, [t], (), kind, recv), t, t.ret_labels)
                 if kind == "init":
                     r |= argl & (DATA | ~CONCRETE)
                     if argl & (VAL | TRAIN):

@@ -7,9 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_audit import make_script, make_table_script  # noqa: E402
+from bench.bench_audit import make_script, make_table_script  # noqa: E402
 
 from compliance.audit import audit  # noqa: E402
 from compliance.source import load_program  # noqa: E402
@@ -50,8 +49,43 @@ def test_label_passes_grow_linearly(tmp_path, monkeypatch):
     assert ratios[1] <= ratios[0] * 1.25
 
 
+def test_long_expression_chains_cost_linear_work(tmp_path, monkeypatch):
+    """A 4x longer `a + b + ...` chain (module constants, a hash mix) costs at most ~4x the node visits: no rule asks
+    a question of every level of a chain that walks the rest of it (counted, not timed)."""
+    from compliance import astutil
+    visits = {"n": 0}
+    orig = astutil._fields_of
+
+    def counting(n):
+        visits["n"] += 1
+        return orig(n)
+    monkeypatch.setattr(astutil, "_fields_of", counting)
+    base = (ROOT / "tests/fixtures/compliance/rules/ttt_pre/ttt_pre_quant_adamw.py").read_text()
+    counts = []
+    for n in (1000, 4000):
+        extra = ("W = " + " + ".join(f"w{i % 7}" for i in range(n)) + "\n"
+                 "B = " + " + ".join(repr("ab") for _ in range(n)) + "\n"
+                 "def mix(h, y):\n    return " + " ^ ".join(["h"] * n) + " ^ (y * 31)\n")
+        p = tmp_path / f"chain{n}.py"
+        p.write_text(base.replace("def main():", extra + "\n\ndef main():", 1))
+        visits["n"] = 0
+        assert audit(p).verdict == "flagged"
+        counts.append(visits["n"])
+    assert counts[1] <= counts[0] * 4 * 1.5
+
+
 def test_a_data_table_is_audited_without_entering_its_elements(tmp_path):
     p = tmp_path / "table.py"
     p.write_text(make_table_script(200_000))
     rep = audit(p)
     assert rep.verdict == "clean" and rep.incomplete == []
+
+
+def test_bench_audit_checks_its_arguments_first(tmp_path):
+    import subprocess
+    for args, words in [(["synthetic", "--mb", "0"], "--mb takes positive sizes"),
+                        (["synthetic", "--other", str(tmp_path)], "holds no compliance/ package"),
+                        (["records", str(tmp_path / "missing")], "not a folder")]:
+        p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_audit.py"), *args], capture_output=True,
+                           text=True)
+        assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1 and words in p.stderr

@@ -32,7 +32,6 @@ class Rescore(Rule):
             for j in judge(ctx, site):
                 if j.kind != "epoch":
                     continue
-                f = site.func
                 hops = [(site.step.stmt, ())] + [(cs.stmt, cs.guards) for cs in j.chain]
                 expl = (f"The loop at line {j.loop.line} repeats both the scoring (line {j.A.line}) and the "
                         f"training on the same validation tokens (line {j.T.line}): every pass after the first "

@@ -3,7 +3,7 @@
 Detectors: (1) a training step whose data stream carries validation data: a loader built over ``val_files`` /
 ``fineweb_val_*`` or over a pattern that matches both splits (``fineweb_*.bin``), val files concatenated to the
 train files; (2) validation tokens written into what is saved or compressed as the artifact ("paid prefix").
-Train and val shards with identical bytes are found by ``--data DIR`` (see datacheck.py).
+Train and val shards with identical bytes are found with ``--data DIR`` (ValTrainData below, scope ``data``).
 """
 
 from __future__ import annotations
