@@ -1,4 +1,4 @@
-"""Export cost and quality: pack (quantise + zstd) seconds, unpack seconds, bytes, and the roundtrip gap in bpb.
+"""Export cost and quality: pack (quantise + compress) seconds, unpack seconds, bytes, and the roundtrip gap in bpb.
 
     python bench/bench_export.py --random                         # random model of the baseline shape
     python bench/bench_export.py --artifact artifacts/RUN.ptz     # an artifact from a kit run
@@ -10,7 +10,8 @@ both the float model and the reloaded one with the kit's scorer (score_nll: slid
 EVAL_STRIDE of the configuration) on the first --max-tokens val tokens: the gap is bpb(reloaded) - bpb(float).
 --artifact unpacks an existing artifact (its configuration comes with it), times unpacking and re-packing its
 (dequantised) weights, and scores the reloaded model; there is no float state, hence no gap.
-Pack time is split into quantisation (the rest) and zstd compression (timed again on the same payload).
+Pack time is split into quantisation (the rest) and compression (COMPRESSOR, timed again on the decompressed
+payload as one stream).
 --other PATH exports the same state with another script's format too, alternating with the kit in every round:
 upstream's int8 + zlib (its quantize_state_dict_int8, torch.save, zlib level 9; back with zlib, torch.load and its
 dequantize_state_dict_int8, as its main() does) or a kit-like script's pack_artifact / unpack_artifact; its
@@ -87,7 +88,6 @@ def main(argv=None) -> int:
 
     import numpy as np
     import torch
-    import zstandard
     if a.threads:
         torch.set_num_threads(a.threads)
     kit_path = Path(a.kit).resolve()
@@ -155,9 +155,9 @@ def main(argv=None) -> int:
             times[name]["unpack"].append(time.perf_counter() - t0)
     blob, reloaded = blobs["kit"], states["kit"]
     pack_s, unpack_s = times["kit"]["pack"], times["kit"]["unpack"]
-    payload = zstandard.ZstdDecompressor().decompress(blob[8:], max_output_size=1 << 32)
+    payload = kit.artifact_payload(blob)
     t0 = time.perf_counter()
-    zstandard.ZstdCompressor(level=hp.zstd_level).compress(payload)
+    kit.compress(payload, hp.compressor, hp.zstd_level)
     compress_s = time.perf_counter() - t0
     pack_med, unpack_med = common.median(pack_s), common.median(unpack_s)
     if a.save:
@@ -206,17 +206,17 @@ def main(argv=None) -> int:
     qname = f"int{hp.quant_bits}"
     print(f"model: {source}; {sum(p.numel() for p in model.parameters()):,} params, {hp.num_layers} layers x "
           f"{hp.model_dim}; QUANT_BITS={hp.quant_bits} QUANT_EMBED_BITS={hp.quant_embed_bits} "
-          f"ZSTD_LEVEL={hp.zstd_level}")
+          f"QUANT_METHOD={hp.quant_method} COMPRESSOR={hp.compressor}")
     print(f"scoring device: {dev_name} (attention {attention}); {tokens.numel() - 1:,} targets, seq_len {seq_len}, "
           f"stride {stride}")
-    rows = [("pack seconds (quantise + zstd)", f"{pack_med:.3f}"),
-            ("  of which zstd compression", f"{compress_s:.3f}"),
+    rows = [("pack seconds (quantise + compress)", f"{pack_med:.3f}"),
+            (f"  of which {hp.compressor} compression", f"{compress_s:.3f}"),
             ("  of which quantisation (rest)", f"{max(pack_med - compress_s, 0.0):.3f}"),
             ("unpack seconds", f"{unpack_med:.3f}"),
-            (f"artifact bytes ({qname}+zstd)", f"{len(blob):,}")]
+            (f"artifact bytes ({qname}+{hp.compressor})", f"{len(blob):,}")]
     if file_bytes is not None:
         rows.append(("bytes of the given artifact file", f"{file_bytes:,}"))
-    rows += [("raw payload bytes (before zstd)", f"{len(payload):,}"),
+    rows += [("raw payload bytes (before compression)", f"{len(payload):,}"),
              ("code bytes (train_gpt.py)", f"{len(code):,}"),
              ("total submission bytes", f"{total:,} ({kit.ARTIFACT_LIMIT - total:+,} to the 16,000,000 cap)")]
     if bpb_f is not None:
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
             "kit": str(kit_path), "kit_sha256": code_sha, "model": source, "config": hp.as_dict(),
             "seq_len": seq_len, "stride": stride, "rounds": a.rounds, "saved": a.save, "result": result})
     if a.record:
-        figures = (f"pack {pack_med:.2f} s (zstd {compress_s:.2f} s), unpack {unpack_med:.2f} s, {len(blob):,} bytes "
+        figures = (f"pack {pack_med:.2f} s ({hp.compressor} {compress_s:.2f} s), unpack {unpack_med:.2f} s, {len(blob):,} bytes "
                    f"({total:,} with code)" + (f", gap {gap:+.5f} bpb" if gap is not None else "")
                    + f", bpb {bpb_q:.5f} on {tokens.numel() - 1:,} targets; {source}"
                    + (f"; other ({other['format']}): {other['bytes']:,} bytes, pack {other['pack_s']:.2f} s, bpb "

@@ -8,10 +8,12 @@ and renamed into place.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import datetime as _dt
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -212,6 +214,22 @@ def _reference(opts: PackOptions, losses: list, mean_loss: float, mean_bpb: floa
     return None
 
 
+def counted_form(script: Path, source: bytes, form: str, run: RunLog) -> bytes:
+    """The code a run counted under CODE_FORM (wrapped, minified), made by the script's own shipped_code(); it must
+    hash to the counted_sha256 of the run's log."""
+    spec = importlib.util.spec_from_file_location("_pack_train_gpt", script)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+        shipped = mod.shipped_code(source, form)
+    except Exception as exc:  # noqa: BLE001 - a script that cannot make its form is one refusal line
+        raise Refusal(f"{script}: cannot make the CODE_FORM={form} code ({type(exc).__name__}: {exc})") from None
+    logged = re.search(r"counted_sha256:([0-9a-f]{64})", run.text_path.read_text(errors="replace"))
+    if logged is None or logged.group(1) != sha256_bytes(shipped):
+        raise Refusal(f"{run.name}: the CODE_FORM={form} code made now does not hash to the log's counted_sha256")
+    return shipped
+
+
 def pack(opts: PackOptions) -> PackResult:
     runs = load_runs(opts.runs)
     validate_runs(runs)
@@ -226,7 +244,10 @@ def pack(opts: PackOptions) -> PackResult:
         raise Refusal(f"{script} (sha256 {sha[:12]}...) is not the script that ran "
                       f"(logs: code_sha256 {runs[0].code_sha256[:12]}...)")
     wrapper = None
-    if opts.wrap:
+    form = str(runs[0].config.get("CODE_FORM", "raw"))
+    if form != "raw":  # the run counted its code in this form: ship exactly that
+        wrapper = counted_form(script, source, form, runs[0])
+    elif opts.wrap:
         if decode_wrapper(source) is not None:
             raise Refusal(f"--wrap: {script} is already a self-extracting wrapper")
         try:
