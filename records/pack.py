@@ -8,7 +8,6 @@ and renamed into place.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import datetime as _dt
 import json
 import math
@@ -20,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from compliance.logparse import RunLog, load_run
+from kitlib.scripts import load_script
 
 from . import flags as F
 from . import stats
@@ -217,11 +217,8 @@ def _reference(opts: PackOptions, losses: list, mean_loss: float, mean_bpb: floa
 def counted_form(script: Path, source: bytes, form: str, run: RunLog) -> bytes:
     """The code a run counted under CODE_FORM (wrapped, minified), made by the script's own shipped_code(); it must
     hash to the counted_sha256 of the run's log."""
-    spec = importlib.util.spec_from_file_location("_pack_train_gpt", script)
-    mod = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(mod)
-        shipped = mod.shipped_code(source, form)
+        shipped = load_script(script).shipped_code(source, form)
     except Exception as exc:  # noqa: BLE001 - a script that cannot make its form is one refusal line
         raise Refusal(f"{script}: cannot make the CODE_FORM={form} code ({type(exc).__name__}: {exc})") from None
     logged = re.search(r"counted_sha256:([0-9a-f]{64})", run.text_path.read_text(errors="replace"))
