@@ -2071,7 +2071,7 @@ def main() -> int:
     qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
     total, cname = model_bytes + len(run.shipped), f"{qname}+{args.compressor}"
     run.log(f"Serialized model {cname}: {model_bytes} bytes")
-    run.log(f"Code size: {len(run.code)} bytes" if run.shipped is run.code else f"Code size (uncompressed): "
+    run.log(f"Code size: {len(run.code)} bytes" if args.code_form == "raw" else f"Code size (uncompressed): "
             f"{len(run.code)} bytes\nCode size (compressed, CODE_FORM={args.code_form}): {len(run.shipped)} bytes")
     run.log(f"Total submission size {cname}: {total} bytes")
     final_evaluation(run, base_model, val_np, val_tokens, scores, qname)
