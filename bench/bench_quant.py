@@ -24,12 +24,14 @@ import time
 import types
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import BenchError  # noqa: E402
+if not __package__:  # run as `python bench/bench_quant.py`: the one bootstrap (bench/_path.py)
+    import _path  # noqa: F401
 
-# std of each group in trained models (the 1.0611 record's int6 scales x 31 / 12.85 read the same): used by
-# --pessimistic for the tensors that are stored as floats (quantised codes do not depend on the std).
+from bench import common  # noqa: E402
+from bench.common import BenchError  # noqa: E402
+
+# std per group of --pessimistic's random weights (typical trained magnitudes, assumed, not measured): only the
+# tensors stored as floats depend on it; the SD-clipped and clip-searched codes are the same at any std.
 TRAINED_STD = {"tok_emb": 0.05, "attn": 0.035, "mlp": 0.03, "other": 0.5}
 
 

@@ -1,6 +1,8 @@
 """Export v2: GPTQ against rounding on a known Hessian, LQER, the container for every compressor, calibration on
 training shards only and inside the time cap, the code counted as it ships, --plan."""
 import hashlib
+import json
+import math
 import os
 import re
 import subprocess
@@ -182,3 +184,29 @@ def test_plan_prints_the_estimate_last(tmp_path):
     assert 14_000_000 < total < 17_000_000 and "code" in out
     out, total = plan({**frontier, "NUM_LAYERS": "20"})
     assert total > 16_000_000 and "over the 16000000-byte limit" in out
+
+
+def test_bench_quant_side_by_side_and_pessimistic(tg, dataset, tmp_path):
+    """bench_quant on tiny float weights: one row per method with its bytes and gap, and the pessimistic line."""
+    data_path, tok = dataset
+    over = {k: QUANT_ENV[k] for k in ("NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT",
+                                      "TRAIN_SEQ_LEN", "TRAIN_BATCH_TOKENS", "EVAL_SEQ_LEN", "EVAL_STRIDE")}
+    model = tg.build_model(tg.Hyperparameters.from_env({**over, "VOCAB_SIZE": "1024"}))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.03)
+    torch.save(model.state_dict(), tmp_path / "f.pt")
+    env = [x for k, v in over.items() for x in ("--env", f"{k}={v}")] + ["--data-path", str(data_path),
+                                                                         "--tokenizer-path", str(tok)]
+    full = {**os.environ, "OMP_NUM_THREADS": "1"}
+    bench = [sys.executable, str(ROOT / "bench" / "bench_quant.py")]
+    res = subprocess.run(bench + ["--float", str(tmp_path / "f.pt"), "--sigmas", "0.5", "--max-tokens", "3000",
+                                  "--json", str(tmp_path / "q.json"), "--plot", str(tmp_path / "q.png")] + env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=full)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["method"]: r for r in json.loads((tmp_path / "q.json").read_text())["rows"]}
+    assert set(rows) == {"float", "rtn", "gptq", "gptq+lqer", "gptq k x0.5"} and (tmp_path / "q.png").stat().st_size
+    assert rows["gptq k x0.5"]["bytes"] > rows["gptq"]["bytes"] and all(math.isfinite(r["gap"]) for r in rows.values())
+    res = subprocess.run(bench + ["--pessimistic"] + env, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                         env=full)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert re.fullmatch(r"artifact_estimate bytes:\d+ model:\d+ code:\d+", res.stdout.strip().splitlines()[-1])
