@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import record_cpu  # noqa: E402
+import torch  # noqa: E402
 
 # The comparison configuration, in the record's variable names (the kit reads them as aliases or as its own).
 SMALL = {
@@ -56,7 +57,9 @@ SMALL = {
 KIT_ONLY = {"MLP_ACT": "leaky_relu2", "MLP_LEAKY_SLOPE": "0.5", "VARLEN_ATTN": "1", "MUON_NS": "polar",
             "ORTHO_INIT": "1", "WARMUP_STEPS": "0"}
 TOLERANCE = {"logits": 1e-5, "loss": 1e-5, "grad": 1e-5, "step": 1e-5, "lr": 1e-12, "switch_ms": 0.0}
-STEP, SCALE = 0, 0.7  # the optimiser step compared: step 0 (momentum warm-up start), LR multiplier 0.7
+# The optimiser step compared: step 700 (Muon momentum 0.92 -> 0.97 under way), 120 s into the 600 s cap (frac 0.2:
+# LR multiplier 0.8 / 0.85, looping not yet due): each script's own schedule code sets momentum and LR.
+STEP, ELAPSED_MS = 700, 120_000.0
 BATCH_DOCS = (23, 3 * 64 + 17, 1, 41, 90, 64, 20)  # 448 = TRAIN_BATCH_TOKENS / 8; the first continues a document (no BOS); one is cut 4 times
 
 
@@ -92,7 +95,6 @@ def record_tensors(tensors: dict, L: int) -> dict:
 
 def packed_batch(vocab: int, seed: int = 0):
     """(x, y) of shape (1, N): documents of BATCH_DOCS lengths laid end to end, each but the first from a BOS."""
-    import torch
     g = torch.Generator().manual_seed(seed)
     parts = []
     for i, n in enumerate(BATCH_DOCS):
@@ -107,7 +109,6 @@ def packed_batch(vocab: int, seed: int = 0):
 def perturb(model, seed: int) -> None:
     """Noise on every parameter: N(0, 1/fan_in) on matrices (the last dim is fan_in, banks included), N(0, 0.1)
     on vectors and scalars, so that every gate, lane and zero-initialised projection takes part."""
-    import torch
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -143,7 +144,6 @@ class RecordSide:
         self.h.grad_accum_steps = 1  # one packed micro-batch per step (the record: 8 // WORLD_SIZE)
 
     def model(self, looping: bool, seed: int):
-        import torch
         torch.manual_seed(seed)
         m = self.mod.GPT(self.h)
         perturb(m, seed)
@@ -159,8 +159,10 @@ class RecordSide:
         logits = m.forward_logits(x, cu_seqlens=cu, max_seqlen=self.h.train_seq_len)
         return logits, m(x, y, cu_seqlens=cu, max_seqlen=self.h.train_seq_len)
 
-    def step(self, m, x, y, step: int, scale: float, fp32: bool) -> None:
-        """The record's step_fn (forward, backward, momentum warm-up, LR, clip, Optimizers.step) on (x, y)."""
+    def step(self, m, x, y, step: int, elapsed_ms: float, fp32: bool) -> None:
+        """The record's step_fn (forward, backward, momentum warm-up, LR, clip, Optimizers.step) on (x, y), with
+        the LR multiplier of its own lr_mul(training_frac(step, elapsed_ms))."""
+        scale = self.schedule()[0](step, elapsed_ms)
         loader = type("Loader", (), {"next_batch": lambda _s, *_a: (x, y, self.cu_seqlens(x), self.h.train_seq_len)})
         with record_cpu.cpu_streams(), (record_cpu.bfloat16_as_float32() if fp32 else contextlib.nullcontext()):
             opts = self.mod.Optimizers(self.h, m)
@@ -201,22 +203,24 @@ class KitSide:
         cu = self.kit.doc_bounds(x, self.args.train_seq_len)
         return m(x, cu_seqlens=cu), m(x, y, cu_seqlens=cu), cu
 
-    def step(self, m, x, y, step: int, scale: float, grads: dict | None) -> None:
-        """The kit's optimizer_step after its own backward pass, or with `grads` (kit names) put in its place."""
-        opts = self.kit.build_optimizers(m, self.args)
+    def step(self, m, x, y, step: int, elapsed_ms: float, grads: dict | None) -> None:
+        """The kit's Trainer: set_schedule(step, elapsed_ms) and optimizer_step, after its own backward pass or with
+        `grads` (kit names) in its place."""
+        run = self.kit.Run(self.args, 0, 1, torch.device("cpu"), False, "none", b"", None)
+        trainer = self.kit.Trainer(run, m, m, [], None)
+        trainer.set_schedule(step, elapsed_ms)
         if grads is None:
             m(x, y, cu_seqlens=self.kit.doc_bounds(x, self.args.train_seq_len)).backward()
         else:
             for n, p in m.named_parameters():
                 p.grad = grads[n].clone() if n in grads else None
-        self.kit.optimizer_step(m, opts, self.args, step, scale)
+        trainer.optimizer_step()
 
 
 STEP_KINDS = ("step", "step_native", "step_e2e")
 
 
 def compare(rec: RecordSide, kit: KitSide, looping: bool, seed: int, steps=STEP_KINDS) -> dict:
-    import torch
     x, y = packed_batch(int(rec.h.vocab_size), seed)
     r_model = rec.model(looping, seed)
     k_model = kit.model(r_model.state_dict(), looping)
@@ -238,8 +242,8 @@ def compare(rec: RecordSide, kit: KitSide, looping: bool, seed: int, steps=STEP_
             continue
         r_m = rec.model(looping, seed)
         k_m = kit.model(r_m.state_dict(), looping)
-        rec.step(r_m, x, y, STEP, SCALE, fp32)
-        kit.step(k_m, x, y, STEP, SCALE, grads)
+        rec.step(r_m, x, y, STEP, ELAPSED_MS, fp32)
+        kit.step(k_m, x, y, STEP, ELAPSED_MS, grads)
         out[key] = max_diff(record_tensors(dict(r_m.named_parameters()), kit.args.num_layers),
                             dict(k_m.named_parameters()), kit.strict)
     return out
@@ -297,7 +301,6 @@ def main(argv=None) -> int:
     ap.add_argument("--kit", default=None, help=argparse.SUPPRESS)  # another kit file (development)
     ap.add_argument("--results", default=str(common.RESULTS), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
     env = {**SMALL, **KIT_ONLY}
