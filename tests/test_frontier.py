@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from test_flags import data_env, randomise, tokens
 
 # 5 blocks. Plain order: encoder [0, 1], decoder [2, 3, 4]; looped (blocks 1-2 twice): [0, 1, 2] / [1, 2, 3, 4];
@@ -297,10 +297,10 @@ def frontier_params(V, d, L, heads, kv, mlp, window, n_skip):
     return V * d + L * per_layer + 2 * n_skip * d + L * 6 + window + 1
 
 
-def test_frontier_parameter_counts(tg):
-    preset = {"VOCAB_SIZE": "8192", "NUM_LAYERS": "11", "MODEL_DIM": "512", "NUM_HEADS": "8", "NUM_KV_HEADS": "4",
-              "MLP_MULT": "4", "SKIP_GATES_ENABLED": "1", "NUM_LOOPS": "2", "LOOP_START": "3", "LOOP_END": "5",
-              "PARALLEL_START_LAYER": "8", "SMEAR_GATE_ENABLED": "1", "SPARSE_ATTN_GATE_ENABLED": "1"}
+def test_frontier_preset_and_parameter_counts(tg):
+    lines = (ROOT / "presets" / "frontier.env").read_text().splitlines()
+    preset = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    tg.check_config(tg.Hyperparameters.from_env(preset), 8)
     assert tg.count_params(preset) == frontier_params(8192, 512, 11, 8, 4, 4, 12, 8) == 35_945_671
     base = tg.count_params(SMALL)
     for over, delta in [({"SKIP_GATES": 1}, 2 * 64), ({"NUM_LOOPS": 1, "LOOP_START": 1, "LOOP_END": 2}, 64),
