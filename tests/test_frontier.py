@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -427,3 +428,26 @@ def test_eval_only_refuses_another_architecture(tg, frontier_run, change):
         tg.read_eval_artifact(args)
     same = tg.Hyperparameters.from_env({**env, "EVAL_ONLY": str(root / "artifacts" / "fr.ptz")})
     assert tg.read_eval_artifact(same)[1]["config"]["NUM_LOOPS"] == 1
+
+
+# ---------------------------------------------------------------- bench/bench_equiv.py (the record's script is not here)
+
+def test_bench_equiv_without_the_record_is_one_error_line(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "train_gpt.py"
+    bad.write_text("import torch\nx = 1\n")  # a script, but not the record's
+    for other, message in ((tmp_path / "missing.py", "does not exist"), (bad, "not the 1.0611 record's")):
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_equiv.py"), "--other", str(other)],
+                             capture_output=True, text=True, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+@pytest.mark.skipif(not os.environ.get("PG_RECORD_1_0611"), reason="set PG_RECORD_1_0611 to the record's train_gpt.py")
+def test_bench_equiv_against_the_record():
+    """~2 minutes on 2 cores: the whole comparison, looping on and off, within tolerance (exit 0)."""
+    import sys
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_equiv
+    assert bench_equiv.main(["--other", os.environ["PG_RECORD_1_0611"]]) == 0
