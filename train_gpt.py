@@ -1103,7 +1103,8 @@ def score_nll(model: GPT, tokens: Tensor, seq_len: int, stride: int, batch_seqs:
 
 @torch.no_grad()
 def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stride: int) -> Tensor:
-    """Full log-probabilities (float64, [P, V]) for each target position, with the scorer's own context."""
+    """Full log-probabilities (float64, [P, V]) for each target position, with the scorer's own context. Python API
+    for the auditor's probes and the tests (a run never calls it)."""
     model.eval()
     wins, out = windows(tokens.numel(), seq_len, stride), []
     for p in positions:
@@ -1212,7 +1213,8 @@ def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world
 
 
 def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTTLedger = TTTLedger()) -> Tensor:
-    """Single-process TTT scoring: NLL of tokens[1:] in stream order (float64)."""
+    """Single-process TTT scoring: NLL of tokens[1:] in stream order (float64). Python API for the auditor's probes
+    and the tests (a run calls ttt_eval)."""
     pos, nll = ttt_eval(model, tokens, args, 0, 1, ledger)
     return torch.empty_like(nll).index_copy_(0, pos - 1, nll)
 
@@ -1329,41 +1331,37 @@ def _fold(R: np.ndarray, c, m, q, q_up, V: int, exclusion: bool) -> np.ndarray:
     return R
 
 
-class PPMOrder(NamedTuple):
-    """One order's counts, indexed by position t (0..N; N is a never-valid dummy) unless said otherwise."""
-    count: np.ndarray     # c_k(t): earlier occurrences of (order-k context of t, x_t)
-    total: np.ndarray     # n_k(t): earlier occurrences of that context (exclusion: minus X_k(t), in place)
-    distinct: np.ndarray  # q_k(t): distinct symbols the context has been followed by
-    valid_pos: np.ndarray  # positions whose order-k context lies inside their segment (increasing)
-    sorted_pos: np.ndarray  # valid_pos sorted by (pair, position)
-    run_start: np.ndarray  # in sorted order: the first occurrence of each (context, symbol) pair
-    pair_id: np.ndarray   # the dense id of (context, x_t)
-    seen_before: np.ndarray  # in sorted order: earlier occurrences of the pair
-    n_pairs: int
+class PPMOrder:
+    """One order's counts, indexed by position t (0..N; N is a never-valid dummy) unless said otherwise. Mutable:
+    arrays are dropped (None) as soon as they are used up, to keep at most two orders in memory."""
+
+    def __init__(self, count, total, distinct, valid_pos, sorted_pos, run_start, pair_id, seen_before, n_pairs):
+        self.count, self.total, self.distinct = count, total, distinct  # c_k(t), n_k(t), q_k(t) of (context, x_t)
+        self.valid_pos = valid_pos  # positions whose order-k context lies inside their segment (increasing)
+        self.sorted_pos, self.run_start = sorted_pos, run_start  # valid_pos sorted by (pair, position); run starts
+        self.pair_id, self.seen_before = pair_id, seen_before  # (context, x_t) id; in sorted order: earlier occurrences
+        self.n_pairs = n_pairs
 
 
-def _order_pairs(k: int, ctx: np.ndarray, x: np.ndarray, pos: np.ndarray, seg: np.ndarray, nb: int, V: int):
-    """Order k's (context, symbol) pairs: sorted occurrences, pair ids and counts, scattered to time order."""
-    N = x.size
-    valid = pos - k >= seg  # the order-k context of t lies inside t's segment
-    valid[N] = False
-    valid_pos = np.flatnonzero(valid).astype(np.int32)
-    key = ctx[valid_pos].astype(np.int64)
-    key *= V
-    key += x[valid_pos]
-    sorted_pos, run_start = _sort_by_key(key, valid_pos, nb)
-    del key
+def _pair_counts(sorted_pos: np.ndarray, run_start: np.ndarray, N: int):
+    """From the occurrences of order k's (context, symbol) pairs, sorted by (pair, position): each pair's dense id
+    and earlier occurrences (in sorted order, and scattered to time order), and the number of pairs."""
     gid = np.cumsum(run_start, dtype=np.int32) - 1  # the dense id of each (context, symbol) pair
     starts = np.flatnonzero(run_start).astype(np.int32)
     seen_before = np.arange(sorted_pos.size, dtype=np.int32) - starts[gid]
+    n_pairs = starts.size
+    del starts
     packed = np.zeros(N + 1, np.int64)  # (pair id, count) packed: one scatter into time order
     packed[sorted_pos] = (gid.astype(np.int64) << 32) | seen_before
+    del gid
     pair_id, count = _unpack(packed)
-    return valid, valid_pos, sorted_pos, run_start, pair_id, seen_before, count, starts.size
+    return pair_id, seen_before, count, n_pairs
 
 
-def _context_counts(prev: PPMOrder, first: np.ndarray, valid: np.ndarray, N: int):
-    """n_k and q_k of order k's contexts (= order k-1's pairs at t-1), from order k-1's sorted occurrences."""
+def _context_counts(prev: PPMOrder, first: np.ndarray, valid: np.ndarray, N: int, nb: int, exclusion: bool):
+    """n_k and q_k of order k's contexts (= order k-1's pairs at t-1), from order k-1's sorted occurrences. With
+    exclusion, also subtracts from order k-1's totals (in place) X_{k-1}(t): the order-(k-1) counts of the symbols
+    the order-k context offers, where that context was seen and did not offer x_t."""
     tt = prev.sorted_pos + 1  # occurrences of each order-k context in time order
     f = first[tt]
     cs = np.cumsum(f, dtype=np.int32)
@@ -1371,22 +1369,24 @@ def _context_counts(prev: PPMOrder, first: np.ndarray, valid: np.ndarray, N: int
     base = np.maximum.accumulate(np.where(prev.run_start, cs, 0))  # ... at the start of this context's run
     packed = np.zeros(N + 1, np.int64)  # (n, q) packed, scattered to time order
     packed[tt] = (prev.seen_before.astype(np.int64) << 32) | (cs - base)
+    del cs
+    prev.sorted_pos = prev.run_start = prev.seen_before = None  # used up
     packed *= valid  # (a pair that straddles a reset is no context)
     total, distinct = _unpack(packed)
-    return total, distinct, tt, f, base
-
-
-def _exclude(prev: PPMOrder, first, total, distinct, tt, f, base, N: int, nb: int) -> None:
-    """Exclusion: subtract from order k-1's totals X_{k-1}(t), the order-(k-1) counts of the symbols the order-k
-    context offers, where that context was seen and did not offer x_t."""
-    need = first & (total > 0)
-    tq = np.flatnonzero(need)
-    symbols = prev.pair_id[tt[f]]  # each order-k context's symbols in first-seen order, as order-(k-1) pair ids
-    offset = np.zeros(N + 1, np.int32)
-    offset[tt] = base  # where each context's list starts in `symbols`
-    prev.total[tq] -= _lookup_sums(prev.valid_pos, prev.pair_id[prev.valid_pos], prev.n_pairs, tq,
-                                   np.cumsum(need, dtype=np.int32), symbols, offset[tq].astype(np.int64),
-                                   distinct[tq].astype(np.int64), nb).astype(np.int32)
+    del packed
+    if exclusion:
+        need = first & (total > 0)
+        tq = np.flatnonzero(need)
+        symbols = prev.pair_id[tt[f]]  # each order-k context's symbols in first-seen order, as order-(k-1) pairs
+        offset = np.zeros(N + 1, np.int32)
+        offset[tt] = base  # where each context's list starts in `symbols`
+        offset = offset[tq].astype(np.int64)
+        del tt, f, base
+        prev.total[tq] -= _lookup_sums(prev.valid_pos, prev.pair_id[prev.valid_pos], prev.n_pairs, tq,
+                                       np.cumsum(need, dtype=np.int32), symbols, offset,
+                                       distinct[tq].astype(np.int64), nb).astype(np.int32)
+    prev.valid_pos = prev.pair_id = None
+    return total, distinct
 
 
 def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclusion: bool = True,
@@ -1408,7 +1408,16 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
         ctx = np.cumsum(isb, dtype=np.int32)  # (a scored BOS opens the next segment)
     prev = None
     for k in range(order + 1):
-        valid, vp, sp, run_start, pair_id, seen_before, count, n_pairs = _order_pairs(k, ctx, x, pos, seg, nb, V)
+        valid = pos - k >= seg  # the order-k context of t lies inside t's segment
+        valid[N] = False
+        vp = np.flatnonzero(valid).astype(np.int32)
+        key = ctx[vp].astype(np.int64)
+        del ctx
+        key *= V
+        key += x[vp]
+        sp, run_start = _sort_by_key(key, vp, nb)
+        del key
+        pair_id, seen_before, count, n_pairs = _pair_counts(sp, run_start, N)
         first = valid & (count == 0)  # the pair's first occurrence: its context gains a symbol
         if k == 0:
             cs = np.concatenate(([0], np.cumsum(first[:N], dtype=np.int32)))
@@ -1417,19 +1426,20 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
                 cb = np.concatenate(([0], np.cumsum(x == bos_id, dtype=np.int32)))
                 count[:N][isb] = (cb[:N] - cb[seg[:N]])[isb]
             R = np.full(N + 1, 1.0 / V) if not exclusion else 1.0 / np.maximum(V - distinct, 1)  # order -1
+            del cs
         else:
-            total, distinct, tt, f, base = _context_counts(prev, first, valid, N)
-            if exclusion:
-                _exclude(prev, first, total, distinct, tt, f, base, N, nb)
+            total, distinct = _context_counts(prev, first, valid, N, nb, exclusion)
             R = _fold(R, prev.count, prev.total, prev.distinct, distinct, V, exclusion)  # order k-1, now complete
-        prev = PPMOrder(count, total, distinct, vp, sp, run_start, pair_id, seen_before, n_pairs)
         ctx = np.concatenate(([0], pair_id[:N])).astype(np.int32)  # order-(k+1) context of t = order-k pair at t-1
+        prev = PPMOrder(count, total, distinct, vp, sp, run_start, pair_id, seen_before, n_pairs)
+        del count, total, distinct, vp, sp, run_start, pair_id, seen_before  # prev holds them (and drops them early)
     return _fold(R, prev.count, prev.total, prev.distinct, 0, V, exclusion)[1:N]
 
 
 def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
-    """The full PPM distribution (float64 [V]) for token index t >= 1, from tokens < t (direct, slow)."""
+    """The full PPM distribution (float64 [V]) for token index t >= 1, from tokens < t (direct, slow). Python API
+    for the auditor's probes and the tests (a run never calls it)."""
     x, V = np.asarray(tokens).astype(np.int64)[:t], int(vocab_size)
     b = np.flatnonzero(x[1:] == bos_id) + 1 if reset_doc else np.zeros(0, np.int64)
     h = x[int(b[-1]) if b.size else 0:]  # the segment: tokens counted since the last reset
