@@ -553,7 +553,7 @@ def flash_kernel(name: str, dense: Callable, varlen: Callable) -> Kernel:
             out = dense(q16, k16, v16, causal=True)
         else:  # the rows as one flat sequence of documents
             (cu, L), flat = docs, [t.flatten(0, 1) for t in (q16, k16, v16)]
-            out = varlen(*flat, cu, cu, L, L, causal=True)
+            out = varlen(*flat, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=L, max_seqlen_k=L, causal=True)
         return (out[0] if isinstance(out, tuple) else out).view_as(q).to(q.dtype)
     return Kernel(name, attend, lambda cu_seqlens, shape, max_len: (cu_seqlens, max_len))
 
