@@ -27,17 +27,18 @@ when any figure is over its tolerance (TOLERANCE).
 """
 from __future__ import annotations
 
+if not __package__:  # run as `python bench/bench_equiv.py`: the one bootstrap (bench/_path.py)
+    import _path  # noqa: F401
+
 import argparse
 import contextlib
 import os
 import sys
 import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import record_cpu  # noqa: E402
-import torch  # noqa: E402
+import torch
+
+from bench import common, record_cpu
 
 # The comparison configuration, in the record's variable names (the kit reads them as aliases or as its own).
 SMALL = {

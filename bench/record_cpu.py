@@ -22,7 +22,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-import common
+from bench import common
 
 STUB_MODULES = ("flash_attn_interface", "triton", "triton.language", "triton.tools", "triton.tools.tensor_descriptor")
 

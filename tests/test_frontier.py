@@ -447,7 +447,5 @@ def test_bench_equiv_without_the_record_is_one_error_line(tmp_path):
 @pytest.mark.skipif(not os.environ.get("PG_RECORD_1_0611"), reason="set PG_RECORD_1_0611 to the record's train_gpt.py")
 def test_bench_equiv_against_the_record():
     """~2 minutes on 2 cores: the whole comparison, looping on and off, within tolerance (exit 0)."""
-    import sys
-    sys.path.insert(0, str(ROOT / "bench"))
-    import bench_equiv
+    from bench import bench_equiv
     assert bench_equiv.main(["--other", os.environ["PG_RECORD_1_0611"]]) == 0
