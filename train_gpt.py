@@ -297,19 +297,19 @@ ALIASES = {(a if isinstance(a, str) else a[0]): (s, None if isinstance(a, str) e
 
 def read_setting(s: Setting, env) -> Any:
     """The setting's value from its own name or an alias (two different values for one setting are refused)."""
-    given = [(s.name, env[s.name])] if env.get(s.name, "") != "" else []
+    given = [(s.name, env[s.name], env[s.name])] if env.get(s.name, "") != "" else []
     for alias, (target, mapping) in ALIASES.items():
         if target is s and env.get(alias, "") != "":
             raw = env[alias] if mapping is None else mapping.get(env[alias])
             if raw is None:
                 raise ConfigError(f"{alias}={env[alias]!r}: use one of {', '.join(mapping)}")
-            given.append((alias, raw))
+            given.append((alias, env[alias], raw))
     if not given:
         return s.default
-    values = {s.parse(raw, name) for name, raw in given}
+    values = {s.parse(raw, name if raw == typed else f"{name}={typed!r}, i.e. {s.name}") for name, typed, raw in given}
     if len(values) > 1:
-        raise ConfigError(f"{' and '.join(f'{n}={r!r}' for n, r in given)} set the same setting to different "
-                          "values; set one")
+        raise ConfigError(f"{' and '.join(f'{n}={t!r}' for n, t, _ in given)} set {s.name} to different values; "
+                          "set one")
     return values.pop()
 
 
