@@ -138,10 +138,31 @@ def _install_tensor_methods() -> None:
     torch.Tensor.is_pinned = lambda self, *a, **k: False
 
 
+def _install_module_dtype() -> None:
+    """Modules asked to hold bfloat16/float16 weights keep float32 ones: on the CPU half-precision matmuls are
+    4-13x slower, and the probes compare an entry with itself, so the precision does not decide them."""
+    import torch
+    import torch.nn as nn
+
+    half = (torch.bfloat16, torch.float16)
+    to = nn.Module.to
+
+    def module_to(self, *args, **kwargs):
+        args = tuple(a for a in args if a not in half)
+        if kwargs.get("dtype") in half:
+            kwargs.pop("dtype")
+        return to(self, *args, **kwargs) if args or kwargs else self
+
+    nn.Module.to = module_to
+    nn.Module.bfloat16 = lambda self: self
+    nn.Module.half = lambda self: self
+
+
 def _install_cuda() -> None:
     import torch
 
     _install_tensor_methods()
+    _install_module_dtype()
 
     def _const(value):  # a distinct function per name: torch._dynamo's registry rejects one object under two names
         return lambda *a, **k: value

@@ -30,8 +30,8 @@ DOCS = 4                 # documents (BOS-led) in the first third of the stream;
 TINY = {
     "MODEL_DIM": "128", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "EMBED_DIM": "128",
     "TRAIN_SEQ_LEN": str(SEQ), "EVAL_SEQ_LEN": str(SEQ), "TTT_EVAL_SEQ_LEN": str(SEQ), "SEQ_LEN": str(SEQ),
-    "TRAIN_BATCH_TOKENS": str(16 * SEQ), "VAL_BATCH_SIZE": str(16 * SEQ), "VAL_BATCH_TOKENS": str(16 * SEQ),
-    "ITERATIONS": "2", "WARMUP_STEPS": "0", "WARMDOWN_ITERS": "1", "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "1",
+    "TRAIN_BATCH_TOKENS": str(8 * SEQ), "VAL_BATCH_SIZE": str(16 * SEQ), "VAL_BATCH_TOKENS": str(16 * SEQ),
+    "ITERATIONS": "1", "WARMUP_STEPS": "0", "WARMDOWN_ITERS": "1", "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "1",
     "MAX_WALLCLOCK_SECONDS": "0", "EVAL_STRIDE": "16", "EVAL_BATCH_SEQS": "8", "SLIDING_BATCH_SIZE": "8",
     "TTT_CHUNK_TOKENS": "128", "TTT_BATCH_SEQS": "4", "TTT_BATCH_SIZE": "4", "TTT_EPOCHS": "1",
     "GPTQ_CALIBRATION_BATCHES": "2", "GPTQ_CALIB_BATCHES": "2", "GPTQ_CALIB_SAMPLES": "2", "GPTQ_N_CALIB": "2",
@@ -100,14 +100,25 @@ def replace_from(stream: np.ndarray, cut: int, ordinary: np.ndarray, seed: int) 
     return out
 
 
+def _skip(folder: str, names: list[str]) -> set[str]:
+    """What is not copied with an entry: hidden and cache folders, links to folders (a repository's .venv), logs,
+    checkpoints and anything over 64 MB."""
+    out = set()
+    for n in names:
+        p = Path(folder) / n
+        if n.startswith(".") or n in ("__pycache__", "logs") or (p.is_symlink() and p.is_dir()) \
+                or n.endswith((".log", ".pt", ".ptz", ".png")) or (p.is_file() and p.stat().st_size > 64 * 2**20):
+            out.add(n)
+    return out
+
+
 def workspace(tmp: Path, entry_dir: Path, vocab: int = VOCAB) -> dict:
     """Lay out the entry, the data and the tokenizer under ``tmp``; returns the paths and stream facts."""
     from data.shards import write_shard
 
     model = tokenizer(vocab)
     ordinary, bos, size = ordinary_ids(model)
-    shutil.copytree(entry_dir, tmp / "entry", symlinks=False,
-                    ignore=shutil.ignore_patterns("*.log", "*.txt", "*.png", "*.pt", "*.ptz", "logs"))
+    shutil.copytree(entry_dir, tmp / "entry", symlinks=True, ignore=_skip)
     ds = tmp / "data" / "datasets" / f"fineweb10B_sp{size}"
     tk = tmp / "data" / "tokenizers"
     ds.mkdir(parents=True)
