@@ -128,8 +128,21 @@ def _ints(positions) -> list[int]:
         return [int(positions)]
 
 
+def check_sizes(n_tokens: int, seq_len: int, stride: int, seed: int = 0) -> None:
+    """Refuses sizes the probes cannot work with (ProbeError: a usage error, exit 2, before any work)."""
+    if seq_len < 2:
+        raise ProbeError(f"--seq-len must be at least 2, got {seq_len}")
+    if not 1 <= stride <= seq_len:
+        raise ProbeError(f"--stride must be between 1 and --seq-len ({seq_len}), got {stride}")
+    if not 4 <= n_tokens <= 1_000_000:
+        raise ProbeError(f"--tokens must be between 4 and 1000000, got {n_tokens}")
+    if seed < 0:
+        raise ProbeError(f"--seed must be >= 0, got {seed}")
+
+
 def run_probes(script: str | None = None, env: dict | None = None, n_tokens: int = 96, seq_len: int = 32,
                stride: int = 8, seed: int = 0) -> dict:
+    check_sizes(n_tokens, seq_len, stride, seed)
     import numpy as np
     import torch
 

@@ -184,26 +184,42 @@ def self_influence(runs: list[tuple[int, dict]], last: int) -> list[dict]:
     return out
 
 
-def coverage(base: dict, reported: float | None, exact: bool, n_targets: int) -> dict:
-    b = _by_pos(base)
-    if reported is None:
-        return {"probe": "score coverage", "status": NORUN,
+def coverage(base: dict, answers: list[tuple[dict, dict]], reported: dict, last: int) -> dict:
+    """Do the recorded scores make up the reported one? The reported val_loss of each ``answer@v`` run minus the
+    base run's, times the number of targets, must equal the change of the last recorded score at the last position
+    (only that position's score may change with its own token), to the precision the log prints."""
+    name = "score coverage"
+    if reported.get("base") is None:
+        return {"probe": name, "status": NORUN,
                 "detail": "the run printed no val_loss that could be read, so what the probes measured cannot be "
                           "tied to the entry's reported score"}
-    last = [v[-1] for p, v in b.items() if 1 <= p < n_targets + 1]
-    if not last:
-        return {"probe": "score coverage", "status": NORUN, "detail": "no recorded scores"}
-    mine = float(np.mean(last))
-    tol = 2e-5 if exact else 6e-5
-    ok = abs(mine - reported) <= tol + 1e-6 * abs(reported) and len(last) == n_targets
-    detail = (f"reported val_loss {reported:.8g}; mean of the last recorded score of each of {len(last)}/{n_targets} "
-              f"positions {mine:.8g}")
-    if ok:
-        return {"probe": "score coverage", "status": PASS, "detail": detail + ": the probes measured the reported score"}
-    return {"probe": "score coverage", "status": NORUN,
-            "detail": detail + ": the reported score is not (only) made of the recorded per-token scores (a part "
-                               "computed outside them, e.g. a mixture in numpy or scoring inside a training "
-                               "forward, was not measured)"}
+    b = _by_pos(base)
+    unscored = [p for p in range(1, last + 1) if p not in b]
+    loss0, dec = reported["base"]
+    worst, checked = 0.0, 0
+    for run, rep in answers:
+        if rep is None:
+            return {"probe": name, "status": NORUN, "detail": f"run {run['name']} printed no val_loss"}
+        rec_b, rec_v = b.get(last, []), _by_pos(run["scores"]).get(last, [])
+        if not rec_b or not rec_v:
+            return {"probe": name, "status": NORUN, "detail": f"position {last} has no recorded score"}
+        d_rep = (rep[0] - loss0) * last
+        d_rec = rec_v[-1] - rec_b[-1]
+        tol = 2 * last * 10.0 ** -dec + 1e-3 * abs(d_rec)
+        worst = max(worst, abs(d_rep - d_rec) - tol)
+        checked += 1
+    detail = (f"reported val_loss {loss0:.{dec}f}; across {checked} answer runs the reported total moves with the "
+              f"recorded score of position {last}")
+    if unscored:
+        detail += f"; {len(unscored)} target position(s) never scored by a recorded call (first: {unscored[:5]})"
+    if worst <= 0 and not unscored:
+        return {"probe": name, "status": PASS, "detail": detail + ": the probes measured the reported score"}
+    return {"probe": name, "status": NORUN,
+            "detail": detail.split(";")[0] + (f"; the reported total does not follow the recorded score (off by up "
+                                              f"to {worst:.3g} nats beyond print precision)" if worst > 0 else "")
+            + (f"; {len(unscored)} target position(s) never scored by a recorded call" if unscored else "")
+            + ": part of the reported score is computed outside the recorded calls (e.g. a mixture in numpy, "
+              "scoring inside a training forward) and was not measured"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -211,11 +227,14 @@ def coverage(base: dict, reported: float | None, exact: bool, n_targets: int) ->
 
 
 def _reported(log: str):
+    """(final val_loss, decimals printed) from a run's output, or None."""
     from compliance.logparse import parse_text_log
     run = parse_text_log(log)
     if run.final is None:
-        return None, False
-    return float(run.final.val_loss), bool(run.final.exact)
+        return None
+    line = run.lines[run.final.line - 1] if 0 < run.final.line <= len(run.lines) else ""
+    m = re.search(r"val_loss[:=\s]+-?\d+\.(\d+)", line)
+    return float(run.final.val_loss), len(m.group(1)) if m else 4
 
 
 def _blocker(res: dict) -> str:
@@ -318,9 +337,10 @@ def probes(results: list[dict], runs: list[dict], n: int) -> list[dict]:
     last = n - 1
     ans = [(int(runs[0]["stream"][last]), base)] + [(r["answer"], by[r["name"]]) for r in runs if "answer" in r]
     out += self_influence(ans, last)
-    log = next(r["log"] for r in results if r["name"] == "base")
-    reported, exact = _reported(log)
-    out.append(coverage(base, reported, exact, n - 1))
+    reported = {r["name"]: _reported(r["log"]) for r in results}
+    answers = [(next(x for x in results if x["name"] == r["name"]), reported[r["name"]]) for r in runs
+               if "answer" in r]
+    out.append(coverage(base, answers, reported, last))
     return out
 
 

@@ -434,6 +434,14 @@ def _kernel(fn=None, **k):
     return fn if isinstance(fn, _Kernel) else _Kernel(fn)
 
 
+def _permissive(prefix: str):
+    def getattr_(name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything(f"{prefix}.{name}")
+    return getattr_
+
+
 def _triton_modules() -> dict:
     def decorator_factory(*a, **k):
         if a and callable(a[0]) and len(a) == 1 and not k:
@@ -451,7 +459,7 @@ def _triton_modules() -> dict:
     tri.cdiv = lambda a, b: -(-a // b)
     tri.next_power_of_2 = lambda n: 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
     lang = types.ModuleType("triton.language")
-    lang.__getattr__ = lambda name: _Anything(f"tl.{name}")  # type: ignore[attr-defined]
+    lang.__getattr__ = _permissive("tl")  # type: ignore[attr-defined]
     lang.constexpr = _Anything("tl.constexpr")
     tri.language = lang
     tools = types.ModuleType("triton.tools")
@@ -464,7 +472,7 @@ def _triton_modules() -> dict:
     for sub in ("runtime", "testing", "compiler", "language.extra", "language.math", "language.extra.cuda",
                 "language.extra.libdevice"):
         m = types.ModuleType(f"triton.{sub}")
-        m.__getattr__ = lambda name, _s=sub: _Anything(f"triton.{_s}.{name}")  # type: ignore[attr-defined]
+        m.__getattr__ = _permissive(f"triton.{sub}")  # type: ignore[attr-defined]
         mods[f"triton.{sub}"] = m
     tri.runtime, tri.testing, tri.compiler = mods["triton.runtime"], mods["triton.testing"], mods["triton.compiler"]
     return mods
