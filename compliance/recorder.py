@@ -160,19 +160,22 @@ class Recorder:
 
     # -- the result ---------------------------------------------------------------------------------------------
     def finish(self) -> dict:
-        """Scores in computation order: {"pos": [...], "val": [...], "rows": {pos: [...]}, "trained_calls": n}."""
-        pos, val, rows, trained = [], [], {}, 0
+        """Scores in computation order: {"pos", "val", "call" (index of the recorded call of each score), "rows":
+        {pos: [log-probs per computation]}, "score_calls", "trained_calls"}."""
+        pos, val, call, rows, trained = [], [], [], {}, 0
         for ev in self.events:
             if ev["trained"]:
                 trained += 1
                 continue
+            call.append(np.full(len(ev["pos"]), len(pos), dtype=np.int64))
             pos.append(ev["pos"])
             val.append(ev["val"])
             for p, r in ev["rows"].items():
                 rows.setdefault(str(p), []).append(r.tolist())
         self.events = []
-        return {"pos": np.concatenate(pos).tolist() if pos else [], "val": np.concatenate(val).tolist() if val else [],
-                "rows": rows, "score_calls": len(pos), "trained_calls": trained}
+        cat = (lambda xs: np.concatenate(xs).tolist() if xs else [])
+        return {"pos": cat(pos), "val": cat(val), "call": cat(call), "rows": rows, "score_calls": len(pos),
+                "trained_calls": trained}
 
 
 def _last_dim(args, kwargs, out) -> bool:

@@ -52,20 +52,39 @@ def test_index_places_overlapping_windows_and_ignores_other_tokens():
 
 # ---- probe arithmetic ------------------------------------------------------------------------------------------
 
-def rec(pos, val, rows=None):
-    return {"pos": list(pos), "val": list(val), "rows": rows or {}, "score_calls": 1, "trained_calls": 0}
+def rec(pos, val, rows=None, call=None):
+    pos = list(pos)
+    return {"pos": pos, "val": list(val), "rows": rows or {}, "call": call or [0] * len(pos), "score_calls": 1,
+            "trained_calls": 0}
 
 
 def test_future_suffix_flags_changed_prefix_scores_and_counts():
     base = rec(range(1, 11), [1.0] * 10)
     same = rec(range(1, 11), [1.0] * 5 + [9.0] * 5)          # only positions >= 6 change
     leak = rec(range(1, 11), [1.0, 1.0, 1.5, 1.0, 1.0] + [9.0] * 5)  # position 3 changed with a cut at 6
-    twice = rec(list(range(1, 11)) + [2], [1.0] * 11)
+    missing = rec(range(1, 11), [1.0, 1.0, 1.0, 1.0] + [9.0] * 6)
+    missing["pos"], missing["val"], missing["call"] = missing["pos"][1:], missing["val"][1:], missing["call"][1:]
     assert future_suffix(base, [(6, same, "cut@6")])["status"] == "pass"
     bad = future_suffix(base, [(6, leak, "cut@6")])
     assert bad["status"] == "fail" and bad["positions"] == [3] and abs(bad["effect"] - 0.5) < 1e-12
-    assert future_suffix(base, [(6, twice, "cut@6")])["status"] == "fail"
+    assert future_suffix(base, [(6, missing, "cut@6")])["status"] == "fail"
     assert future_suffix(rec([], []), [(6, same, "c")])["status"] == "could-not-run"
+
+
+def test_future_suffix_ignores_recomputations_after_the_cut_was_scored_but_not_new_passes():
+    # two windows per pass: positions 1-6, then 3-8 (positions 3-5 recomputed and thrown away); two passes
+    pos = [1, 2, 3, 4, 5, 6, 3, 4, 5, 6, 7, 8] * 2
+    call = [0] * 6 + [1] * 6 + [2] * 6 + [3] * 6
+    base = rec(pos, [1.0] * 24, call=call)
+    ttt = rec(pos, [1.0] * 6 + [2.0] * 6 + [1.0] * 6 + [2.0] * 6, call=call)  # window 2 after training on 5..6
+    assert future_suffix(base, [(5, ttt, "cut@5")])["status"] == "pass"
+    # the second pass (e.g. after training on everything) changes a first score of position 2: caught
+    rescore = rec(pos, [1.0] * 12 + [1.0, 1.5] + [1.0] * 10, call=call)
+    r = future_suffix(base, [(5, rescore, "cut@5")])
+    assert r["status"] == "fail" and r["positions"] == [2]
+    # a recomputation before the pass reached the cut must not change either
+    early = rec(pos, [1.0] * 6 + [1.2] + [1.0] * 17, call=call)
+    assert future_suffix(base, [(7, early, "cut@7")])["status"] == "fail"
 
 
 def test_self_influence_sum_and_moving_distribution():
