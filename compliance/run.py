@@ -211,42 +211,60 @@ def self_influence(runs: list[tuple[int, dict]], last: int) -> list[dict]:
     return out
 
 
-def coverage(base: dict, answers: list[tuple[dict, dict]], reported: dict, last: int) -> dict:
-    """Do the recorded scores make up the reported one? The reported val_loss of each ``answer@v`` run minus the
-    base run's, times the number of targets, must equal the change of the last recorded score at the last position
-    (only that position's score may change with its own token), to the precision the log prints."""
-    name = "score coverage"
+def coverage(base: dict, answers: list[tuple[dict, dict]], reported: dict, last: int) -> list[dict]:
+    """Is the reported score made of the recorded ones, and is the last target counted once?
+
+    Across the ``answer@v`` runs only the last position's score may change (future-suffix invariance covers the
+    rest), so the reported val_loss must move by w * (change of its recorded score), with one weight w for every v:
+    then the probes measured what the entry reports (``score coverage``). A mean over the n targets, each scored
+    once, has w = 1/n (``scored once``); a larger weight means the last target is counted more than once."""
+    cov, once = "score coverage", "scored once"
     if reported.get("base") is None:
-        return {"probe": name, "status": NORUN,
-                "detail": "the run printed no val_loss that could be read, so what the probes measured cannot be "
-                          "tied to the entry's reported score"}
+        why = "the run printed no val_loss that could be read, so the reported score cannot be tied to the recorded one"
+        return [{"probe": cov, "status": NORUN, "detail": why}, {"probe": once, "status": NORUN, "detail": why}]
     b = _by_pos(base)
-    unscored = [p for p in range(1, last + 1) if p not in b]
     loss0, dec = reported["base"]
-    worst, checked = 0.0, 0
+    unscored = [p for p in range(1, last + 1) if p not in b]
+    weights, slack = [], []
     for run, rep in answers:
-        if rep is None:
-            return {"probe": name, "status": NORUN, "detail": f"run {run['name']} printed no val_loss"}
         rec_b, rec_v = b.get(last, []), _by_pos(run["scores"]).get(last, [])
-        if not rec_b or not rec_v:
-            return {"probe": name, "status": NORUN, "detail": f"position {last} has no recorded score"}
-        d_rep = (rep[0] - loss0) * last
+        if rep is None or not rec_b or not rec_v:
+            why = f"run {run['name']} printed no val_loss" if rep is None else f"position {last} was not recorded"
+            return [{"probe": cov, "status": NORUN, "detail": why}, {"probe": once, "status": NORUN, "detail": why}]
         d_rec = rec_v[-1] - rec_b[-1]
-        tol = 2 * last * 10.0 ** -dec + 1e-3 * abs(d_rec)
-        worst = max(worst, abs(d_rep - d_rec) - tol)
-        checked += 1
-    detail = (f"reported val_loss {loss0:.{dec}f}; across {checked} answer runs the reported total moves with the "
-              f"recorded score of position {last}")
-    if unscored:
-        detail += f"; {len(unscored)} target position(s) never scored by a recorded call (first: {unscored[:5]})"
-    if worst <= 0 and not unscored:
-        return {"probe": name, "status": PASS, "detail": detail + ": the probes measured the reported score"}
-    return {"probe": name, "status": NORUN,
-            "detail": detail.split(";")[0] + (f"; the reported total does not follow the recorded score (off by up "
-                                              f"to {worst:.3g} nats beyond print precision)" if worst > 0 else "")
-            + (f"; {len(unscored)} target position(s) never scored by a recorded call" if unscored else "")
-            + ": part of the reported score is computed outside the recorded calls (e.g. a mixture in numpy, "
-              "scoring inside a training forward) and was not measured"}
+        if abs(d_rec) < 1e-6:
+            continue
+        weights.append((rep[0] - loss0) / d_rec * last)          # the last target's weight, in units of 1/n
+        slack.append(2 * last * 10.0 ** -rep[1] / abs(d_rec) + 0.01)
+    if not weights:
+        why = "the last target's recorded score did not change with the target"
+        return [{"probe": cov, "status": NORUN, "detail": why}, {"probe": once, "status": NORUN, "detail": why}]
+    spread = max(weights) - min(weights)
+    w = sum(weights) / len(weights)
+    tol = max(slack)
+    lead = f"reported val_loss {loss0:.{dec}f}; over {len(weights)} answer run(s) it moves with the recorded score " \
+           f"of position {last} with weight {w:.4g}/{last}"
+    out = []
+    if spread <= 2 * tol and not unscored:
+        out.append({"probe": cov, "status": PASS, "detail": lead + ": the probes measured the reported score"})
+    else:
+        why = (f"the reported score does not follow the recorded one (weights {min(weights):.4g}..{max(weights):.4g}"
+               f"/{last})" if spread > 2 * tol else
+               f"{len(unscored)} target position(s) never scored by a recorded call (first: {unscored[:5]})")
+        out.append({"probe": cov, "status": NORUN,
+                    "detail": f"{lead}; {why}: part of the reported score is computed outside the recorded calls "
+                              "(e.g. a mixture in numpy, scoring inside a training forward) and was not measured"})
+    if spread > 2 * tol:
+        out.append({"probe": once, "status": NORUN, "detail": "needs score coverage"})
+    elif abs(w - 1) <= tol:
+        out.append({"probe": once, "status": PASS, "detail": f"the last target weighs {w:.4f}/{last} in the "
+                                                            "reported mean: counted once"})
+    else:
+        out.append({"probe": once, "status": FAIL, "effect": w,
+                    "detail": f"the last target weighs {w:.3f}/{last} in the reported mean instead of 1/{last}: it "
+                              f"is counted about {round(w)} times (the end of the stream is scored more than once, or "
+                              "the mean is over a different number of targets)"})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -313,7 +331,8 @@ def audit(entry: Path, settings: dict | None = None, limits: sandbox.Limits | No
                 return report
             rfile = tmp / "result.json"
             result = json.loads(rfile.read_text()) if rfile.is_file() else {"runs": []}
-            rfile.unlink(missing_ok=True)
+            if rfile.is_file():
+                rfile.rename(tmp / f"result.{i + 1}.json")
             if timed_out:
                 report["blocked"] = f"the runs exceeded the wall-clock limit of {limits.wall_s:.0f} s"
                 break
@@ -367,7 +386,7 @@ def probes(results: list[dict], runs: list[dict], n: int) -> list[dict]:
     reported = {r["name"]: _reported(r["log"]) for r in results}
     answers = [(next(x for x in results if x["name"] == r["name"]), reported[r["name"]]) for r in runs
                if "answer" in r]
-    out.append(coverage(base, answers, reported, last))
+    out += coverage(base, answers, reported, last)
     return out
 
 

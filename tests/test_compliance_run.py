@@ -108,12 +108,19 @@ def test_self_influence_sum_and_moving_distribution():
 def test_coverage_ties_the_reported_score_to_the_recorded_one():
     last = 4
     base = rec(range(1, 5), [1.0, 1.0, 1.0, 2.0])
-    runs = [{"name": "answer@1", "scores": rec(range(1, 5), [1.0, 1.0, 1.0, 3.0])}]
+    runs = [{"name": f"answer@{i}", "scores": rec(range(1, 5), [1.0, 1.0, 1.0, x])} for i, x in ((1, 3.0), (2, 4.0))]
     good = {"base": (1.25, 8)}
-    assert coverage(base, [(runs[0], (1.5, 8))], good, last)["status"] == "pass"
+
+    def st(res):
+        return [r["status"] for r in res]
+
+    assert st(coverage(base, [(runs[0], (1.5, 8)), (runs[1], (1.75, 8))], good, last)) == ["pass", "pass"]
     # the reported total moves by something else than the recorded score (a mixture outside torch)
-    assert coverage(base, [(runs[0], (1.3, 8))], good, last)["status"] == "could-not-run"
-    assert coverage(base, [(runs[0], (1.5, 8))], {"base": None}, last)["status"] == "could-not-run"
+    assert st(coverage(base, [(runs[0], (1.3, 8)), (runs[1], (1.9, 8))], good, last)) == ["could-not-run"] * 2
+    # it follows the recorded score, but the last target counts twice
+    twice = coverage(base, [(runs[0], (1.75, 8)), (runs[1], (2.25, 8))], good, last)
+    assert st(twice) == ["pass", "fail"] and "counted about 2 times" in twice[1]["detail"]
+    assert st(coverage(base, [(runs[0], (1.5, 8))], {"base": None}, last)) == ["could-not-run"] * 2
 
 
 # ---- the shims, in a process of their own (they change torch globally) -----------------------------------------
@@ -184,7 +191,8 @@ def test_honest_entry_with_score_first_ttt_passes():
     rep = audit(ENTRY, {"LEAK": "legal_ttt"}, **FAST)
     assert rep["verdict"] == "pass", (rep.get("blocked"), rep["probes"])
     assert exit_code(rep) == EXIT_PASS
-    assert set(statuses(rep)) == {"future-suffix invariance", "self-influence (answer mask)", "score coverage"}
+    assert set(statuses(rep)) == {"future-suffix invariance", "self-influence (answer mask)", "score coverage",
+                                  "scored once"}
     assert all(r["trained_calls"] > 0 for r in rep["runs"])  # the TTT steps were seen, and not taken for scores
 
 
