@@ -51,16 +51,20 @@ def main(args) -> int:
     if not 1 <= args.answers <= 64:
         return _usage(f"--answers must be between 1 and 64, got {args.answers}")
     for e in args.entries:
-        try:
-            resolve_script(Path(e))
-        except RunUsageError as exc:
-            return _usage(str(exc))
+        if not Path(e).exists() or len(args.entries) == 1:   # in a survey, a folder without a script is a finding
+            try:
+                resolve_script(Path(e))
+            except RunUsageError as exc:
+                return _usage(str(exc))
     limits = Limits(wall_s=args.timeout, cpu_s=int(args.timeout * 2) + 60)
     reports, codes = [], []
     for e in args.entries:
         progress = (lambda m: sys.stderr.write(m + "\n")) if len(args.entries) > 1 else None
-        rep = audit(Path(e), settings, limits, answers=args.answers, keep=Path(args.keep) if args.keep else None,
-                    progress=progress)
+        try:
+            rep = audit(Path(e), settings, limits, answers=args.answers,
+                        keep=Path(args.keep) if args.keep else None, progress=progress)
+        except RunUsageError as exc:
+            rep = {"entry": e, "script": "", "verdict": "incomplete", "probes": [], "notes": [], "blocked": str(exc)}
         reports.append(rep)
         codes.append(exit_code(rep))
         if not args.json:

@@ -134,6 +134,18 @@ def enter(writable: Path, limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def check() -> str | None:
+    """None when this machine can build the sandbox, else the reason (a throwaway child tries it)."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="compliance-sandbox-check-") as d:
+        code = ("import sys; from pathlib import Path; from compliance import sandbox\n"
+                "try:\n    sandbox.enter(Path(sys.argv[1]), sandbox.Limits())\n"
+                "except (sandbox.SandboxError, OSError) as e:\n    print(e); sys.exit(sandbox.REFUSED)\n")
+        res = subprocess.run([sys.executable, "-c", code, d], env=child_env(Path(d)), capture_output=True, text=True,
+                             timeout=60)
+    return None if res.returncode == 0 else (res.stdout.strip() or res.stderr.strip()[-300:] or "unknown")
+
+
 def child_env(tmp: Path) -> dict[str, str]:
     """The environment the worker starts with: only what Python needs, caches and HOME inside the temp dir."""
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "PYTHONHASHSEED") if k in os.environ}

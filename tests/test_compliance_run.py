@@ -18,7 +18,7 @@ from compliance.cli import main as cli  # noqa: E402
 from compliance.recorder import StreamIndex  # noqa: E402
 from compliance.run import (EXIT_FAIL, EXIT_INCOMPLETE, EXIT_PASS, audit, coverage, exit_code,  # noqa: E402
                             future_suffix, self_influence)
-from compliance.sandbox import Limits  # noqa: E402
+from compliance.sandbox import Limits, check  # noqa: E402
 
 RUN_DIR = ROOT / "tests" / "fixtures" / "compliance" / "run"
 ENTRY = RUN_DIR / "tiny_entry.py"
@@ -185,8 +185,18 @@ def test_shims_compute_what_the_gpu_code_computes():
 # ---- end to end, sandboxed -------------------------------------------------------------------------------------
 
 FAST = dict(answers=2, limits=Limits(wall_s=300, cpu_s=600))
+_WHY = check()
+sandboxed = pytest.mark.skipif(_WHY is not None, reason=f"this machine cannot build the sandbox: {_WHY}")
 
 
+@sandboxed
+def test_kit_train_gpt_passes_with_score_first_ttt():
+    rep = audit(ROOT / "train_gpt.py", {"TTT": "1", "TTT_CHUNK_TOKENS": "256"}, answers=1,
+                limits=Limits(wall_s=400, cpu_s=800))
+    assert rep["verdict"] == "pass", (rep.get("blocked"), rep["probes"])
+
+
+@sandboxed
 def test_honest_entry_with_score_first_ttt_passes():
     rep = audit(ENTRY, {"LEAK": "legal_ttt"}, **FAST)
     assert rep["verdict"] == "pass", (rep.get("blocked"), rep["probes"])
@@ -196,6 +206,7 @@ def test_honest_entry_with_score_first_ttt_passes():
     assert all(r["trained_calls"] > 0 for r in rep["runs"])  # the TTT steps were seen, and not taken for scores
 
 
+@sandboxed
 @pytest.mark.parametrize("leak, caught_by", [
     ("adapt", ["future-suffix invariance", "self-influence (answer mask)"]),
     ("cache", ["future-suffix invariance", "self-influence (answer mask)"]),
@@ -213,6 +224,7 @@ def test_each_violation_is_caught(leak, caught_by):
         assert fs["positions"] and fs["effect"] > 1e-4
 
 
+@sandboxed
 def test_sandbox_keeps_the_entry_off_the_network_and_the_file_system(tmp_path):
     marker = tmp_path / "escaped.txt"
     keep = tmp_path / "kept"
@@ -225,6 +237,7 @@ def test_sandbox_keeps_the_entry_off_the_network_and_the_file_system(tmp_path):
     assert rep["verdict"] == "incomplete" and exit_code(rep) == EXIT_INCOMPLETE
 
 
+@sandboxed
 def test_wall_clock_limit_stops_a_hanging_entry():
     rep = audit(ESCAPE, {"ESCAPE": "hang"}, answers=1, limits=Limits(wall_s=8, cpu_s=60))
     assert rep["verdict"] == "incomplete" and "wall-clock limit" in rep["blocked"]
