@@ -5,11 +5,14 @@ A score is read where the entry turns logits into a log-probability of a target:
 ``softmax`` result. Each such call's targets are located in the validation stream (unique 6-grams of the random
 stream, extended while they keep matching), so every recorded value carries the position of the token it scores,
 whatever the batching, windowing or document packing of the entry. Targets that are not validation tokens (training
-batches) are dropped. A call whose result is later back-propagated is training (its values are not scores); the
-others are scores, in the order the entry computed them.
+batches) are dropped. A call whose result is later back-propagated is training (its values are not scores), unless
+its per-token result was read for something else first (detached, or used with gradients off: one forward that is
+scored, then trained on); the others are scores, in the order the entry computed them.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -77,17 +80,24 @@ class Recorder:
         self.pick = {torch.gather, torch.Tensor.gather, torch.take_along_dim, torch.Tensor.take_along_dim,
                      torch.Tensor.__getitem__}
         self.watch_all = self.ce | self.nll | self.logp | self.prob | self.pick
+        T = torch.Tensor
+        self.shape_ops = {T.reshape, T.view, T.squeeze, T.unsqueeze, T.flatten, T.float, T.double, T.to, T.contiguous,
+                          T.__getitem__, torch.reshape, torch.flatten, torch.squeeze, T.view_as, T.reshape_as}
         self.index: StreamIndex | None = None
         self.events: list[dict] = []
         self.watch: set[int] = set()
+        self.live: dict[int, tuple] = {}   # id(per-token result that requires grad) -> (weakref, event)
 
     def start(self, stream, watch=()) -> None:
         self.index = StreamIndex(np.asarray(stream))
         self.events = []
+        self.live = {}
         self.watch = set(int(w) for w in watch)
 
     # -- the hook ---------------------------------------------------------------------------------------------
     def __call__(self, func, args, kwargs, out) -> None:
+        if self.live:
+            self._read(func, args, out)
         if func not in self.watch_all or self.index is None:
             return
         torch = self.torch
@@ -104,6 +114,19 @@ class Recorder:
                 self._pick(func, args, kwargs, out)
         except Exception:  # noqa: BLE001 - recording never changes what the entry computes
             return
+
+    def _read(self, func, args, out) -> None:
+        """A per-token result that requires grad (or a reshaped view of it), read with gradients off or detached
+        before any backward through it: its values were used as scores."""
+        torch = self.torch
+        a = args[0] if args else None
+        hit = self.live.get(id(a)) if isinstance(a, torch.Tensor) else None
+        if hit is None or hit[0]() is not a or hit[1]["trained"]:
+            return
+        if not torch.is_grad_enabled() or func is torch.Tensor.detach:
+            hit[1]["read"] = True
+        elif func in self.shape_ops and isinstance(out, torch.Tensor) and out.requires_grad:
+            self.live[id(out)] = (weakref.ref(out), hit[1])
 
     def _ce(self, args, kwargs, out, log_probs: bool) -> None:
         torch = self.torch
@@ -151,12 +174,14 @@ class Recorder:
         sel = torch.from_numpy(np.nonzero(keep)[0])
         tt = torch.from_numpy(t[keep])
         vals = -logp_rows[sel].gather(1, tt[:, None]).squeeze(1)
-        ev = {"pos": pos[keep], "val": vals.numpy().copy(), "trained": False, "rows": {}}
+        ev = {"pos": pos[keep], "val": vals.numpy().copy(), "trained": False, "read": False, "rows": {}}
         for i in np.nonzero(np.isin(pos, list(self.watch)))[0] if self.watch else []:
             ev["rows"][int(pos[i])] = logp_rows[int(i)].numpy().copy()
         self.events.append(ev)
         if isinstance(out, torch.Tensor) and out.requires_grad:
             out.register_hook(lambda g, ev=ev: ev.__setitem__("trained", True))
+            if out.numel() == len(t):
+                self.live[id(out)] = (weakref.ref(out), ev)
 
     # -- the result ---------------------------------------------------------------------------------------------
     def finish(self) -> dict:
@@ -166,13 +191,15 @@ class Recorder:
         for ev in self.events:
             if ev["trained"]:
                 trained += 1
-                continue
+                if not ev["read"]:
+                    continue
             call.append(np.full(len(ev["pos"]), len(pos), dtype=np.int64))
             pos.append(ev["pos"])
             val.append(ev["val"])
             for p, r in ev["rows"].items():
                 rows.setdefault(str(p), []).append(r.tolist())
         self.events = []
+        self.live = {}
         cat = (lambda xs: np.concatenate(xs).tolist() if xs else [])
         return {"pos": cat(pos), "val": cat(val), "call": cat(call), "rows": rows, "score_calls": len(pos),
                 "trained_calls": trained}

@@ -25,17 +25,6 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _write_val(path: Path, tokens) -> None:
-    import numpy as np
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = (20240520, 1, len(tokens))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype="<u2").tobytes())
-    os.replace(tmp, path)
-
-
 def _failure(exc: BaseException, script: Path) -> dict:
     """What stopped a run, in one line, plus where in the entry it happened."""
     from compliance.shim import ShimRefusal
@@ -125,6 +114,7 @@ def main(spec_path: str) -> int:
         return sandbox.REFUSED
     from compliance import shim
     from compliance.recorder import Recorder
+    from data.shards import write_shard
 
     mode = shim.install(triton=spec.get("triton", "missing"))
     recorder = Recorder()
@@ -133,7 +123,7 @@ def main(spec_path: str) -> int:
     val_path = Path(spec["val_path"])
     results = []
     for run in spec["runs"]:
-        _write_val(val_path, run["stream"])
+        write_shard(val_path, run["stream"])
         res = run_once(script, tmp / "runs" / run["name"], spec["env"], mode, recorder, run["stream"],
                        run.get("watch", []), tmp / "runs" / f"{run['name']}.log")
         res["name"] = run["name"]

@@ -50,6 +50,47 @@ def test_index_places_overlapping_windows_and_ignores_other_tokens():
     assert (idx2.locate(flat2) == np.concatenate([np.arange(101, 201), np.arange(141, 181)])).all()
 
 
+def test_recorder_keeps_scores_and_drops_training():
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    from compliance.recorder import Recorder
+
+    rec_ = Recorder()
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            rec_(func, args, kwargs or {}, out)
+            return out
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 50, (200,), generator=g)
+    w = torch.randn(50, 50, generator=g, requires_grad=True)
+    rec_.start(s.numpy(), watch=[199])
+    with Mode():
+        with torch.no_grad():                                     # 1. a score under no_grad, reduction none
+            F.cross_entropy(w[s[0:40]], s[1:41], reduction="none")
+        loss = F.cross_entropy(w[s[40:80]], s[41:81])             # 2. training: back-propagated, never read
+        loss.backward()
+        nll = F.cross_entropy(w[s[80:120]], s[81:121], reduction="none").view(5, 8)  # 3. scored, then trained on
+        with torch.no_grad():
+            total = nll[:, :].sum()
+        nll.mean().backward()
+        logp = torch.log_softmax(w[s[159:199]], dim=-1)           # 4. log_softmax + gather, with a full row at 199
+        (-logp.gather(-1, s[160:200, None])).sum()
+        F.cross_entropy(w[torch.arange(30)], torch.arange(1, 31))  # 5. targets that are not validation tokens
+    out = rec_.finish()
+    assert total > 0
+    assert out["trained_calls"] == 2 and out["score_calls"] == 3
+    assert sorted(out["pos"]) == list(range(1, 41)) + list(range(81, 121)) + list(range(160, 200))
+    ref = -torch.log_softmax(w.detach()[s[159:199]].double(), -1).gather(-1, s[160:200, None]).squeeze(1)
+    got = dict(zip(out["pos"], out["val"]))
+    assert max(abs(got[160 + i] - float(ref[i])) for i in range(40)) < 1e-6
+    assert len(out["rows"]["199"]) == 1 and len(out["rows"]["199"][0]) == 50
+
+
 # ---- probe arithmetic ------------------------------------------------------------------------------------------
 
 def rec(pos, val, rows=None, call=None):
