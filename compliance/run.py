@@ -211,59 +211,66 @@ def self_influence(runs: list[tuple[int, dict]], last: int) -> list[dict]:
     return out
 
 
-def coverage(base: dict, answers: list[tuple[dict, dict]], reported: dict, last: int) -> list[dict]:
+def coverage(base: dict, answers: list[tuple[dict, tuple | None]], reported: tuple | None, last: int) -> list[dict]:
     """Is the reported score made of the recorded ones, and is the last target counted once?
 
     Across the ``answer@v`` runs only the last position's score may change (future-suffix invariance covers the
-    rest), so the reported val_loss must move by w * (change of its recorded score), with one weight w for every v:
-    then the probes measured what the entry reports (``score coverage``). A mean over the n targets, each scored
-    once, has w = 1/n (``scored once``); a larger weight means the last target is counted more than once."""
+    rest), so the reported val_loss must move by w * (change of one of its recorded scores), with one weight w for
+    every v: then the probes measured what the entry reports (``score coverage``). A mean over the n targets, each
+    scored once, has w = 1/n (``scored once``). ``reported``: (val_loss, decimals printed) of the base run's final
+    score line; ``answers``: (run result, its (val_loss, decimals))."""
     cov, once = "score coverage", "scored once"
-    if reported.get("base") is None:
-        why = "the run printed no val_loss that could be read, so the reported score cannot be tied to the recorded one"
-        return [{"probe": cov, "status": NORUN, "detail": why}, {"probe": once, "status": NORUN, "detail": why}]
+
+    def both(status, why):
+        return [{"probe": cov, "status": status, "detail": why}, {"probe": once, "status": NORUN, "detail": why}]
+
+    if reported is None:
+        return both(NORUN, "the run printed no val_loss that could be read, so the reported score cannot be tied "
+                           "to the recorded one")
     b = _by_pos(base)
-    loss0, dec = reported["base"]
+    loss0, dec = reported
+    rec_b = b.get(last, [])
     unscored = [p for p in range(1, last + 1) if p not in b]
-    weights, slack = [], []
-    for run, rep in answers:
-        rec_b, rec_v = b.get(last, []), _by_pos(run["scores"]).get(last, [])
-        if rep is None or not rec_b or not rec_v:
-            why = f"run {run['name']} printed no val_loss" if rep is None else f"position {last} was not recorded"
-            return [{"probe": cov, "status": NORUN, "detail": why}, {"probe": once, "status": NORUN, "detail": why}]
-        d_rec = rec_v[-1] - rec_b[-1]
-        if abs(d_rec) < 1e-6:
-            continue
-        weights.append((rep[0] - loss0) / d_rec * last)          # the last target's weight, in units of 1/n
-        slack.append(2 * last * 10.0 ** -rep[1] / abs(d_rec) + 0.01)
-    if not weights:
-        why = "the last target's recorded score did not change with the target"
-        return [{"probe": cov, "status": NORUN, "detail": why}, {"probe": once, "status": NORUN, "detail": why}]
-    spread = max(weights) - min(weights)
-    w = sum(weights) / len(weights)
-    tol = max(slack)
-    lead = f"reported val_loss {loss0:.{dec}f}; over {len(weights)} answer run(s) it moves with the recorded score " \
-           f"of position {last} with weight {w:.4g}/{last}"
-    out = []
-    if spread <= 2 * tol and not unscored:
-        out.append({"probe": cov, "status": PASS, "detail": lead + ": the probes measured the reported score"})
-    else:
-        why = (f"the reported score does not follow the recorded one (weights {min(weights):.4g}..{max(weights):.4g}"
+    best = None
+    for k in range(len(rec_b)):
+        weights, slack = [], []
+        for run, rep in answers:
+            rec_v = _by_pos(run["scores"]).get(last, [])
+            if rep is None or len(rec_v) != len(rec_b):
+                return both(NORUN, f"run {run['name']} printed no val_loss" if rep is None else
+                            f"position {last} was scored {len(rec_v)} times in {run['name']}, {len(rec_b)} in base")
+            d_rec = rec_v[k] - rec_b[k]
+            if abs(d_rec) < 1e-6:
+                continue
+            weights.append((rep[0] - loss0) / d_rec * last)      # the last target's weight, in units of 1/n
+            slack.append(2 * last * 10.0 ** -min(rep[1], dec) / abs(d_rec) + 0.01)
+        if weights:
+            spread, tol = max(weights) - min(weights), max(slack)
+            if best is None or spread - 2 * tol < best[0] - 2 * best[1]:
+                best = (spread, tol, sum(weights) / len(weights), k, len(weights), weights)
+    if best is None:
+        return both(NORUN, f"position {last} has no recorded score that changes with its token")
+    spread, tol, w, k, m, weights = best
+    lead = (f"reported val_loss {loss0:.{dec}f}; over {m} answer run(s) it moves with recorded score #{k + 1} of "
+            f"position {last} with weight {w:.4g}/{last} (+-{tol:.2g})")
+    if tol > 0.5:
+        return both(NORUN, f"{lead}: the log prints val_loss with {dec} decimals, too few to tie the reported score "
+                           "to a recorded one")
+    if spread > 2 * tol or unscored:
+        why = (f"the reported score does not follow any recorded one (weights {min(weights):.4g}..{max(weights):.4g}"
                f"/{last})" if spread > 2 * tol else
                f"{len(unscored)} target position(s) never scored by a recorded call (first: {unscored[:5]})")
-        out.append({"probe": cov, "status": NORUN,
-                    "detail": f"{lead}; {why}: part of the reported score is computed outside the recorded calls "
-                              "(e.g. a mixture in numpy, scoring inside a training forward) and was not measured"})
-    if spread > 2 * tol:
-        out.append({"probe": once, "status": NORUN, "detail": "needs score coverage"})
-    elif abs(w - 1) <= tol:
+        return both(NORUN, f"{lead}; {why}: part of the reported score is computed outside the recorded calls (e.g. "
+                           "a mixture in numpy, scoring inside a training forward) and was not measured")
+    out = [{"probe": cov, "status": PASS, "detail": lead + ": the probes measured the reported score"}]
+    if abs(w - 1) <= tol:
         out.append({"probe": once, "status": PASS, "detail": f"the last target weighs {w:.4f}/{last} in the "
                                                             "reported mean: counted once"})
     else:
         out.append({"probe": once, "status": FAIL, "effect": w,
-                    "detail": f"the last target weighs {w:.3f}/{last} in the reported mean instead of 1/{last}: it "
-                              f"is counted about {round(w)} times (the end of the stream is scored more than once, or "
-                              "the mean is over a different number of targets)"})
+                    "detail": f"the last target weighs {w:.3f}/{last} in the reported mean instead of 1/{last}: "
+                              f"counted about {w:.2g} times (the end of the stream is scored more than once, or the "
+                              "mean is over a different number of targets)"})
     return out
 
 
@@ -272,14 +279,18 @@ def coverage(base: dict, answers: list[tuple[dict, dict]], reported: dict, last:
 
 
 def _reported(log: str):
-    """(final val_loss, decimals printed) from a run's output, or None."""
+    """(val_loss, decimals printed) of the last score line of a run's output (its `_exact` twin when the line has
+    one), or None."""
     from compliance.logparse import parse_text_log
     run = parse_text_log(log)
-    if run.final is None:
+    if not run.scores:
         return None
-    line = run.lines[run.final.line - 1] if 0 < run.final.line <= len(run.lines) else ""
+    sc = run.scores[-1]
+    twin = [x for x in run.scores if x.exact and x.metric.replace("_exact", "") == sc.metric.replace("_exact", "")]
+    sc = twin[-1] if twin else sc
+    line = run.lines[sc.line - 1] if 0 < sc.line <= len(run.lines) else ""
     m = re.search(r"val_loss[:=\s]+-?\d+\.(\d+)", line)
-    return float(run.final.val_loss), len(m.group(1)) if m else 4
+    return float(sc.val_loss), len(m.group(1)) if m else 4
 
 
 def _blocker(res: dict) -> str:
@@ -386,7 +397,7 @@ def probes(results: list[dict], runs: list[dict], n: int) -> list[dict]:
     reported = {r["name"]: _reported(r["log"]) for r in results}
     answers = [(next(x for x in results if x["name"] == r["name"]), reported[r["name"]]) for r in runs
                if "answer" in r]
-    out += coverage(base, answers, reported, last)
+    out += coverage(base, answers, reported["base"], last)
     return out
 
 

@@ -148,20 +148,24 @@ def test_self_influence_sum_and_moving_distribution():
 
 def test_coverage_ties_the_reported_score_to_the_recorded_one():
     last = 4
-    base = rec(range(1, 5), [1.0, 1.0, 1.0, 2.0])
-    runs = [{"name": f"answer@{i}", "scores": rec(range(1, 5), [1.0, 1.0, 1.0, x])} for i, x in ((1, 3.0), (2, 4.0))]
-    good = {"base": (1.25, 8)}
+    base = rec([1, 2, 3, 4, 4], [1.0, 1.0, 1.0, 2.0, 5.0])   # position 4 scored by two evaluations
+    runs = [{"name": f"answer@{i}", "scores": rec([1, 2, 3, 4, 4], [1.0, 1.0, 1.0, x, 5.0 + d])}
+            for i, x, d in ((1, 3.0, 0.5), (2, 4.0, 3.0))]
 
     def st(res):
         return [r["status"] for r in res]
 
-    assert st(coverage(base, [(runs[0], (1.5, 8)), (runs[1], (1.75, 8))], good, last)) == ["pass", "pass"]
-    # the reported total moves by something else than the recorded score (a mixture outside torch)
-    assert st(coverage(base, [(runs[0], (1.3, 8)), (runs[1], (1.9, 8))], good, last)) == ["could-not-run"] * 2
-    # it follows the recorded score, but the last target counts twice
-    twice = coverage(base, [(runs[0], (1.75, 8)), (runs[1], (2.25, 8))], good, last)
+    # the reported mean follows the first evaluation's score of position 4
+    res = coverage(base, [(runs[0], (1.5, 8)), (runs[1], (1.75, 8))], (1.25, 8), last)
+    assert st(res) == ["pass", "pass"] and "recorded score #1" in res[0]["detail"]
+    # ... or the second one's
+    assert st(coverage(base, [(runs[0], (2.125, 8)), (runs[1], (2.75, 8))], (2.0, 8), last)) == ["pass", "pass"]
+    # it follows neither (a mixture computed outside torch)
+    assert st(coverage(base, [(runs[0], (1.3, 8)), (runs[1], (1.9, 8))], (1.25, 8), last)) == ["could-not-run"] * 2
+    # it follows the first one, but the last target counts twice
+    twice = coverage(base, [(runs[0], (1.75, 8)), (runs[1], (2.25, 8))], (1.25, 8), last)
     assert st(twice) == ["pass", "fail"] and "counted about 2 times" in twice[1]["detail"]
-    assert st(coverage(base, [(runs[0], (1.5, 8))], {"base": None}, last)) == ["could-not-run"] * 2
+    assert st(coverage(base, [(runs[0], (1.5, 8))], None, last)) == ["could-not-run"] * 2
 
 
 # ---- the shims, in a process of their own (they change torch globally) -----------------------------------------
