@@ -29,6 +29,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -300,7 +301,10 @@ def _blocker(res: dict) -> str:
     if f.get("kind") == "missing-module":
         return f"needs the module `{f.get('module') or msg}`, which is not installed{where}"
     if f.get("kind") == "syntax":
-        return f"the script does not parse on this Python ({msg}){where}"
+        hint = ""
+        if "f-string" in msg and sys.version_info < (3, 12):
+            hint = f"; nested quotes in f-strings need Python >= 3.12 (PEP 701), this is {sys.version.split()[0]}"
+        return f"the script does not parse on this Python ({msg}){where}{hint}"
     return f"{msg}{where}"
 
 

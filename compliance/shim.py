@@ -3,7 +3,8 @@
 * CUDA: ``torch.cuda`` answers as one visible device (``is_available``, ``set_device``, ``synchronize``, memory
   statistics, events, streams, device properties of an H100); a torch-function mode sends every tensor that asks for
   a CUDA device to the CPU (``device=`` arguments, ``.to("cuda")``, ``.cuda()``, ``pin_memory``). Autocast to CUDA
-  and CUDA gradient scalers are switched off, so the entry computes in float32 on the CPU.
+  and CUDA gradient scalers are switched off and modules asked for bfloat16/float16 weights keep float32 ones, so
+  the entry computes in float32 on the CPU.
 * ``torch.compile`` is the identity (as a call and as a decorator, with or without options).
 * ``torch.distributed``: a single process (rank 0 of 1): ``init_process_group`` succeeds, collectives leave their
   tensors as they are (``all_gather*`` copies), ``DistributedDataParallel`` forwards to the wrapped module.
