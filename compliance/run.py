@@ -212,14 +212,43 @@ def self_influence(runs: list[tuple[int, dict]], last: int) -> list[dict]:
     return out
 
 
+def _fit(rec_b: list[float], answers: list[tuple[list[float], float]], loss0: float, dec: int, last: int):
+    """The run of consecutive recorded scores of the last position whose summed change the reported val_loss
+    follows: (misfit, tolerance, weight, first, count, weights) or None. Of the runs that fit (misfit <= 0) the one
+    whose weight is nearest 1/n (a plain mean) is taken: when an evaluation scores the position in several windows
+    with the same context, one of them fits as well as their sum."""
+    fits, best = [], None
+    n = len(rec_b)
+    for i in range(n):
+        for j in range(i + 1, n + 1):
+            weights, slack = [], []
+            for rec_v, rep in answers:
+                d_rec = sum(rec_v[i:j]) - sum(rec_b[i:j])
+                if abs(d_rec) < 1e-6:
+                    continue
+                weights.append((rep[0] - loss0) / d_rec * last)   # weight of one scoring of it, in units of 1/n
+                slack.append(2 * last * 10.0 ** -min(rep[1], dec) / abs(d_rec) + 0.01)
+            if len(weights) < 2:
+                continue
+            tol = max(slack)
+            w = sum(weights) / len(weights)
+            cand = (max(weights) - min(weights) - 2 * tol, tol, w, i, j - i, weights)
+            if cand[0] <= 0 and w > 0:
+                fits.append(cand)
+            if best is None or cand[0] < best[0] - 1e-9:
+                best = cand
+    return min(fits, key=lambda c: abs(math.log(c[2]))) if fits else best
+
+
 def coverage(base: dict, answers: list[tuple[dict, tuple | None]], reported: tuple | None, last: int) -> list[dict]:
     """Is the reported score made of the recorded ones, and is the last target counted once?
 
-    Across the ``answer@v`` runs only the last position's score may change (future-suffix invariance covers the
-    rest), so the reported val_loss must move by w * (change of one of its recorded scores), with one weight w for
-    every v: then the probes measured what the entry reports (``score coverage``). A mean over the n targets, each
-    scored once, has w = 1/n (``scored once``). ``reported``: (val_loss, decimals printed) of the base run's final
-    score line; ``answers``: (run result, its (val_loss, decimals))."""
+    Across the ``answer@v`` runs only the last position's scores may change (future-suffix invariance covers the
+    rest), so the reported val_loss must move by w * (the summed change of some consecutive recorded scores of the
+    last position: one evaluation's), with one weight w for every v: then the probes measured what the entry reports
+    (``score coverage``). A mean over the n targets, each scored once, sums one score with w = 1/n (``scored once``).
+    ``reported``: (val_loss, decimals printed) of the base run's final score line; ``answers``: (run result, its
+    (val_loss, decimals))."""
     cov, once = "score coverage", "scored once"
 
     def both(status, why):
@@ -232,46 +261,43 @@ def coverage(base: dict, answers: list[tuple[dict, tuple | None]], reported: tup
     loss0, dec = reported
     rec_b = b.get(last, [])
     unscored = [p for p in range(1, last + 1) if p not in b]
-    best = None
-    for k in range(len(rec_b)):
-        weights, slack = [], []
-        for run, rep in answers:
-            rec_v = _by_pos(run["scores"]).get(last, [])
-            if rep is None or len(rec_v) != len(rec_b):
-                return both(NORUN, f"run {run['name']} printed no val_loss" if rep is None else
-                            f"position {last} was scored {len(rec_v)} times in {run['name']}, {len(rec_b)} in base")
-            d_rec = rec_v[k] - rec_b[k]
-            if abs(d_rec) < 1e-6:
-                continue
-            weights.append((rep[0] - loss0) / d_rec * last)      # the last target's weight, in units of 1/n
-            slack.append(2 * last * 10.0 ** -min(rep[1], dec) / abs(d_rec) + 0.01)
-        if weights:
-            spread, tol = max(weights) - min(weights), max(slack)
-            if best is None or spread - 2 * tol < best[0] - 2 * best[1]:
-                best = (spread, tol, sum(weights) / len(weights), k, len(weights), weights)
+    pairs = []
+    for run, rep in answers:
+        rec_v = _by_pos(run["scores"]).get(last, [])
+        if rep is None or len(rec_v) != len(rec_b):
+            return both(NORUN, f"run {run['name']} printed no val_loss" if rep is None else
+                        f"position {last} was scored {len(rec_v)} times in {run['name']}, {len(rec_b)} in base")
+        pairs.append((rec_v, rep))
+    best = _fit(rec_b, pairs, loss0, dec, last)
     if best is None:
-        return both(NORUN, f"position {last} has no recorded score that changes with its token")
-    spread, tol, w, k, m, weights = best
-    lead = (f"reported val_loss {loss0:.{dec}f}; over {m} answer run(s) it moves with recorded score #{k + 1} of "
-            f"position {last} with weight {w:.4g}/{last} (+-{tol:.2g})")
+        return both(NORUN, f"fewer than 2 answer runs changed a recorded score of position {last}")
+    misfit, tol, w, first, count, weights = best
+    which = f"recorded score #{first + 1}" if count == 1 else f"the sum of recorded scores #{first + 1}-{first + count}"
+    lead = (f"reported val_loss {loss0:.{dec}f}; over {len(weights)} answer runs it moves with {which} of position "
+            f"{last} with weight {w:.4g}/{last} (+-{tol:.2g})")
     if tol > 0.5:
         return both(NORUN, f"{lead}: the log prints val_loss with {dec} decimals, too few to tie the reported score "
                            "to a recorded one")
-    if spread > 2 * tol or unscored:
-        why = (f"the reported score does not follow any recorded one (weights {min(weights):.4g}..{max(weights):.4g}"
-               f"/{last})" if spread > 2 * tol else
+    if misfit > 0 or unscored:
+        why = (f"the reported score does not follow the recorded ones (weights {min(weights):.4g}.."
+               f"{max(weights):.4g}/{last})" if misfit > 0 else
                f"{len(unscored)} target position(s) never scored by a recorded call (first: {unscored[:5]})")
         return both(NORUN, f"{lead}; {why}: part of the reported score is computed outside the recorded calls (e.g. "
                            "a mixture in numpy, scoring inside a training forward) and was not measured")
     out = [{"probe": cov, "status": PASS, "detail": lead + ": the probes measured the reported score"}]
-    if abs(w - 1) <= tol:
+    if count == 1 and abs(w - 1) <= tol:
         out.append({"probe": once, "status": PASS, "detail": f"the last target weighs {w:.4f}/{last} in the "
                                                             "reported mean: counted once"})
+    elif count > 1:
+        out.append({"probe": once, "status": FAIL, "effect": float(count),
+                    "detail": f"the last target is counted {count} times in the reported score (one evaluation "
+                              f"scores it in {count} windows; the mean is over about {last / w:.0f} scores "
+                              f"of {last} targets)"})
     else:
         out.append({"probe": once, "status": FAIL, "effect": w,
                     "detail": f"the last target weighs {w:.3f}/{last} in the reported mean instead of 1/{last}: "
-                              f"counted about {w:.2g} times (the end of the stream is scored more than once, or the "
-                              "mean is over a different number of targets)"})
+                              f"the mean is over about {last / w:.0f} scores of {last} targets "
+                              + ("(targets left out)" if w > 1 else "(some counted more than once)")})
     return out
 
 
@@ -308,72 +334,94 @@ def _blocker(res: dict) -> str:
     return f"{msg}{where}"
 
 
+def _prepare(tmp: Path, runs: list[dict]) -> None:
+    shutil.rmtree(tmp / "runs", ignore_errors=True)
+    (tmp / "runs").mkdir()
+    for r in runs:
+        (tmp / "runs" / r["name"]).mkdir()
+        (tmp / "runs" / r["name"] / "data").symlink_to(tmp / "data")
+
+
+def _next_attempt(f: dict, state: dict) -> str | None:
+    """What to change after the first run failed with ``f`` (a note), or None to stop."""
+    msg = f.get("message", "")
+    if f.get("kind") == "missing-module" and (f.get("module") or "").split(".")[0] == "triton" \
+            and state["triton"] == "missing":
+        state["triton"] = "refuse"
+        return "Triton is stubbed: kernels are defined but refuse to launch"
+    if f.get("kind") == "refused" and state["triton"] == "refuse" and "ITERATIONS" not in state["extra"]:
+        state["extra"]["ITERATIONS"] = "0"
+        return f"training skipped (ITERATIONS=0): {msg}; validation data in training is not measured"
+    if state["float32"] and re.search(r"dtype|scalar type|BFloat16|Half", msg):
+        state["float32"] = False
+        return "half-precision weights kept as the entry asks (it mixes dtypes explicitly)"
+    return None
+
+
+def _execute(tmp: Path, script: Path, ws: dict, env: dict, runs: list[dict], limits: sandbox.Limits, report: dict,
+             progress, shown: set) -> dict | None:
+    """Run the worker, retrying with other shims when the first run shows they are needed; None when blocked.
+    ``shown``: the settings reported (those the entry reads, and the user's)."""
+    state = {"triton": "missing", "float32": True, "extra": {}}
+    result = None
+    for attempt in range(1, 5):
+        spec = {"tmp": str(tmp), "script": str(tmp / "entry" / script.name),
+                "val_paths": [str(p) for p in ws["val_paths"]], "env": {**env, **state["extra"]},
+                "triton": state["triton"], "float32": state["float32"], "limits": limits.__dict__,
+                "runs": [{**r, "stream": [int(x) for x in r["stream"]]} for r in runs]}
+        _prepare(tmp, runs)
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        if progress:
+            progress(f"{report['entry']}: running ({len(runs)} runs, attempt {attempt})")
+        rc, timed_out = sandbox.spawn(tmp, tmp / "spec.json", limits, tmp / "worker.log")
+        if rc == sandbox.REFUSED:
+            report["blocked"] = "sandbox: " + (tmp / "worker.log").read_text(errors="replace").strip()[-400:]
+            return None
+        rfile = tmp / "result.json"
+        result = json.loads(rfile.read_text()) if rfile.is_file() else {"runs": []}
+        if rfile.is_file():
+            rfile.rename(tmp / f"result.{attempt}.json")
+        report["env"] = {k: v for k, v in spec["env"].items() if k in shown}
+        if timed_out:
+            report["blocked"] = f"the runs exceeded the wall-clock limit of {limits.wall_s:.0f} s"
+            return None
+        if rc != 0 and (not result["runs"] or result["runs"][-1]["status"] == "ok"):
+            tail = (tmp / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
+            report["blocked"] = (f"the worker died with status {rc} (limits: CPU {limits.cpu_s} s, memory "
+                                 f"{limits.memory_bytes >> 30} GiB): {' | '.join(tail)[-300:]}")
+            return None
+        first = result["runs"][0] if result["runs"] else None
+        note = _next_attempt(first.get("failure") or {}, state) if first and first["status"] != "ok" else None
+        if note is None:
+            return result
+        report["notes"].append(note)
+    return result
+
+
 def audit(entry: Path, settings: dict | None = None, limits: sandbox.Limits | None = None,
           answers: int = ANSWERS, keep: Path | None = None, progress=None) -> dict:
     """Run the dynamic audit of one entry; returns a JSON-able report with a verdict and per-probe results."""
     script = resolve_script(entry)
     limits = limits or sandbox.Limits()
+    report = {"entry": str(entry), "script": script.name, "verdict": "incomplete", "probes": [], "notes": []}
+    if script.stat().st_size == 0:
+        report["blocked"] = f"{script.name} is empty"
+        return report
     names = env_names(script)
     user = dict(settings or {})
     tmp = Path(tempfile.mkdtemp(prefix="compliance-run-"))
-    report = {"entry": str(entry), "script": script.name, "verdict": "incomplete", "probes": [], "notes": []}
     try:
         ws = synth.workspace(tmp, script.parent)
         runs = plan(ws, answers)
         env = synth.tiny_env(ws, tmp, {})
-        for name in names:
-            if ("FUSED" in name or "TRITON" in name) and name not in user:
-                env[name] = "0"
+        env.update({n: "0" for n in names if "FUSED" in n or "TRITON" in n})
         env.update(user)
-        attempts = [("missing", {}), ("refuse", {}), ("refuse", {"ITERATIONS": "0"})]
-        result, note = None, []
-        for i, (triton, extra) in enumerate(attempts):
-            spec = {"tmp": str(tmp), "script": str(tmp / "entry" / script.name), "val_path": str(ws["val_path"]),
-                    "env": {**env, **extra}, "triton": triton, "limits": limits.__dict__,
-                    "runs": [{**r, "stream": [int(x) for x in r["stream"]]} for r in runs]}
-            for d in (tmp / "runs",):
-                shutil.rmtree(d, ignore_errors=True)
-            (tmp / "runs").mkdir()
-            for r in runs:
-                (tmp / "runs" / r["name"]).mkdir()
-                (tmp / "runs" / r["name"] / "data").symlink_to(tmp / "data")
-            (tmp / "spec.json").write_text(json.dumps(spec))
-            if progress:
-                progress(f"{entry}: running ({len(runs)} runs, attempt {i + 1})")
-            rc, timed_out = sandbox.spawn(tmp, tmp / "spec.json", limits, tmp / "worker.log")
-            if rc == sandbox.REFUSED:
-                report["blocked"] = "sandbox: " + (tmp / "worker.log").read_text(errors="replace").strip()[-400:]
-                return report
-            rfile = tmp / "result.json"
-            result = json.loads(rfile.read_text()) if rfile.is_file() else {"runs": []}
-            if rfile.is_file():
-                rfile.rename(tmp / f"result.{i + 1}.json")
-            if timed_out:
-                report["blocked"] = f"the runs exceeded the wall-clock limit of {limits.wall_s:.0f} s"
-                break
-            if rc != 0 and (not result["runs"] or result["runs"][-1]["status"] == "ok"):
-                tail = (tmp / "worker.log").read_text(errors="replace").strip().splitlines()[-3:]
-                report["blocked"] = f"the worker died with status {rc} (limits: CPU {limits.cpu_s} s, memory " \
-                                    f"{limits.memory_bytes >> 30} GiB): {' | '.join(tail)[-300:]}"
-                break
-            first = result["runs"][0] if result["runs"] else None
-            f = (first or {}).get("failure") or {}
-            if first and first["status"] != "ok" and i == 0 and f.get("kind") == "missing-module" \
-                    and (f.get("module") or "").split(".")[0] == "triton":
-                note = ["Triton is stubbed: kernels are defined but refuse to launch"]
-                continue
-            if first and first["status"] != "ok" and i == 1 and f.get("kind") == "refused":
-                note = [f"training skipped (ITERATIONS=0): {f.get('message')}; validation data in training is "
-                        "not measured"]
-                continue
-            break
-        report["notes"] += note
-        report["env"] = {k: v for k, v in spec["env"].items() if k in names or k in user}
+        result = _execute(tmp, script, ws, env, runs, limits, report, progress, names | set(user))
+        if result is None:
+            return report
         report["runs"] = [{"name": r["name"], "status": r["status"], "seconds": r["seconds"],
                            "score_calls": r["scores"]["score_calls"], "trained_calls": r["scores"]["trained_calls"]}
                           for r in result["runs"]]
-        if "blocked" in report:
-            return report
         bad = [r for r in result["runs"] if r["status"] != "ok"]
         if bad:
             report["blocked"] = f"run {bad[0]['name']} failed: {_blocker(bad[0])}"

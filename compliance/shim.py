@@ -134,6 +134,18 @@ def _install_tensor_methods() -> None:
         return to(self, *args, **kwargs)
 
     torch.Tensor.to = to_cpu
+    gen = torch.Generator
+
+    class Generator(gen):
+        """``torch.Generator(device="cuda")`` is a CPU generator."""
+
+        def __new__(cls, device=None):
+            return gen.__new__(cls, device="cpu")
+
+        def __init__(self, device=None):
+            pass
+
+    torch.Generator = Generator
     torch.Tensor.cuda = lambda self, *a, **k: to(self, cpu)
     torch.Tensor.pin_memory = lambda self, *a, **k: self
     torch.Tensor.is_pinned = lambda self, *a, **k: False
@@ -159,11 +171,12 @@ def _install_module_dtype() -> None:
     nn.Module.half = lambda self: self
 
 
-def _install_cuda() -> None:
+def _install_cuda(float32: bool) -> None:
     import torch
 
     _install_tensor_methods()
-    _install_module_dtype()
+    if float32:
+        _install_module_dtype()
 
     def _const(value):  # a distinct function per name: torch._dynamo's registry rejects one object under two names
         return lambda *a, **k: value
@@ -503,12 +516,15 @@ def _install_triton(mode: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def install(triton: str = "missing"):
-    """Install every shim; returns the torch-function mode to enter around the entry's run."""
+def install(triton: str = "missing", float32: bool = True):
+    """Install every shim; returns the torch-function mode to enter around the entry's run. ``float32``: modules
+    asked for half precision keep float32 weights."""
     import torch
+    import torch._dynamo  # noqa: F401 - imported before any Triton stand-in: torch decides here it has no Triton
+    import torch._inductor.config  # noqa: F401
 
     torch.set_num_threads(1)
-    _install_cuda()
+    _install_cuda(float32)
     _install_compile()
     _install_distributed()
     _install_flash_attn()

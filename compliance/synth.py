@@ -5,7 +5,8 @@
 * Train shards of random ordinary token ids and a validation stream of random ids with a BOS at each document start
   (documents only in the first part of the stream, so the probes' cut points never move a document boundary).
 * ``data/datasets/fineweb10B_sp{V}/fineweb_{train,val}_*.bin`` and ``data/tokenizers/fineweb_{V}_bpe.model``, the
-  upstream layout, so both ``DATA_PATH``/``TOKENIZER_PATH`` and ``DATA_DIR``-relative entries find them.
+  upstream layout, so both ``DATA_PATH``/``TOKENIZER_PATH`` and ``DATA_DIR``-relative entries find them; also
+  ``data/fineweb_{train,val}_sp{V}.bin`` (one file per split, as some non-record entries read).
 """
 
 from __future__ import annotations
@@ -130,13 +131,17 @@ def workspace(tmp: Path, entry_dir: Path, vocab: int = VOCAB) -> dict:
         os.link(tk / model.name, tk / f"fineweb_{size}_bpe.model")
     rng = np.random.default_rng(7)
     half = TRAIN_TOKENS // 2
+    trains = []
     for i in range(2):
         train = rng.choice(ordinary, size=half)
         train[0] = bos
+        trains.append(train)
         write_shard(ds / f"fineweb_train_{i:06d}.bin", train)
+    write_shard(tmp / "data" / f"fineweb_train_sp{size}.bin", np.concatenate(trains))  # one-file layout
     n = VAL_SEQS * SEQ + 1
     return {"data_path": ds, "tokenizer": tk / f"fineweb_{size}_bpe.model", "vocab": size, "bos": bos,
-            "ordinary": ordinary, "stream": val_stream(ordinary, bos, n), "val_path": ds / "fineweb_val_000000.bin"}
+            "ordinary": ordinary, "stream": val_stream(ordinary, bos, n),
+            "val_paths": [ds / "fineweb_val_000000.bin", tmp / "data" / f"fineweb_val_sp{size}.bin"]}
 
 
 def tiny_env(ws: dict, tmp: Path, user: dict) -> dict:

@@ -116,14 +116,15 @@ def main(spec_path: str) -> int:
     from compliance.recorder import Recorder
     from data.shards import write_shard
 
-    mode = shim.install(triton=spec.get("triton", "missing"))
+    mode = shim.install(triton=spec.get("triton", "missing"), float32=spec.get("float32", True))
     recorder = Recorder()
     mode.hooks.append(recorder)
     script = Path(spec["script"])
-    val_path = Path(spec["val_path"])
+    val_paths = [Path(p) for p in spec["val_paths"]]
     results = []
     for run in spec["runs"]:
-        write_shard(val_path, run["stream"])
+        for val_path in val_paths:
+            write_shard(val_path, run["stream"])
         res = run_once(script, tmp / "runs" / run["name"], spec["env"], mode, recorder, run["stream"],
                        run.get("watch", []), tmp / "runs" / f"{run['name']}.log")
         res["name"] = run["name"]

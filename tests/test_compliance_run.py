@@ -162,9 +162,12 @@ def test_coverage_ties_the_reported_score_to_the_recorded_one():
     assert st(coverage(base, [(runs[0], (2.125, 8)), (runs[1], (2.75, 8))], (2.0, 8), last)) == ["pass", "pass"]
     # it follows neither (a mixture computed outside torch)
     assert st(coverage(base, [(runs[0], (1.3, 8)), (runs[1], (1.9, 8))], (1.25, 8), last)) == ["could-not-run"] * 2
-    # it follows the first one, but the last target counts twice
-    twice = coverage(base, [(runs[0], (1.75, 8)), (runs[1], (2.25, 8))], (1.25, 8), last)
-    assert st(twice) == ["pass", "fail"] and "counted about 2 times" in twice[1]["detail"]
+    # it follows the first one, but the mean is over half as many scores
+    half = coverage(base, [(runs[0], (1.75, 8)), (runs[1], (2.25, 8))], (1.25, 8), last)
+    assert st(half) == ["pass", "fail"] and "over about 2 scores of 4 targets" in half[1]["detail"]
+    # it follows the sum of both evaluations' scores: the position is counted twice (the tail of sliding windows)
+    both = coverage(base, [(runs[0], (1.25 + 1.5 / 6, 8)), (runs[1], (1.25 + 5.0 / 6, 8))], (1.25, 8), last)
+    assert st(both) == ["pass", "fail"] and "counted 2 times" in both[1]["detail"]
     assert st(coverage(base, [(runs[0], (1.5, 8))], None, last)) == ["could-not-run"] * 2
 
 
@@ -236,7 +239,7 @@ sandboxed = pytest.mark.skipif(_WHY is not None, reason=f"this machine cannot bu
 
 @sandboxed
 def test_kit_train_gpt_passes_with_score_first_ttt():
-    rep = audit(ROOT / "train_gpt.py", {"TTT": "1", "TTT_CHUNK_TOKENS": "256"}, answers=1,
+    rep = audit(ROOT / "train_gpt.py", {"TTT": "1", "TTT_CHUNK_TOKENS": "256"}, answers=2,
                 limits=Limits(wall_s=400, cpu_s=800))
     assert rep["verdict"] == "pass", (rep.get("blocked"), rep["probes"])
 
