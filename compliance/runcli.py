@@ -1,5 +1,7 @@
 """Command line of the dynamic audit: ``python -m compliance run ENTRY [ENTRY ...] [--json] [--set NAME=VALUE ...]
-[--timeout S] [--answers K] [--brief]``.
+[--timeout S] [--answers K] [--brief] [--save DIR]``.
+
+``--save DIR`` keeps each entry's JSON report as it ends (a long survey can be read while it runs).
 
 Exit status: 0 every probe of every entry passes; 1 a probe failed; 2 usage error (one line on stderr, nothing run);
 4 an entry, or one of its probes, could not run (the report says why)."""
@@ -23,6 +25,7 @@ def add_parser(sub) -> None:
     r.add_argument("--answers", type=int, default=6, metavar="K",
                    help="substituted targets at the last position for the self-influence probe (default 6)")
     r.add_argument("--brief", action="store_true", help="one line per entry (for surveys)")
+    r.add_argument("--save", metavar="DIR", help="also write each entry's JSON report to DIR/<entry>.json as it ends")
     r.add_argument("--keep", metavar="DIR", help=argparse_hidden())
 
 
@@ -67,6 +70,13 @@ def main(args) -> int:
             rep = {"entry": e, "script": "", "verdict": "incomplete", "probes": [], "notes": [], "blocked": str(exc)}
         reports.append(rep)
         codes.append(exit_code(rep))
+        if args.save:
+            out = Path(args.save)
+            out.mkdir(parents=True, exist_ok=True)
+            name = Path(e).resolve().name.replace(" ", "_")
+            tmp = out / f".{name}.json.tmp"
+            tmp.write_text(json.dumps(rep, indent=1))
+            tmp.replace(out / f"{name}.json")
         if not args.json:
             print(_brief(rep) if args.brief else to_text(rep) + ("\n" if len(args.entries) > 1 else ""), flush=True)
     if args.json:
