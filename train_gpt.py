@@ -1,8 +1,8 @@
 """Parameter Golf training script: train a compact GPT, export it as int6 + zstd, score the reloaded artifact.
 
 Runs as `torchrun --standalone --nproc_per_node=K train_gpt.py` (CUDA: NCCL, bf16, torch.compile; CPU: gloo, fp32,
-eager) or as plain `python train_gpt.py`. Every setting is an environment variable listed in FLAGS below.
-Sections follow the data: hyperparameters, data, model, optimiser, evaluation, export, training loop.
+eager) or as plain `python train_gpt.py`. Every setting is an environment variable declared once in Hyperparameters.
+Sections follow the data: hyperparameters, data, model, optimiser, evaluation, export, training loop, main.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import json
 import math
 import os
 import platform
+import re
 import struct
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -31,179 +33,304 @@ import zstandard
 from torch import Tensor, nn
 
 # ----------------------------------------------------------------------------------------------------------------
-# Hyperparameters: every flag, its default and meaning, read from the environment in one place.
+# Hyperparameters: every setting declared once (env name, type, default, meaning, allowed values, architecture).
 # ----------------------------------------------------------------------------------------------------------------
 
-FLAGS = [  # (ENV_NAME, type, default, meaning)
-    ("DATA_PATH", str, "./data/datasets/fineweb10B_sp1024", "folder with fineweb_{train,val}_*.bin shards"),
-    ("TOKENIZER_PATH", str, "./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model of the shards"),
-    ("RUN_ID", str, "", "name of logs/<RUN_ID>.txt|json and artifacts/<RUN_ID>.ptz (default: a uuid)"),
-    ("SEED", int, 1337, "random seed (init and nothing else: the data order is fixed)"),
-    ("DEVICE", str, "auto", "auto|cuda|cpu"),
-    ("COMPILE", int, 1, "torch.compile the model on CUDA (never on the CPU)"),
-    ("COMPILE_MODE", str, "default", "torch.compile mode: default | max-autotune-no-cudagraphs | ..."),
-    # model shape
-    ("VOCAB_SIZE", int, 1024, "vocabulary size; must equal the tokenizer's"),
-    ("NUM_LAYERS", int, 9, "transformer blocks (U-Net skips: first half pushes, second half pops)"),
-    ("MODEL_DIM", int, 512, "residual width"),
-    ("NUM_HEADS", int, 8, "query heads"),
-    ("NUM_KV_HEADS", int, 4, "key/value heads (GQA)"),
-    ("MLP_MULT", float, 2.0, "MLP hidden width = MLP_MULT * MODEL_DIM"),
-    ("TIE_EMBEDDINGS", int, 1, "share the token embedding with the output head"),
-    ("TIED_EMBED_INIT_STD", float, 0.005, "init std of the tied embedding"),
-    ("ROPE_BASE", float, 10000.0, "RoPE base"),
-    ("LOGIT_SOFTCAP", float, 30.0, "logits = c * tanh(z / c)"),
-    ("QK_GAIN_INIT", float, 1.5, "init of the per-head query gain"),
-    # techniques (TECHNIQUES.md): all off by default
-    ("VALUE_RESIDUAL", int, 0, "mix layer 0's values into every later layer (two scalars per layer, 0.5/0.5)"),
-    ("GATED_ATTENTION", int, 0, "sigmoid gate on the attention output, W = 0, b = GATED_ATTENTION_BIAS"),
-    ("GATED_ATTENTION_BIAS", float, 4.0, "gate bias init (4: sigma = 0.982, near no-op)"),
-    ("GATED_ATTENTION_MODE", str, "head", "head: one gate per head; element: one per channel"),
-    ("REVIEW_RESIDUAL", int, 0, "x + sigma(W[rms(x); rms(u)] + b) * u on both sublayers"),
-    ("HIGHWAY", int, 0, "x + sigma(W x + b) * u on both sublayers (Review's state-only baseline)"),
-    ("REVIEW_GATE", str, "lowrank", "gate size of REVIEW_RESIDUAL/HIGHWAY: full|lowrank|head|scalar"),
-    ("REVIEW_RANK", int, 16, "rank of the lowrank gate"),
-    ("REVIEW_BIAS_INIT", float, 0.0, "gate bias init: 0 gives 0.5 (published), 4 gives ~1 (plain-like)"),
-    ("SMEAR_GATE", int, 0, "blend each position with the previous one (gate 0.5 at init; never across a BOS)"),
-    ("BIGRAM_HASH", int, 0, "add a hashed embedding of (previous, current) input token"),
-    ("BIGRAM_BUCKETS", int, 2048, "hash buckets of BIGRAM_HASH"),
-    ("BIGRAM_DIM", int, 128, "embedding width of BIGRAM_HASH before its projection"),
-    ("ORTHO_INIT", int, 0, "orthogonal init of every non-zero Linear with both dims >= 64"),
-    ("XSA_LAST_N", int, 0, "exclusive self attention on the last N layers"),
-    ("ROPE_DIMS", int, 0, "rotate only the first ROPE_DIMS dims of each head (0: all)"),
-    ("LN_SCALE", int, 0, "scale each sublayer's normalised input by 1/sqrt(layer+1)"),
-    ("EMA", int, 0, "exponential moving average of the weights, swapped in before export"),
-    ("EMA_DECAY", float, 0.997, "EMA decay per step"),
-    ("MUON_WD", float, 0.0, "Muon decoupled weight decay: p *= 1 - lr * wd"),
-    ("ADAM_WD", float, 0.0, "Adam decoupled weight decay (AdamW) of embeddings, head and scalars"),
-    ("MLP_ACT", str, "relu2", "relu2 | leaky_relu2"),
-    ("MLP_LEAKY_SLOPE", float, 0.5, "negative slope of leaky_relu2"),
-    # training length and batch
-    ("ITERATIONS", int, 20000, "training steps (the wallclock cap may stop earlier)"),
-    ("WARMUP_STEPS", int, 20, "compile warm-up steps, then weights and optimisers are reset"),
-    ("WARMDOWN_ITERS", int, 1200, "linear LR warmdown length in steps (estimated from wallclock under a cap)"),
-    ("TRAIN_BATCH_TOKENS", int, 524288, "tokens per optimiser step, all ranks together"),
-    ("TRAIN_SEQ_LEN", int, 1024, "training sequence length"),
-    ("MAX_WALLCLOCK_SECONDS", float, 600.0, "training time cap, validation excluded (0: none)"),
-    ("VAL_LOSS_EVERY", int, 1000, "validate every N steps (0: only at the end)"),
-    ("VAL_BATCH_SIZE", int, 524288, "tokens per validation batch, all ranks together"),
-    ("TRAIN_LOG_EVERY", int, 200, "log the train loss every N steps (and the first 10)"),
-    # optimiser
-    ("EMBED_LR", float, 0.6, "Adam LR of an untied embedding"),
-    ("HEAD_LR", float, 0.008, "Adam LR of an untied output head"),
-    ("TIED_EMBED_LR", float, 0.05, "Adam LR of the tied embedding"),
-    ("MATRIX_LR", float, 0.04, "Muon LR of block matrices"),
-    ("SCALAR_LR", float, 0.04, "Adam LR of vectors, scalars and control tensors"),
-    ("MUON_MOMENTUM", float, 0.95, "Muon momentum after warm-up"),
-    ("MUON_BACKEND_STEPS", int, 5, "Newton-Schulz iterations"),
-    ("MUON_MOMENTUM_WARMUP_START", float, 0.85, "Muon momentum at step 0"),
-    ("MUON_MOMENTUM_WARMUP_STEPS", int, 500, "steps of the momentum warm-up"),
-    ("BETA1", float, 0.9, "Adam beta1"),
-    ("BETA2", float, 0.95, "Adam beta2"),
-    ("ADAM_EPS", float, 1e-8, "Adam epsilon"),
-    ("GRAD_CLIP_NORM", float, 0.0, "global gradient clip (0: off)"),
-    # export and evaluation
-    ("QUANT_BITS", int, 6, "bits per weight of large matrices: 5, 6 or 8"),
-    ("QUANT_EMBED_BITS", int, 8, "bits per weight of the token embedding: 5, 6 or 8"),
-    ("QUANT_MLP_BITS", int, 0, "bits per weight of MLP matrices (0: QUANT_BITS)"),
-    ("ZSTD_LEVEL", int, 22, "zstd compression level of the artifact"),
-    ("EVAL_SEQ_LEN", int, 0, "sliding-window length (0: TRAIN_SEQ_LEN)"),
-    ("EVAL_STRIDE", int, 64, "sliding-window stride (= EVAL_SEQ_LEN: plain non-overlapping evaluation)"),
-    ("EVAL_BATCH_SEQS", int, 64, "windows per evaluation batch and rank"),
-    ("FLOAT_EVAL", int, 1, "also score the float model before quantisation (diagnostic)"),
-    # evaluation-time methods
-    ("PPMC", int, 0, "mix an online PPM-C model over token ids with the network: a * p_net + (1 - a) * p_ppm"),
-    ("PPMC_ORDER", int, 2, "longest PPM context, in tokens"),
-    ("PPMC_ALPHA", float, 0.95, "weight of the network (0: PPM alone)"),
-    ("PPMC_EXCLUSION", int, 1, "PPM-C exclusion (0: blend the orders instead)"),
-    ("PPMC_RESET", str, "never", "never | doc: clear the PPM counts after each scored BOS"),
-    ("TTT", int, 0, "legal score-first test-time training on the reloaded artifact"),
-    ("TTT_CHUNK_TOKENS", int, 32768, "targets per TTT chunk (score the chunk, then train on it)"),
-    ("TTT_LR", float, 0.002, "TTT SGD learning rate (cosine decay over chunks)"),
-    ("TTT_MOMENTUM", float, 0.9, "TTT SGD momentum"),
-    ("TTT_EPOCHS", int, 3, "TTT steps per chunk"),
-    ("TTT_GRAD_CLIP", float, 1.0, "TTT gradient clip (0: off)"),
-    ("EVAL_ONLY", str, "", "path of an artifact: skip training, load it and run the final evaluation"),
-]
+ARTIFACT_LIMIT = 16_000_000
 KNOWN_ENV = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
              "ROLE_RANK", "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "OMP_NUM_THREADS"}
-ARTIFACT_LIMIT = 16_000_000
 
 
 class ConfigError(ValueError):
-    """A configuration or input problem, reported as one line before any work starts."""
+    """A configuration or input problem, reported as one line (exit 2) before any work starts."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot finish honestly (disk full, non-finite score): one line, exit 1."""
+
+
+class Setting(NamedTuple):
+    """One environment variable: its type, default, meaning and allowed values. `arch`: the artifact's computation
+    depends on it (EVAL_ONLY refuses an artifact made with another value). `on`: the values that switch a technique
+    on (the benchmarks and test grids try them), with `requires` (e.g. "GATED_ATTENTION=1") where the setting only
+    matters beside another. `aliases`: other names for it (the records', upstream's); an alias
+    given as (NAME, {raw: raw}) translates its values."""
+    default: Any
+    meaning: str
+    choices: tuple = ()
+    rng: str = ""
+    arch: bool = False
+    aliases: tuple = ()
+    on: tuple = ()
+    requires: str = ""
+    name: str = ""
+    type: type = str
+
+    def bounds(self) -> tuple[float, float, bool, bool]:
+        m = re.fullmatch(r"([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])", self.rng)
+        return float(m[2]), float(m[3]), m[1] == "[", m[4] == "]"
+
+    def allowed(self) -> str:
+        return " | ".join(map(str, self.choices)) if self.choices else self.rng
+
+    def parse(self, raw: str, given: str) -> Any:
+        """The value of `given`=raw, or ConfigError naming this setting and what it accepts."""
+        try:
+            if self.type is int:
+                f = float(raw)
+                if not f.is_integer():
+                    raise ConfigError(f"{given}={raw!r} must be a whole number")
+                value = int(f)
+            elif self.type is float:
+                value = float(raw)
+                if not math.isfinite(value):
+                    raise ConfigError(f"{given}={raw!r} must be a finite number")
+            else:
+                value = raw
+        except (ValueError, OverflowError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{given}={raw!r} is not a valid {self.type.__name__}") from None
+        self.check(value, given)
+        return value
+
+    def check(self, value: Any, given: str = "") -> None:
+        given = given or self.name
+        if self.choices and value not in self.choices:
+            raise ConfigError(f"{given}={value!r}: use one of {', '.join(map(str, self.choices))}")
+        if self.rng:
+            lo, hi, lo_in, hi_in = self.bounds()
+            if value < lo or value > hi or (value == lo and not lo_in) or (value == hi and not hi_in):
+                raise ConfigError(f"{given}={value!r} is out of range: it must be in {self.rng}")
+
+
+def S(default: Any, meaning: str, **kw) -> Any:
+    """Declare a setting inside Hyperparameters (name and type come from the annotated attribute)."""
+    return Setting(default, meaning, **kw)
+
+
+BOOL = dict(choices=(0, 1))
+TECH = dict(choices=(0, 1), arch=True, on=(1,))
 
 
 class Hyperparameters:
+    """Every setting, declared once; the env name is the attribute name upper-cased. `from_env` reads, types and
+    checks them; `check_config` adds the relations between settings."""
+    # ---- run and data
+    data_path: str = S("./data/datasets/fineweb10B_sp1024", "folder with fineweb_{train,val}_*.bin shards")
+    tokenizer_path: str = S("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model of the shards")
+    run_id: str = S("", "name of logs/<RUN_ID>.txt|json and artifacts/<RUN_ID>.ptz (default: a uuid)")
+    seed: int = S(1337, "random seed (init and nothing else: the data order is fixed)", rng="[0, 4294967295]")
+    device: str = S("auto", "where to run", choices=("auto", "cuda", "cpu"))
+    compile: int = S(1, "torch.compile the model on CUDA (never on the CPU)", **BOOL)
+    compile_mode: str = S("default", "torch.compile mode", choices=(
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    # ---- model shape
+    vocab_size: int = S(1024, "vocabulary size; must equal the tokenizer's", rng="[2, 65536]", arch=True)
+    num_layers: int = S(9, "transformer blocks (U-Net skips: first half pushes, second half pops)", rng="[1, inf)",
+                        arch=True, on=(11,))
+    model_dim: int = S(512, "residual width", rng="[2, inf)", arch=True)
+    num_heads: int = S(8, "query heads", rng="[1, inf)", arch=True)
+    num_kv_heads: int = S(4, "key/value heads (GQA)", rng="[1, inf)", arch=True)
+    mlp_mult: float = S(2.0, "MLP hidden width = MLP_MULT * MODEL_DIM", rng="(0, 64]", arch=True, on=(3,))
+    tie_embeddings: int = S(1, "share the token embedding with the output head", choices=(0, 1), arch=True)
+    tied_embed_init_std: float = S(0.005, "init std of the tied embedding", rng="[0, inf)")
+    rope_base: float = S(10000.0, "RoPE base", rng="(0, inf)", arch=True)
+    logit_softcap: float = S(30.0, "logits = c * tanh(z / c)", rng="(0, inf)", arch=True)
+    qk_gain_init: float = S(1.5, "init of the per-head query gain", rng="(-inf, inf)")
+    # ---- techniques (TECHNIQUES.md): all off by default
+    value_residual: int = S(0, "mix layer 0's values into every later layer (two scalars per layer, 0.5/0.5)",
+                            **TECH)
+    gated_attention: int = S(0, "sigmoid gate on the attention output, W = 0, b = GATED_ATTENTION_BIAS", **TECH)
+    gated_attention_bias: float = S(4.0, "gate bias init (4: sigma = 0.982, near no-op)", rng="(-inf, inf)")
+    gated_attention_mode: str = S("head", "head: one gate per head; element: one per channel",
+                                  choices=("head", "element"), arch=True, on=("element",),
+                                  requires="GATED_ATTENTION=1")
+    review_residual: int = S(0, "x + sigma(W[rms(x); rms(u)] + b) * u on both sublayers", **TECH)
+    highway: int = S(0, "x + sigma(W x + b) * u on both sublayers (Review's state-only baseline)", **TECH)
+    review_gate: str = S("lowrank", "gate size of REVIEW_RESIDUAL/HIGHWAY",
+                         choices=("full", "lowrank", "head", "scalar"), arch=True, on=("full",),
+                         requires="REVIEW_RESIDUAL=1")
+    review_rank: int = S(16, "rank of the lowrank gate", rng="[1, inf)", arch=True)
+    review_bias_init: float = S(0.0, "gate bias init: 0 gives 0.5 (published), 4 gives ~1 (plain-like)",
+                                rng="(-inf, inf)")
+    smear_gate: int = S(0, "blend each position with the previous one (gate 0.5 at init; never across a BOS)",
+                        **TECH)
+    bigram_hash: int = S(0, "add a hashed embedding of (previous, current) input token", **TECH)
+    bigram_buckets: int = S(2048, "hash buckets of BIGRAM_HASH", rng="[2, inf)", arch=True)
+    bigram_dim: int = S(128, "embedding width of BIGRAM_HASH before its projection", rng="[1, inf)", arch=True)
+    ortho_init: int = S(0, "orthogonal init of every non-zero Linear with both dims >= 64", choices=(0, 1), on=(1,))
+    xsa_last_n: int = S(0, "exclusive self attention on the last N layers", rng="[0, inf)", arch=True, on=(4,))
+    rope_dims: int = S(0, "rotate only the first ROPE_DIMS dims of each head (0: all)", rng="[0, inf)", arch=True,
+                       on=(16,))
+    ln_scale: int = S(0, "scale each sublayer's normalised input by 1/sqrt(layer+1)", **TECH)
+    ema: int = S(0, "exponential moving average of the weights, swapped in before export", choices=(0, 1), on=(1,))
+    ema_decay: float = S(0.997, "EMA decay per step", rng="[0, 1]")
+    muon_wd: float = S(0.0, "Muon decoupled weight decay: p *= 1 - lr * wd", rng="[0, inf)", on=(0.04,))
+    adam_wd: float = S(0.0, "Adam decoupled weight decay (AdamW) of embeddings, head and scalars", rng="[0, inf)",
+                       on=(0.04,))
+    mlp_act: str = S("relu2", "MLP activation", choices=("relu2", "leaky_relu2"), arch=True, on=("leaky_relu2",))
+    mlp_leaky_slope: float = S(0.5, "negative slope of leaky_relu2", rng="(-inf, inf)", arch=True)
+    # ---- training length and batch
+    iterations: int = S(20000, "training steps (the wallclock cap may stop earlier)", rng="[0, inf)")
+    warmup_steps: int = S(20, "compile warm-up steps, then weights and optimisers are reset", rng="[0, inf)")
+    warmdown_iters: int = S(1200, "linear LR warmdown length in steps (estimated from wallclock under a cap)",
+                            rng="[0, inf)")
+    train_batch_tokens: int = S(524288, "tokens per optimiser step, all ranks together", rng="[1, inf)")
+    train_seq_len: int = S(1024, "training sequence length", rng="[1, inf)")
+    max_wallclock_seconds: float = S(600.0, "training time cap, validation excluded (0: none)", rng="[0, inf)")
+    val_loss_every: int = S(1000, "validate every N steps (0: only at the end)", rng="[0, inf)")
+    val_batch_size: int = S(524288, "tokens per validation batch during training, all ranks together",
+                            rng="[1, inf)")
+    train_log_every: int = S(200, "log the train loss every N steps (and the first 10)", rng="[0, inf)")
+    # ---- optimiser
+    embed_lr: float = S(0.6, "Adam LR of an untied embedding", rng="[0, inf)")
+    head_lr: float = S(0.008, "Adam LR of an untied output head", rng="[0, inf)")
+    tied_embed_lr: float = S(0.05, "Adam LR of the tied embedding", rng="[0, inf)")
+    matrix_lr: float = S(0.04, "Muon LR of block matrices", rng="[0, inf)")
+    scalar_lr: float = S(0.04, "Adam LR of vectors, scalars and control tensors", rng="[0, inf)")
+    muon_momentum: float = S(0.95, "Muon momentum after warm-up", rng="[0, 1)")
+    muon_backend_steps: int = S(5, "Newton-Schulz iterations", rng="[1, inf)")
+    muon_momentum_warmup_start: float = S(0.85, "Muon momentum at step 0", rng="[0, 1)")
+    muon_momentum_warmup_steps: int = S(500, "steps of the momentum warm-up", rng="[0, inf)")
+    beta1: float = S(0.9, "Adam beta1", rng="[0, 1)")
+    beta2: float = S(0.95, "Adam beta2", rng="[0, 1)")
+    adam_eps: float = S(1e-8, "Adam epsilon", rng="(0, inf)")
+    grad_clip_norm: float = S(0.0, "global gradient clip (0: off)", rng="[0, inf)")
+    control_tensor_name_patterns: str = S("", "upstream's: comma-separated name parts of extra control tensors "
+                                          "(Adam at SCALAR_LR, fp32 in the artifact)")
+    # ---- export and evaluation
+    quant_bits: int = S(6, "bits per weight of large matrices", choices=(5, 6, 8))
+    quant_embed_bits: int = S(8, "bits per weight of the token embedding", choices=(5, 6, 8))
+    quant_mlp_bits: int = S(0, "bits per weight of MLP matrices (0: QUANT_BITS)", choices=(0, 5, 6, 8))
+    zstd_level: int = S(22, "zstd compression level of the artifact", rng="[1, 22]")
+    int8_keep_float_fp32_name_patterns: str = S("", "upstream's: comma-separated name parts of small tensors "
+                                                "stored fp32 (not fp16) in the artifact")
+    eval_seq_len: int = S(0, "sliding-window length (0: TRAIN_SEQ_LEN)", rng="[0, inf)")
+    eval_stride: int = S(64, "sliding-window stride (= EVAL_SEQ_LEN: plain non-overlapping evaluation)",
+                         rng="[1, inf)")
+    eval_batch_seqs: int = S(64, "windows per evaluation batch and rank", rng="[1, inf)")
+    float_eval: int = S(1, "also score the float model before quantisation (diagnostic)", **BOOL)
+    # ---- evaluation-time methods
+    ppmc: int = S(0, "mix an online PPM-C model over token ids with the network: a * p_net + (1 - a) * p_ppm",
+                  choices=(0, 1), on=(1,))
+    ppmc_order: int = S(2, "longest PPM context, in tokens", rng="[0, 16]")
+    ppmc_alpha: float = S(0.95, "weight of the network (0: PPM alone)", rng="[0, 1]")
+    ppmc_exclusion: int = S(1, "PPM-C exclusion (0: blend the orders instead)", **BOOL)
+    ppmc_reset: str = S("never", "doc: clear the PPM counts after each scored BOS", choices=("never", "doc"))
+    ttt: int = S(0, "legal score-first test-time training on the reloaded artifact", choices=(0, 1), on=(1,))
+    ttt_chunk_tokens: int = S(32768, "targets per TTT chunk (score the chunk, then train on it)", rng="[1, inf)")
+    ttt_lr: float = S(0.002, "TTT SGD learning rate (cosine decay over chunks)", rng="[0, inf)")
+    ttt_momentum: float = S(0.9, "TTT SGD momentum", rng="[0, 1)")
+    ttt_epochs: int = S(3, "TTT steps per chunk", rng="[1, inf)")
+    ttt_grad_clip: float = S(1.0, "TTT gradient clip (0: off)", rng="[0, inf)")
+    eval_only: str = S("", "path of an artifact: skip training, load it and run the final evaluation")
+
     def __init__(self, values: dict):
         self.__dict__.update(values)
 
     @classmethod
     def from_env(cls, env=None) -> "Hyperparameters":
         env = os.environ if env is None else env
-        names = [f[0] for f in FLAGS]
-        for key in env:  # a near-miss of a known name is a typo, not a new flag
-            if key not in names and key not in KNOWN_ENV and key.isupper():
-                close = difflib.get_close_matches(key, names, n=1, cutoff=0.88)
-                if close:
-                    raise ConfigError(f"unknown setting {key}={env[key]!r}: did you mean {close[0]}?")
-        values = {}
-        for name, typ, default, _ in FLAGS:
-            raw = env.get(name)
-            try:
-                values[name.lower()] = default if raw is None or raw == "" else typ(float(raw) if typ is int else raw)
-            except ValueError:
-                raise ConfigError(f"{name}={raw!r} is not a valid {typ.__name__}") from None
-            if typ is int and raw not in (None, "") and float(raw) != int(float(raw)):
-                raise ConfigError(f"{name}={raw!r} must be a whole number")
-        args = cls(values)
+        refuse_unknown(env)
+        args = cls({s.name.lower(): read_setting(s, env) for s in SETTINGS})
         args.run_id = args.run_id or str(uuid.uuid4())
         args.eval_seq_len = args.eval_seq_len or args.train_seq_len
         return args
 
     def as_dict(self) -> dict:
-        return {name: getattr(self, name.lower()) for name, *_ in FLAGS}
+        return {s.name: getattr(self, s.name.lower()) for s in SETTINGS}
+
+
+def declared(cls) -> tuple[Setting, ...]:
+    """The Settings of a class body, with their env names and types filled in from the annotations."""
+    types = {"int": int, "float": float, "str": str}
+    out = []
+    for attr, annotation in cls.__annotations__.items():
+        s = cls.__dict__[attr]._replace(name=attr.upper(), type=types[annotation])
+        setattr(cls, attr, s)
+        out.append(s)
+    return tuple(out)
+
+
+SETTINGS = declared(Hyperparameters)
+FLAGS = [(s.name, s.type, s.default, s.meaning) for s in SETTINGS]  # (name, type, default, meaning) for tools
+ARCH_KEYS = tuple(s.name for s in SETTINGS if s.arch)
+TECHNIQUES = [f"{s.name}={v}" + (f" {s.requires}" if s.requires else "") for s in SETTINGS for v in s.on]
+ALIASES = {(a if isinstance(a, str) else a[0]): (s, None if isinstance(a, str) else a[1])
+           for s in SETTINGS for a in s.aliases}
+
+
+def read_setting(s: Setting, env) -> Any:
+    """The setting's value from its own name or an alias (two different values for one setting are refused)."""
+    given = [(s.name, env[s.name])] if env.get(s.name, "") != "" else []
+    for alias, (target, mapping) in ALIASES.items():
+        if target is s and env.get(alias, "") != "":
+            raw = env[alias] if mapping is None else mapping.get(env[alias])
+            if raw is None:
+                raise ConfigError(f"{alias}={env[alias]!r}: use one of {', '.join(mapping)}")
+            given.append((alias, raw))
+    if not given:
+        return s.default
+    values = {s.parse(raw, name) for name, raw in given}
+    if len(values) > 1:
+        raise ConfigError(f"{' and '.join(f'{n}={r!r}' for n, r in given)} set the same setting to different "
+                          "values; set one")
+    return values.pop()
+
+
+def abbreviates(key: str, name: str) -> bool:
+    """GATED_ATTN -> GATED_ATTENTION: same first word, every later word a same-initial subsequence of the name's."""
+    a, b = key.split("_"), name.split("_")
+    if len(a) != len(b) or a[0] != b[0] or key == name or len(key) < 0.6 * len(name):
+        return False
+    return all(x[:1] == y[:1] and re.fullmatch(".*".join(map(re.escape, x)) + ".*", y) for x, y in zip(a, b))
+
+
+def refuse_unknown(env) -> None:
+    """A near-miss, an abbreviation or a lower-case spelling of a known name is a mistake, not a new setting."""
+    names = [s.name for s in SETTINGS] + list(ALIASES)
+    for key in env:
+        if key in names or key in KNOWN_ENV:
+            continue
+        if key.upper() in names:
+            raise ConfigError(f"setting {key}={env[key]!r} is not upper case: use {key.upper()}")
+        if not key.isupper():
+            continue
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.88) or [n for n in names if abbreviates(key, n)]
+        if close:
+            raise ConfigError(f"unknown setting {key}={env[key]!r}: did you mean {close[0]}?")
 
 
 def check_config(args: Hyperparameters, world_size: int) -> None:
-    a = args
-    if world_size < 1 or 8 % world_size:
-        raise ConfigError(f"WORLD_SIZE={world_size} must divide 8 (grad_accum_steps = 8 // WORLD_SIZE)")
-    if a.model_dim % a.num_heads or a.num_heads % a.num_kv_heads or (a.model_dim // a.num_heads) % 2:
-        raise ConfigError(f"MODEL_DIM={a.model_dim}, NUM_HEADS={a.num_heads}, NUM_KV_HEADS={a.num_kv_heads}: heads "
-                          "must divide MODEL_DIM with an even head dim, and NUM_KV_HEADS must divide NUM_HEADS")
-    micro = world_size * (8 // world_size) * a.train_seq_len
-    if a.train_batch_tokens % micro:
-        raise ConfigError(f"TRAIN_BATCH_TOKENS={a.train_batch_tokens} must be a multiple of 8 * TRAIN_SEQ_LEN "
-                          f"= {micro} (8 micro-batches of whole sequences per step)")
-    if not 0 < a.eval_stride <= a.eval_seq_len:
-        raise ConfigError(f"EVAL_STRIDE={a.eval_stride} must be in 1..EVAL_SEQ_LEN={a.eval_seq_len}")
-    if {a.quant_bits, a.quant_embed_bits, a.quant_mlp_bits or 6} - {5, 6, 8}:
-        raise ConfigError(f"QUANT_BITS={a.quant_bits} / QUANT_EMBED_BITS={a.quant_embed_bits} / QUANT_MLP_BITS="
-                          f"{a.quant_mlp_bits}: use 5, 6 or 8")
-    choices = {"GATED_ATTENTION_MODE": ("head", "element"), "REVIEW_GATE": ("full", "lowrank", "head", "scalar"),
-               "MLP_ACT": ("relu2", "leaky_relu2"), "PPMC_RESET": ("never", "doc"), "DEVICE": ("auto", "cuda", "cpu")}
-    for name, allowed in choices.items():
-        if getattr(a, name.lower()) not in allowed:
-            raise ConfigError(f"{name}={getattr(a, name.lower())!r}: use one of {', '.join(allowed)}")
-    if not 0 <= a.ppmc_alpha <= 1 or a.ppmc_order < 0:
-        raise ConfigError(f"PPMC_ALPHA={a.ppmc_alpha} must be in [0, 1] and PPMC_ORDER={a.ppmc_order} >= 0")
-    if a.eval_only and not Path(a.eval_only).is_file():
-        raise ConfigError(f"EVAL_ONLY={a.eval_only} is not a file; give the path of an artifacts/<RUN_ID>.ptz")
-    ranges = [("BIGRAM_BUCKETS", a.bigram_buckets >= 2, ">= 2"), ("REVIEW_RANK", a.review_rank >= 1, ">= 1"),
-              ("MLP_MULT", a.mlp_mult > 0, "> 0"),
-              ("XSA_LAST_N", 0 <= a.xsa_last_n <= a.num_layers, "in 0..NUM_LAYERS"),
-              ("EMA_DECAY", 0 <= a.ema_decay <= 1, "in [0, 1]")]
-    for name, ok, rule in ranges:
+    """The relations between settings (each setting's own range was checked when it was read)."""
+    a, head_dim = args, args.model_dim // max(args.num_heads, 1)
+    relations = [
+        (world_size >= 1 and 8 % world_size == 0, f"WORLD_SIZE={world_size} must divide 8 (grad_accum_steps = "
+         "8 // WORLD_SIZE)"),
+        (a.model_dim % a.num_heads == 0 and a.num_heads % a.num_kv_heads == 0 and head_dim % 2 == 0,
+         f"MODEL_DIM={a.model_dim}, NUM_HEADS={a.num_heads}, NUM_KV_HEADS={a.num_kv_heads}: heads must divide "
+         "MODEL_DIM with an even head dim, and NUM_KV_HEADS must divide NUM_HEADS"),
+        (int(a.mlp_mult * a.model_dim) >= 1, f"MLP_MULT={a.mlp_mult} * MODEL_DIM={a.model_dim} gives no hidden unit"),
+        (a.train_batch_tokens % (8 * a.train_seq_len) == 0, f"TRAIN_BATCH_TOKENS={a.train_batch_tokens} must be "
+         f"a multiple of 8 * TRAIN_SEQ_LEN = {8 * a.train_seq_len} (8 micro-batches of whole sequences per step)"),
+        (a.val_batch_size >= 8 * a.train_seq_len, f"VAL_BATCH_SIZE={a.val_batch_size} must hold at least one "
+         f"sequence per micro-batch: >= 8 * TRAIN_SEQ_LEN = {8 * a.train_seq_len}"),
+        (a.eval_stride <= a.eval_seq_len, f"EVAL_STRIDE={a.eval_stride} must be in 1..EVAL_SEQ_LEN={a.eval_seq_len}"),
+        (a.xsa_last_n <= a.num_layers, f"XSA_LAST_N={a.xsa_last_n} must be in 0..NUM_LAYERS={a.num_layers}"),
+        (a.rope_dims % 2 == 0 and a.rope_dims <= head_dim, f"ROPE_DIMS={a.rope_dims} must be even and at most "
+         f"the head dim {head_dim}"),
+        (not (a.review_residual and a.highway), "REVIEW_RESIDUAL=1 and HIGHWAY=1 are alternatives: set one"),
+        (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", a.run_id) is not None, f"RUN_ID={a.run_id!r} must be "
+         "a name (letters, digits, '.', '_', '-'; no path)"),
+        (a.device != "cuda" or torch.cuda.is_available(), "DEVICE=cuda but no CUDA device is visible; use "
+         "DEVICE=cpu"),
+        (not a.eval_only or Path(a.eval_only).is_file(), f"EVAL_ONLY={a.eval_only} is not a file; give the path of "
+         "an artifacts/<RUN_ID>.ptz"),
+    ]
+    for ok, message in relations:
         if not ok:
-            raise ConfigError(f"{name}={getattr(a, name.lower())} is out of range: it must be {rule}")
-    if a.review_residual and a.highway:
-        raise ConfigError("REVIEW_RESIDUAL=1 and HIGHWAY=1 are alternatives: set one")
-    head_dim = a.model_dim // a.num_heads
-    if a.rope_dims % 2 or not 0 <= a.rope_dims <= head_dim:
-        raise ConfigError(f"ROPE_DIMS={a.rope_dims} must be even and at most the head dim {head_dim}")
-    if a.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("DEVICE=cuda but no CUDA device is visible; use DEVICE=cpu")
+            raise ConfigError(message)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,37 +341,73 @@ SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 
 
 def load_shard(path: Path, header_only: bool = False) -> np.ndarray:
-    size = path.stat().st_size
-    if size < HEADER_INTS * 4:
-        raise ConfigError(f"shard {path} is {size} bytes, shorter than its 1024-byte header")
-    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    try:
+        if not path.is_file():
+            raise ConfigError(f"shard {path} is not a regular file")
+        size = path.stat().st_size
+        if size < HEADER_INTS * 4:
+            raise ConfigError(f"shard {path} is {size} bytes, shorter than its 1024-byte header")
+        header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    except OSError as exc:
+        raise ConfigError(f"shard {path} cannot be read ({exc.strerror or exc})") from None
     if header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
         raise ConfigError(f"shard {path} has magic {header[0]} version {header[1]}; expected {SHARD_MAGIC} "
                           f"version {SHARD_VERSION} (rebuild it with python -m data.prepare)")
-    if size != HEADER_INTS * 4 + 2 * int(header[2]):
+    if header[2] < 1 or size != HEADER_INTS * 4 + 2 * int(header[2]):
         raise ConfigError(f"shard {path} is {size} bytes but its header promises {header[2]} tokens "
-                          f"({HEADER_INTS * 4 + 2 * int(header[2])} bytes): truncated or corrupted")
+                          f"({HEADER_INTS * 4 + 2 * max(int(header[2]), 0)} bytes): empty, truncated or corrupted")
     return header if header_only else np.fromfile(path, dtype="<u2", count=int(header[2]), offset=HEADER_INTS * 4)
 
 
+def checked_tokens(path: Path, vocab_size: int) -> np.ndarray:
+    """A shard's tokens, refused when one is not an id of the vocabulary."""
+    tokens = load_shard(path)
+    if int(tokens.max()) >= vocab_size:
+        raise ConfigError(f"shard {path} holds token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}: it was made "
+                          "with another tokenizer")
+    return tokens
+
+
 def shard_files(data_path: str, split: str) -> list[Path]:
+    """The shards of one split ("train" or "val") in DATA_PATH, sorted."""
+    pattern = f"fineweb_{split}_*.bin"
     if not Path(data_path).is_dir():
         raise ConfigError(f"DATA_PATH={data_path} is not a folder; build shards with `python -m data.prepare` "
                           "or point DATA_PATH at them")
-    files = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_*.bin")))
+    files = sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(data_path), pattern)))
     if not files:
-        raise ConfigError(f"no fineweb_{split}_*.bin shards in {data_path}")
+        raise ConfigError(f"no {pattern} shards in {data_path}")
     return files
 
 
 def load_tokenizer(args: Hyperparameters) -> spm.SentencePieceProcessor:
     if not Path(args.tokenizer_path).is_file():
         raise ConfigError(f"TOKENIZER_PATH={args.tokenizer_path} does not exist")
-    sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    try:
+        sp = spm.SentencePieceProcessor(model_file=args.tokenizer_path)
+    except (RuntimeError, OSError):
+        raise ConfigError(f"TOKENIZER_PATH={args.tokenizer_path} is not a SentencePiece model") from None
     if sp.vocab_size() != args.vocab_size:
         raise ConfigError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE="
                           f"{args.vocab_size}; set VOCAB_SIZE={sp.vocab_size()} or use the matching tokenizer")
     return sp
+
+
+def check_manifest(args: Hyperparameters, val_bytes_total: int) -> None:
+    """When DATA_PATH has a manifest.json (python -m data.prepare writes one), the tokenizer must be the one that
+    made the shards: same sha256 and the same val byte total. Otherwise bits per byte would be silently wrong."""
+    path = Path(args.data_path) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({exc}); rebuild the data with python -m data.prepare") from None
+    want = (manifest.get("tokenizer") or {}).get("sha256") if isinstance(manifest, dict) else None
+    if want and hashlib.sha256(Path(args.tokenizer_path).read_bytes()).hexdigest() != want:
+        raise ConfigError(f"TOKENIZER_PATH={args.tokenizer_path} is not the tokenizer that made the shards in "
+                          f"{args.data_path} (sha256 differs from its manifest.json); use that tokenizer")
+    if want and manifest.get("val_bytes") not in (None, val_bytes_total):
+        raise ConfigError(f"the val shards of {args.data_path} hold {val_bytes_total} bytes by this tokenizer but "
+                          f"{manifest['val_bytes']} by their manifest.json: rebuild the data")
 
 
 def byte_tables(sp: spm.SentencePieceProcessor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -275,16 +438,17 @@ class TokenLoader:
     """Reads the training shards in order, forever. Each micro-step takes one global chunk of
     WORLD_SIZE spans of (local_tokens + 1) tokens; rank r trains on span r, so any GPU count sees the same data."""
 
-    def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device):
+    def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device, vocab_size: int = 65536):
         self.files, self.rank, self.world_size, self.device = files, rank, world_size, device
-        self.file_idx, self.tokens, self.pos = 0, load_shard(files[0]), 0
+        self.vocab_size = vocab_size
+        self.file_idx, self.tokens, self.pos = 0, checked_tokens(files[0], vocab_size), 0
 
     def take(self, n: int) -> np.ndarray:
         parts = []
         while n > 0:
             if self.pos == len(self.tokens):
                 self.file_idx = (self.file_idx + 1) % len(self.files)
-                self.tokens, self.pos = load_shard(self.files[self.file_idx]), 0
+                self.tokens, self.pos = checked_tokens(self.files[self.file_idx], self.vocab_size), 0
             k = min(n, len(self.tokens) - self.pos)
             parts.append(self.tokens[self.pos:self.pos + k])
             self.pos, n = self.pos + k, n - k
@@ -299,10 +463,21 @@ class TokenLoader:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Model: GPT with GQA attention, RoPE, QK-norm, relu^2 MLP, U-Net skips, tied embeddings, logit softcap.
+# A disabled technique is None and its one `if` skips it. Each parameter's optimiser group and export precision is
+# its role, set by the module that owns it (role()): "matrix" (Muon; quantised when large), "control" (Adam at
+# SCALAR_LR; fp32 in the artifact), "embed", "head". Unmarked: 2-D -> matrix, else control.
 # ----------------------------------------------------------------------------------------------------------------
 
-CONTROL_NAMES = ("attn_scale", "mlp_scale", "resid_mix", "q_gain", "skip_weights", "gate", "vr_lambda", "smear",
-                 "bigram.scale")  # control tensors and gates: Adam at SCALAR_LR; fp32 in the export if small
+def role(p: nn.Parameter, kind: str) -> nn.Parameter:
+    p.kit_role = kind
+    return p
+
+
+def param_roles(model: nn.Module, patterns: str = "") -> dict[str, str]:
+    """{parameter name: role}; upstream's CONTROL_TENSOR_NAME_PATTERNS (comma-separated) adds control tensors."""
+    extra = [x for x in patterns.split(",") if x]
+    return {name: "control" if any(x in name for x in extra) else
+            getattr(p, "kit_role", "matrix" if p.ndim == 2 else "control") for name, p in model.named_parameters()}
 
 
 def attention_kernel(device: torch.device):
@@ -324,9 +499,6 @@ def attention_kernel(device: torch.device):
                                            is_causal=True, enable_gqa=k.size(2) != q.size(2))
         return y.transpose(1, 2)
     return "sdpa", sdpa
-
-
-ATTENTION = attention_kernel(torch.device("cpu"))  # replaced in main() once the device is known
 
 
 class CastedLinear(nn.Linear):
@@ -365,26 +537,21 @@ class Rotary(nn.Module):
 class Gate(nn.Module):
     """sigma(W z + b), broadcast to `width` channels. W is full (width x n_in), low-rank (width x k)(k x n_in),
     per-head (heads x n_in, one gate per head's channels) or scalar (1 x n_in). W starts at zero (low-rank: its
-    output factor), b at `bias`, so the gate is exactly sigma(bias) at init."""
+    output factor), b at `bias`, so the gate is exactly sigma(bias) at init. Every tensor is a control tensor."""
 
     def __init__(self, n_in: int, width: int, kind: str, rank: int, heads: int, bias: float):
         super().__init__()
         out = {"full": width, "lowrank": width, "head": heads, "scalar": 1}[kind]
-        self.down = CastedLinear(n_in, rank) if kind == "lowrank" else nn.Identity()
+        self.down = CastedLinear(n_in, rank) if kind == "lowrank" else None
         self.w = CastedLinear(rank if kind == "lowrank" else n_in, out, zero_init=True)
         self.b = nn.Parameter(torch.full((out,), float(bias)))
         self.expand = width // out if 1 < out < width else 1
+        for p in self.parameters():
+            role(p, "control")
 
     def forward(self, z: Tensor) -> Tensor:
-        g = torch.sigmoid(self.w(self.down(z)) + self.b.to(z.dtype))
+        g = torch.sigmoid(self.w(z if self.down is None else self.down(z)) + self.b.to(z.dtype))
         return g.repeat_interleave(self.expand, dim=-1) if self.expand > 1 else g
-
-
-class Plain(nn.Module):
-    """The plain residual update x + u (also: no gate, no value mixing, no XSA, where a hook is unused)."""
-
-    def forward(self, x: Tensor, u: Tensor) -> Tensor:
-        return x + u
 
 
 class Review(nn.Module):
@@ -411,8 +578,9 @@ class Highway(nn.Module):
         return x + self.gate(x) * u
 
 
-def residual_rule(args: Hyperparameters) -> nn.Module:
-    return Review(args) if args.review_residual else Highway(args) if args.highway else Plain()
+def residual_rule(args: Hyperparameters) -> nn.Module | None:
+    """The gated residual update of both sublayers; None: the plain x + u."""
+    return Review(args) if args.review_residual else Highway(args) if args.highway else None
 
 
 class ValueResidual(nn.Module):
@@ -429,11 +597,6 @@ class ValueResidual(nn.Module):
         return lam[0] * v0 + lam[1] * v
 
 
-class KeepValues(nn.Module):
-    def forward(self, v: Tensor, v0: Tensor | None) -> Tensor:
-        return v
-
-
 def exclusive(y: Tensor, v: Tensor) -> Tensor:
     """XSA: remove from each head's output its component along its own (normalised) value vector."""
     v_hat = F.normalize(v, dim=-1).repeat_interleave(y.size(2) // v.size(2), dim=2)
@@ -441,18 +604,18 @@ def exclusive(y: Tensor, v: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, args: Hyperparameters, layer: int, max_len: int):
+    def __init__(self, args: Hyperparameters, layer: int, max_len: int, kernel):
         super().__init__()
         d, self.h, self.kv = args.model_dim, args.num_heads, args.num_kv_heads
-        self.hd = d // self.h
+        self.hd, self.attend = d // self.h, kernel
         self.c_q = CastedLinear(d, d)
         self.c_k = CastedLinear(d, self.kv * self.hd)
         self.c_v = CastedLinear(d, self.kv * self.hd)
         self.proj = CastedLinear(d, d, zero_init=True)
-        self.q_gain = nn.Parameter(torch.full((self.h,), args.qk_gain_init))
+        self.q_gain = role(nn.Parameter(torch.full((self.h,), args.qk_gain_init)), "control")
         self.rotary = Rotary(args.rope_dims or self.hd, args.rope_base, max_len)
-        self.values = ValueResidual() if args.value_residual else KeepValues()
-        self.xsa = exclusive if layer >= args.num_layers - args.xsa_last_n else (lambda y, v: y)
+        self.values = ValueResidual() if args.value_residual else None
+        self.xsa = layer >= args.num_layers - args.xsa_last_n
         mode = {"head": "head", "element": "full"}[args.gated_attention_mode]
         self.out_gate = Gate(d, d, mode, 0, self.h, args.gated_attention_bias) if args.gated_attention else None
 
@@ -462,9 +625,12 @@ class Attention(nn.Module):
         q = rms(self.c_q(a).view(B, T, self.h, self.hd))
         k = rms(self.c_k(a).view(B, T, self.kv, self.hd))
         raw_v = self.c_v(a).view(B, T, self.kv, self.hd)
-        v = self.values(raw_v, v0)
+        v = raw_v if self.values is None else self.values(raw_v, v0)
         q = self.rotary(q) * self.q_gain.to(a.dtype)[:, None]
-        y = self.xsa(ATTENTION[1](q, self.rotary(k), v), v).reshape(B, T, -1)
+        y = self.attend[1](q, self.rotary(k), v)
+        if self.xsa:
+            y = exclusive(y, v)
+        y = y.reshape(B, T, -1)
         return self.proj(y if self.out_gate is None else y * self.out_gate(a)), raw_v
 
 
@@ -474,22 +640,27 @@ class MLP(nn.Module):
         hidden = int(args.mlp_mult * args.model_dim)
         self.fc = CastedLinear(args.model_dim, hidden)
         self.proj = CastedLinear(hidden, args.model_dim, zero_init=True)
-        slope = args.mlp_leaky_slope
-        self.act = {"relu2": lambda z: torch.relu(z).square(),
-                    "leaky_relu2": lambda z: F.leaky_relu(z, slope).square()}[args.mlp_act]
+        self.slope = args.mlp_leaky_slope if args.mlp_act == "leaky_relu2" else None  # None: relu^2
+
+    def act(self, z: Tensor) -> Tensor:
+        return (torch.relu(z) if self.slope is None else F.leaky_relu(z, self.slope)).square()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.act(self.fc(x)))
 
 
+def residual(rule: nn.Module | None, x: Tensor, u: Tensor) -> Tensor:
+    return x + u if rule is None else rule(x, u)
+
+
 class Block(nn.Module):
-    def __init__(self, args: Hyperparameters, layer: int, max_len: int):
+    def __init__(self, args: Hyperparameters, layer: int, max_len: int, kernel):
         super().__init__()
         d = args.model_dim
-        self.attn, self.mlp = Attention(args, layer, max_len), MLP(args)
-        self.attn_scale = nn.Parameter(torch.ones(d))
-        self.mlp_scale = nn.Parameter(torch.ones(d))
-        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))))
+        self.attn, self.mlp = Attention(args, layer, max_len, kernel), MLP(args)
+        self.attn_scale = role(nn.Parameter(torch.ones(d)), "control")
+        self.mlp_scale = role(nn.Parameter(torch.ones(d)), "control")
+        self.resid_mix = role(nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d)))), "control")
         self.attn_res, self.mlp_res = residual_rule(args), residual_rule(args)
         self.ln = 1 / math.sqrt(layer + 1) if args.ln_scale else 1.0  # LN_SCALE
 
@@ -497,8 +668,8 @@ class Block(nn.Module):
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
         u, v = self.attn(rms(x) * self.ln, v0)
-        x = self.attn_res(x, self.attn_scale.to(x.dtype) * u)
-        return self.mlp_res(x, self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.ln)), v
+        x = residual(self.attn_res, x, self.attn_scale.to(x.dtype) * u)
+        return residual(self.mlp_res, x, self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.ln)), v
 
 
 class BigramHash(nn.Module):
@@ -510,8 +681,9 @@ class BigramHash(nn.Module):
         self.buckets = args.bigram_buckets
         self.embed = nn.Embedding(self.buckets, args.bigram_dim)
         nn.init.zeros_(self.embed.weight)
+        role(self.embed.weight, "embed")
         self.proj = CastedLinear(args.bigram_dim, args.model_dim)
-        self.scale = nn.Parameter(torch.tensor(0.05))
+        self.scale = role(nn.Parameter(torch.tensor(0.05)), "control")
 
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
         h = torch.bitwise_xor(36313 * idx[:, 1:], 27191 * idx[:, :-1]) % (self.buckets - 1)
@@ -525,7 +697,7 @@ class SmearGate(nn.Module):
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
-        self.smear = nn.Parameter(torch.zeros(args.model_dim))
+        self.smear = role(nn.Parameter(torch.zeros(args.model_dim)), "control")
         self.bos = 1
 
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
@@ -535,18 +707,21 @@ class SmearGate(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, args: Hyperparameters):
+    def __init__(self, args: Hyperparameters, kernel=None):
         super().__init__()
-        max_len = max(args.train_seq_len, args.eval_seq_len)
+        max_len, kernel = max(args.train_seq_len, args.eval_seq_len), kernel or attention_kernel(torch.device("cpu"))
         self.softcap = args.logit_softcap
         self.tok_emb = nn.Embedding(args.vocab_size, args.model_dim)
+        role(self.tok_emb.weight, "embed")
         self.bigram = BigramHash(args) if args.bigram_hash else None
         self.smear = SmearGate(args) if args.smear_gate else None
-        self.blocks = nn.ModuleList(Block(args, i, max_len) for i in range(args.num_layers))
+        self.blocks = nn.ModuleList(Block(args, i, max_len, kernel) for i in range(args.num_layers))
         self.num_enc = args.num_layers // 2
-        self.skip_weights = nn.Parameter(torch.ones(min(self.num_enc, args.num_layers - self.num_enc),
-                                                    args.model_dim))
+        self.skip_weights = role(nn.Parameter(torch.ones(min(self.num_enc, args.num_layers - self.num_enc),
+                                                         args.model_dim)), "control")
         self.lm_head = None if args.tie_embeddings else CastedLinear(args.model_dim, args.vocab_size, True)
+        if self.lm_head is not None:
+            role(self.lm_head.weight, "head")
         if args.tie_embeddings:
             nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
         for m in self.modules():
@@ -561,9 +736,12 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # bf16 residual stream under autocast (fp32 master weights)
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        x = rms(x if self.bigram is None else self.bigram(x, idx))
-        x = x0 = x if self.smear is None else self.smear(x, idx)
-        skips, v0 = [], None
+        if self.bigram is not None:
+            x = self.bigram(x, idx)
+        x = rms(x)
+        if self.smear is not None:
+            x = self.smear(x, idx)
+        x0, skips, v0 = x, [], None
         for i, block in enumerate(self.blocks):
             if i >= self.num_enc and skips:
                 x = x + self.skip_weights[i - self.num_enc].to(x.dtype) * skips.pop()
@@ -585,9 +763,10 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def build_model(args: Hyperparameters) -> GPT:
+def build_model(args: Hyperparameters, device: torch.device | None = None) -> GPT:
+    """The model of a configuration, seeded; the attention kernel is the best one for `device` (default: CPU)."""
     torch.manual_seed(args.seed)
-    return GPT(args)
+    return GPT(args, attention_kernel(device or torch.device("cpu")))
 
 
 def count_params(env) -> int:
@@ -646,12 +825,11 @@ class Muon(torch.optim.Optimizer):
 
 
 def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.optim.Optimizer], Muon]:
-    """Embeddings (token, bigram) and the untied head: Adam at their LRs; 2-D matrices: Muon; the rest: Adam."""
-    groups = {"embed": [], "head": [], "matrix": [], "scalar": []}
+    """By role: embeddings (token, bigram) and the untied head: Adam at their LRs; matrices: Muon; control: Adam."""
+    roles = param_roles(model, args.control_tensor_name_patterns)
+    groups = {"embed": [], "head": [], "matrix": [], "control": []}
     for name, p in model.named_parameters():
-        kind = ("embed" if name in ("tok_emb.weight", "bigram.embed.weight") else "head" if name.startswith("lm_head")
-                else "matrix" if p.ndim == 2 and not any(c in name for c in CONTROL_NAMES) else "scalar")
-        groups[kind].append(p)
+        groups[roles[name]].append(p)
     fused = next(model.parameters()).is_cuda
 
     def adam(params, lr):
@@ -661,7 +839,7 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.opti
     for g in muon.param_groups:
         g["base_lr"] = args.matrix_lr
     opts = [adam(groups["embed"], args.tied_embed_lr if args.tie_embeddings else args.embed_lr), muon,
-            adam(groups["scalar"], args.scalar_lr)]
+            adam(groups["control"], args.scalar_lr)]
     if groups["head"]:
         opts.append(adam(groups["head"], args.head_lr))
     return opts, muon
@@ -727,12 +905,12 @@ def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stri
 
 
 def sliding_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
-                 seq_len: int = 0, stride: int = 0) -> tuple[Tensor, Tensor]:
+                 seq_len: int = 0, stride: int = 0, batch_seqs: int = 0) -> tuple[Tensor, Tensor]:
     """This rank's share of the sliding windows: (target positions, NLLs)."""
     model.eval()
     wins = windows(tokens.numel(), seq_len or args.eval_seq_len, stride or args.eval_stride)
     mine = wins[len(wins) * rank // world_size:len(wins) * (rank + 1) // world_size]
-    nll = window_nll(model, tokens, mine, args.eval_batch_seqs)
+    nll = window_nll(model, tokens, mine, batch_seqs or args.eval_batch_seqs)
     model.train()
     return window_positions(mine, tokens.device), nll
 
@@ -760,7 +938,8 @@ def mix_nll(nll_net: Tensor, p_ppm: Tensor, alpha: float) -> Tensor:
 
 
 class TTTLedger:
-    """No-op ledger; the compliance probe passes one that records every scored and trained target position."""
+    """No-op ledger (Python API): the compliance probe and the tests pass one that records every scored and trained
+    target position."""
 
     def scored(self, positions: Tensor) -> None: ...
 
@@ -828,7 +1007,7 @@ def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTT
     return torch.empty_like(nll).index_copy_(0, pos - 1, nll)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+
 # PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm over the val stream, causally.
 # Token t uses the contexts of orders min(ORDER, t')..0 (t' = tokens counted since the last reset), then order -1
 # (uniform over the vocabulary). A seen context with counts c, total n and q distinct symbols gives P(x) = c(x)/(n+q)
@@ -878,7 +1057,20 @@ def _unpack(packed: np.ndarray):
     return packed.astype(np.int32), lo
 
 
-def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb, chunk=1 << 20):
+PPM_LOOKUP_CHUNK = 1 << 20  # elements (queries' pairs + events) sorted at once by _lookup_sums
+
+
+def _chunks(cost: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """Query ranges [i0, i1) whose cumulative `cost` grows by at most `chunk` (at least one query each)."""
+    out, i0 = [], 0
+    while i0 < cost.size:
+        i1 = max(i0 + 1, int(np.searchsorted(cost, (cost[i0 - 1] if i0 else 0) + chunk, "right")))
+        out.append((i0, i1))
+        i0 = i1
+    return out
+
+
+def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb):
     """For each query i (positions tq, increasing): the summed occurrences before tq[i] of the pairs
     lp[o_i], ..., lp[o_i + cnt_i - 1] among the events (positions ev_pos, increasing; pair ids ev_pair).
     Chunks of queries keep the arrays small: `seen` counts every pair's events before the chunk, and within it one
@@ -886,10 +1078,8 @@ def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb, chunk=1 << 
     events of its pair that precede it (rank[j]: queries at positions <= j)."""
     X, seen = np.zeros(tq.size), np.zeros(n_pairs, np.int64)
     evb = np.searchsorted(ev_pos, tq)  # events before each query
-    cost = np.cumsum(cnt + np.diff(evb, prepend=0))
-    i0 = e0 = 0
-    while i0 < tq.size:
-        i1 = max(i0 + 1, int(np.searchsorted(cost, (cost[i0 - 1] if i0 else 0) + chunk, "right")))
+    e0 = 0
+    for i0, i1 in _chunks(np.cumsum(cnt + np.diff(evb, prepend=0)), PPM_LOOKUP_CHUNK):
         e1, c = int(evb[i1 - 1]), cnt[i0:i1]
         g = ev_pair[e0:e1].astype(np.int64)
         idx = np.repeat(o[i0:i1] - np.cumsum(c) + c, c)
@@ -906,7 +1096,7 @@ def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb, chunk=1 << 
         m = np.flatnonzero(a & 1)
         X[i0:i1] = np.bincount((a[m] >> 1) & ((1 << nb) - 1), weights=before[m] + seen[pair[m]], minlength=i1 - i0)
         np.add.at(seen, g, 1)
-        i0, e0 = i1, e1
+        e0 = e1
     return X
 
 
@@ -929,6 +1119,64 @@ def _fold(R: np.ndarray, c, m, q, q_up, V: int, exclusion: bool) -> np.ndarray:
     return R
 
 
+class PPMOrder:
+    """One order's counts, indexed by position t (0..N; N is a never-valid dummy) unless said otherwise. Mutable:
+    arrays are dropped (None) as soon as they are used up, to keep at most two orders in memory."""
+
+    def __init__(self, count, total, distinct, valid_pos, sorted_pos, run_start, pair_id, seen_before, n_pairs):
+        self.count, self.total, self.distinct = count, total, distinct  # c_k(t), n_k(t), q_k(t) of (context, x_t)
+        self.valid_pos = valid_pos  # positions whose order-k context lies inside their segment (increasing)
+        self.sorted_pos, self.run_start = sorted_pos, run_start  # valid_pos sorted by (pair, position); run starts
+        self.pair_id, self.seen_before = pair_id, seen_before  # (context, x_t) id; in sorted order: earlier occurrences
+        self.n_pairs = n_pairs
+
+
+def _pair_counts(sorted_pos: np.ndarray, run_start: np.ndarray, N: int):
+    """From the occurrences of order k's (context, symbol) pairs, sorted by (pair, position): each pair's dense id
+    and earlier occurrences (in sorted order, and scattered to time order), and the number of pairs."""
+    gid = np.cumsum(run_start, dtype=np.int32) - 1  # the dense id of each (context, symbol) pair
+    starts = np.flatnonzero(run_start).astype(np.int32)
+    seen_before = np.arange(sorted_pos.size, dtype=np.int32) - starts[gid]
+    n_pairs = starts.size
+    del starts
+    packed = np.zeros(N + 1, np.int64)  # (pair id, count) packed: one scatter into time order
+    packed[sorted_pos] = (gid.astype(np.int64) << 32) | seen_before
+    del gid
+    pair_id, count = _unpack(packed)
+    return pair_id, seen_before, count, n_pairs
+
+
+def _context_counts(prev: PPMOrder, first: np.ndarray, valid: np.ndarray, N: int, nb: int, exclusion: bool):
+    """n_k and q_k of order k's contexts (= order k-1's pairs at t-1), from order k-1's sorted occurrences. With
+    exclusion, also subtracts from order k-1's totals (in place) X_{k-1}(t): the order-(k-1) counts of the symbols
+    the order-k context offers, where that context was seen and did not offer x_t."""
+    tt = prev.sorted_pos + 1  # occurrences of each order-k context in time order
+    f = first[tt]
+    cs = np.cumsum(f, dtype=np.int32)
+    cs -= f  # first occurrences of (context, symbol) pairs before, running over contexts
+    base = np.maximum.accumulate(np.where(prev.run_start, cs, 0))  # ... at the start of this context's run
+    packed = np.zeros(N + 1, np.int64)  # (n, q) packed, scattered to time order
+    packed[tt] = (prev.seen_before.astype(np.int64) << 32) | (cs - base)
+    del cs
+    prev.sorted_pos = prev.run_start = prev.seen_before = None  # used up
+    packed *= valid  # (a pair that straddles a reset is no context)
+    total, distinct = _unpack(packed)
+    del packed
+    if exclusion:
+        need = first & (total > 0)
+        tq = np.flatnonzero(need)
+        symbols = prev.pair_id[tt[f]]  # each order-k context's symbols in first-seen order, as order-(k-1) pairs
+        offset = np.zeros(N + 1, np.int32)
+        offset[tt] = base  # where each context's list starts in `symbols`
+        offset = offset[tq].astype(np.int64)
+        del tt, f, base
+        prev.total[tq] -= _lookup_sums(prev.valid_pos, prev.pair_id[prev.valid_pos], prev.n_pairs, tq,
+                                       np.cumsum(need, dtype=np.int32), symbols, offset,
+                                       distinct[tq].astype(np.int64), nb).astype(np.int32)
+    prev.valid_pos = prev.pair_id = None
+    return total, distinct
+
+
 def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
     """p_ppm(tokens[t]) for t = 1..N-1 (float64 [N-1]); uses tokens < t only. About 105 bytes of memory a token."""
@@ -941,69 +1189,39 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
     x = x.astype(np.int32)
     pos = np.arange(N + 1, dtype=np.int32)  # index N: a dummy, never-valid position
     nb = max(1, N.bit_length())
-    sq, ctx = 0, np.zeros(N, np.int32)  # segment start of token t; order-0 context of a count at t: its segment
+    seg, ctx = 0, np.zeros(N, np.int32)  # segment start of token t; order-0 context of a count at t: its segment
     if reset_doc:
         isb = (x == bos_id) & (pos[:N] >= 1)
-        sq = np.concatenate(([0], np.maximum.accumulate(np.where(isb, pos[:N], 0)))).astype(np.int32)
+        seg = np.concatenate(([0], np.maximum.accumulate(np.where(isb, pos[:N], 0)))).astype(np.int32)
         ctx = np.cumsum(isb, dtype=np.int32)  # (a scored BOS opens the next segment)
+    prev = None
     for k in range(order + 1):
-        valid = pos - k >= sq  # the order-k context of t lies inside t's segment
+        valid = pos - k >= seg  # the order-k context of t lies inside t's segment
         valid[N] = False
         vp = np.flatnonzero(valid).astype(np.int32)
         key = ctx[vp].astype(np.int64)
         del ctx
         key *= V
         key += x[vp]
-        sp, new = _sort_by_key(key, vp, nb)
+        sp, run_start = _sort_by_key(key, vp, nb)
         del key
-        gid = np.cumsum(new, dtype=np.int32) - 1  # the dense id of each (context, symbol) pair
-        starts = np.flatnonzero(new).astype(np.int32)
-        w = np.arange(sp.size, dtype=np.int32) - starts[gid]  # earlier occurrences of the pair, in sorted order
-        n_pairs = starts.size
-        del starts
-        cp = np.zeros(N + 1, np.int64)  # (pair id, count) packed: one scatter into time order
-        cp[sp] = (gid.astype(np.int64) << 32) | w
-        del gid
-        pid, ck = _unpack(cp)
-        del cp
-        first = valid & (ck == 0)  # the pair's first occurrence: its context gains a symbol
+        pair_id, seen_before, count, n_pairs = _pair_counts(sp, run_start, N)
+        first = valid & (count == 0)  # the pair's first occurrence: its context gains a symbol
         if k == 0:
             cs = np.concatenate(([0], np.cumsum(first[:N], dtype=np.int32)))
-            nk, qk = pos - sq, cs - cs[sq]
-            if reset_doc:  # a scored BOS still sees the old segment: its count is of BOS tokens in [sq, t)
+            total, distinct = pos - seg, cs - cs[seg]
+            if reset_doc:  # a scored BOS still sees the old segment: its count is of BOS tokens in [seg, t)
                 cb = np.concatenate(([0], np.cumsum(x == bos_id, dtype=np.int32)))
-                ck[:N][isb] = (cb[:N] - cb[sq[:N]])[isb]
-            R = np.full(N + 1, 1.0 / V) if not exclusion else 1.0 / np.maximum(V - qk, 1)  # order -1
+                count[:N][isb] = (cb[:N] - cb[seg[:N]])[isb]
+            R = np.full(N + 1, 1.0 / V) if not exclusion else 1.0 / np.maximum(V - distinct, 1)  # order -1
+            del cs
         else:
-            tt = psp + 1  # occurrences of each order-k context (= order-(k-1) pair at t-1), in time order
-            f = first[tt]
-            cs = np.cumsum(f, dtype=np.int32)
-            cs -= f  # first occurrences of (context, symbol) pairs before, running over contexts
-            base = np.maximum.accumulate(np.where(pnew, cs, 0))  # ... at the start of this context's run
-            nq = np.zeros(N + 1, np.int64)  # (n, q) packed, scattered to time order
-            nq[tt] = (pw.astype(np.int64) << 32) | (cs - base)
-            del cs, psp, pw, pnew
-            nq *= valid  # (a pair that straddles a reset is no context)
-            nk, qk = _unpack(nq)
-            del nq
-            if exclusion:  # X_{k-1}(t): the order-(k-1) counts of the symbols the order-k context excludes
-                need = first & (nk > 0)  # the order-k context was seen and did not offer x_t
-                tq = np.flatnonzero(need)
-                lp = ppid[tt[f]]  # each order-k context's symbols in first-seen order, as order-(k-1) pair ids
-                off = np.zeros(N + 1, np.int32)
-                off[tt] = base  # where each context's list starts in lp
-                off = off[tq].astype(np.int64)
-            del tt, f, base
-            if exclusion:
-                pn[tq] -= _lookup_sums(pvp, ppid[pvp], pn_pairs, tq, np.cumsum(need, dtype=np.int32), lp, off,
-                                       qk[tq].astype(np.int64), nb).astype(np.int32)
-                del need, tq, lp, off
-            del pvp, ppid
-            R = _fold(R, pc, pn, pq, qk, V, exclusion)  # order k-1, now that X_{k-1} and q_k are known
-        pc, pn, pq = ck, nk, qk
-        pvp, psp, pnew, ppid, pw, pn_pairs = vp, sp, new, pid, w, n_pairs  # order k, for order k+1
-        ctx = np.concatenate(([0], pid[:N])).astype(np.int32)  # order-(k+1) context of t = order-k pair id at t-1
-    return _fold(R, pc, pn, pq, 0, V, exclusion)[1:N]
+            total, distinct = _context_counts(prev, first, valid, N, nb, exclusion)
+            R = _fold(R, prev.count, prev.total, prev.distinct, distinct, V, exclusion)  # order k-1, now complete
+        ctx = np.concatenate(([0], pair_id[:N])).astype(np.int32)  # order-(k+1) context of t = order-k pair at t-1
+        prev = PPMOrder(count, total, distinct, vp, sp, run_start, pair_id, seen_before, n_pairs)
+        del count, total, distinct, vp, sp, run_start, pair_id, seen_before  # prev holds them (and drops them early)
+    return _fold(R, prev.count, prev.total, prev.distinct, 0, V, exclusion)[1:N]
 
 
 def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2, exclusion: bool = True,
@@ -1035,6 +1253,7 @@ def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2
     return P + (mass * ~ex / max(np.count_nonzero(~ex), 1))
 
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # Export: int6 per-row quantisation with a clip search (GPTQ-lite), small and control tensors in fp16/fp32, zstd-22.
 # File: b"PGKIT001" + zstd( u32 header length + JSON header + raw little-endian arrays ). No pickle.
@@ -1061,18 +1280,28 @@ def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     return best_q.to(torch.int8), best_scale
 
 
-def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict) -> bytes:
+def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters) -> dict[str, np.ndarray]:
+    """How one tensor is stored: large 2-D tensors quantised per row (the token embedding at QUANT_EMBED_BITS, MLP
+    matrices at QUANT_MLP_BITS), control tensors and tensors of <= 4096 elements fp32, the rest fp16."""
+    if t.ndim == 2 and t.numel() > SMALL_TENSOR:
+        bits = (args.quant_embed_bits if name == "tok_emb.weight" else args.quant_mlp_bits or args.quant_bits
+                if ".mlp." in name else args.quant_bits)
+        q, scale = quantize_rows(t, bits)
+        return {"q": q.numpy(), "scale": scale.numpy()}
+    keep = [x for x in args.int8_keep_float_fp32_name_patterns.split(",") if x]
+    keep32 = role_ == "control" or t.numel() <= 4096 or any(x in name for x in keep)
+    return {"data": t.float().numpy() if keep32 else t.half().numpy()}
+
+
+def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict,
+                  roles: dict[str, str] | None = None) -> bytes:
+    """The artifact of a state dict; `roles` (param_roles of the model) default to those of build_model(args)."""
+    if roles is None:
+        with torch.device("meta"):
+            roles = param_roles(GPT(args), args.control_tensor_name_patterns)
     entries, blobs, offset = [], [], 0
     for name, t in state.items():
-        t = t.detach().cpu()
-        if t.ndim == 2 and t.numel() > SMALL_TENSOR:
-            bits = (args.quant_embed_bits if name == "tok_emb.weight" else args.quant_mlp_bits or args.quant_bits
-                    if ".mlp." in name else args.quant_bits)
-            q, scale = quantize_rows(t, bits)
-            arrays = {"q": q.numpy(), "scale": scale.numpy()}
-        else:
-            keep32 = any(c in name for c in CONTROL_NAMES) or t.numel() <= 4096
-            arrays = {"data": t.float().numpy() if keep32 else t.half().numpy()}
+        arrays = export_arrays(name, t.detach().cpu(), roles.get(name, "control"), args)
         entry = {"name": name, "shape": list(t.shape), "arrays": {}}
         for key, arr in arrays.items():
             raw = np.ascontiguousarray(arr).tobytes()
@@ -1085,37 +1314,42 @@ def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict) -
     return ARTIFACT_MAGIC + zstandard.ZstdCompressor(level=args.zstd_level, write_checksum=True).compress(payload)
 
 
+def decode_tensor(payload: bytes, base: int, e: dict) -> Tensor:
+    arrs = {}
+    for key, a in e["arrays"].items():
+        if base + a["offset"] + a["nbytes"] > len(payload):
+            raise ValueError(f"tensor {e['name']} runs past the end of the payload")
+        arrs[key] = np.frombuffer(payload, dtype=a["dtype"], count=a["nbytes"] // np.dtype(a["dtype"]).itemsize,
+                                  offset=base + a["offset"])
+    if "q" in arrs:
+        t = torch.from_numpy(arrs["q"].astype(np.float32)).view(e["shape"])
+        return t * torch.from_numpy(arrs["scale"].astype(np.float32))[:, None]
+    return torch.from_numpy(arrs["data"].astype(np.float32)).view(e["shape"])
+
+
 def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Tensor], dict]:
-    """Inverse of pack_artifact (dequantised float32 tensors, meta). Any damage raises ConfigError."""
+    """Inverse of pack_artifact (dequantised float32 tensors, meta). Any damage raises ConfigError: a wrong magic,
+    a broken or truncated zstd frame, bytes after it, a payload longer or shorter than its header says."""
     if blob[:8] != ARTIFACT_MAGIC:
         raise ConfigError(f"{where} is not a train_gpt.py artifact (bad magic {blob[:8]!r})")
     try:
-        payload = zstandard.ZstdDecompressor().decompress(blob[8:], max_output_size=1 << 32)
+        dec = zstandard.ZstdDecompressor().decompressobj()
+        payload = dec.decompress(blob[8:])
+        if not dec.eof or dec.unused_data:
+            raise ValueError("the zstd frame is incomplete" if not dec.eof else "bytes follow the zstd frame")
         (hlen,) = struct.unpack_from("<I", payload)
         header = json.loads(payload[4:4 + hlen])
-        base, state = 4 + hlen, {}
-        for e in header["tensors"]:
-            arrs = {}
-            for key, a in e["arrays"].items():
-                if base + a["offset"] + a["nbytes"] > len(payload):
-                    raise ValueError(f"tensor {e['name']} runs past the end of the payload")
-                arrs[key] = np.frombuffer(payload, dtype=a["dtype"], count=a["nbytes"] // np.dtype(a["dtype"]).itemsize,
-                                          offset=base + a["offset"])
-            if "q" in arrs:
-                t = torch.from_numpy(arrs["q"].astype(np.float32)).view(e["shape"])
-                t = t * torch.from_numpy(arrs["scale"].astype(np.float32))[:, None]
-            else:
-                t = torch.from_numpy(arrs["data"].astype(np.float32)).view(e["shape"])
-            state[e["name"]] = t
+        sizes = sum(a["nbytes"] for e in header["tensors"] for a in e["arrays"].values())
+        if 4 + hlen + sizes != len(payload):
+            raise ValueError(f"payload is {len(payload)} bytes, its header describes {4 + hlen + sizes}")
+        state = {e["name"]: decode_tensor(payload, 4 + hlen, e) for e in header["tensors"]}
         return state, header["meta"]
-    except ConfigError:
-        raise
     except Exception as exc:  # zstd, struct, json and shape errors all mean a damaged file
         raise ConfigError(f"{where} is truncated or corrupted ({type(exc).__name__}: {exc})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Training loop and orchestration.
+# Training loop: grad accumulation to 8 micro-batches, wallclock cap and warmdown, optional EMA.
 # ----------------------------------------------------------------------------------------------------------------
 
 def versions() -> dict:
@@ -1128,158 +1362,232 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray, vocab: int) -> float:
-    """Reference: an add-one unigram model fitted on the first train shard, scored like the network."""
-    counts = np.bincount(load_shard(train_files[0]), minlength=vocab).astype(np.float64) + 1
-    nll = -np.log(counts / counts.sum())[val[1:].astype(np.int64)]
-    return float(nll.sum() / math.log(2) / val_bytes.sum())
-
-
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name, then rename: `path` is whole or absent. A failed write leaves nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RunError(f"cannot write {path} ({exc.strerror or exc}); free some space or run elsewhere") from None
 
 
-def train(args, base_model: GPT, model: nn.Module, train_files, rank, world_size, device, log, validate) -> dict:
-    """The training loop: grad accumulation to 8 micro-batches, wallclock cap and warmdown, optional EMA."""
-    distributed, grad_accum = dist.is_available() and dist.is_initialized(), 8 // world_size
-    optimizers, muon = build_optimizers(base_model, args)
+class Run:
+    """Where a run executes and what it writes to: settings, ranks, device, compile mode, code and log."""
 
-    def run_step(loader: TokenLoader) -> Tensor:
-        total = torch.zeros((), device=device)
-        for micro in range(grad_accum):
-            x, y = loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum)
-            last = not distributed or micro == grad_accum - 1
-            with autocast(device), (contextlib.nullcontext() if last else model.no_sync()):
-                loss = model(x, y)
-                (loss / grad_accum).backward()
+    def __init__(self, args: Hyperparameters, rank: int, world_size: int, device: torch.device, distributed: bool,
+                 compile_mode: str, code: bytes, log_path: Path):
+        self.args, self.rank, self.world_size, self.device = args, rank, world_size, device
+        self.distributed, self.compile_mode, self.code, self.log_path = distributed, compile_mode, code, log_path
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def log(self, msg: str) -> None:
+        if self.master:
+            print(msg, flush=True)
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                print(msg, file=f)
+
+    def all_max(self, flag: bool) -> bool:
+        """True on every rank when it is true on one."""
+        if not self.distributed:
+            return flag
+        t = torch.tensor(int(flag), device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+
+class Trainer:
+    """Owns the optimisers, the data stream, the schedule and the EMA of one training run."""
+
+    def __init__(self, run: Run, base_model: GPT, model: nn.Module, train_files: list[Path], validate):
+        self.run, self.args, self.base_model, self.model = run, run.args, base_model, model
+        self.train_files, self.validate, self.grad_accum = train_files, validate, 8 // run.world_size
+        self.optimizers, self.muon = build_optimizers(base_model, run.args)
+        cap = run.args.max_wallclock_seconds
+        self.cap_ms = 1000.0 * cap if cap > 0 else None
+
+    def loader(self) -> TokenLoader:
+        return TokenLoader(self.train_files, self.run.rank, self.run.world_size, self.run.device,
+                           self.args.vocab_size)
+
+    def micro_steps(self, loader: TokenLoader) -> Tensor:
+        """Forward and backward over the step's micro-batches (DDP syncs gradients on the last); the mean loss."""
+        total = torch.zeros((), device=self.run.device)
+        for micro in range(self.grad_accum):
+            x, y = loader.next_batch(self.args.train_batch_tokens, self.args.train_seq_len, self.grad_accum)
+            last = not self.run.distributed or micro == self.grad_accum - 1
+            with autocast(self.run.device), (contextlib.nullcontext() if last else self.model.no_sync()):
+                loss = self.model(x, y)
+                (loss / self.grad_accum).backward()
             total += loss.detach()
-        return total / grad_accum
+        return total / self.grad_accum
 
-    def step_all() -> None:
-        if args.grad_clip_norm > 0:
-            nn.utils.clip_grad_norm_(base_model.parameters(), args.grad_clip_norm)
-        for opt in optimizers:
+    def optimizer_step(self) -> None:
+        if self.args.grad_clip_norm > 0:
+            nn.utils.clip_grad_norm_(self.base_model.parameters(), self.args.grad_clip_norm)
+        for opt in self.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-    if args.warmup_steps > 0:  # prime compiled paths, then restore the true initial state
-        init_state = copy.deepcopy(base_model.state_dict())
-        init_opt = [copy.deepcopy(o.state_dict()) for o in optimizers]
-        loader = TokenLoader(train_files, rank, world_size, device)
-        for _ in range(args.warmup_steps):
-            run_step(loader)
-            step_all()
-        base_model.load_state_dict(init_state)
-        for opt, state in zip(optimizers, init_opt):
+    def warmup(self) -> None:
+        """Prime the compiled paths with WARMUP_STEPS real steps, then restore the true initial state."""
+        init_state = copy.deepcopy(self.base_model.state_dict())
+        init_opt = [copy.deepcopy(o.state_dict()) for o in self.optimizers]
+        loader = self.loader()
+        for _ in range(self.args.warmup_steps):
+            self.micro_steps(loader)
+            self.optimizer_step()
+        self.base_model.load_state_dict(init_state)
+        for opt, state in zip(self.optimizers, init_opt):
             opt.load_state_dict(state)
-        log(f"warmup_steps:{args.warmup_steps} done; weights and optimisers reset")
+        self.run.log(f"warmup_steps:{self.args.warmup_steps} done; weights and optimisers reset")
 
-    loader = TokenLoader(train_files, rank, world_size, device)
-    params = list(base_model.parameters())
-    ema = [p.detach().clone() for p in params] if args.ema else None
-    cap_ms = 1000.0 * args.max_wallclock_seconds if args.max_wallclock_seconds > 0 else None
-
-    def lr_scale(step: int, elapsed_ms: float) -> float:  # read every step: nothing here is frozen by compile
-        if args.warmdown_iters <= 0:
+    def lr_scale(self, step: int, elapsed_ms: float) -> float:
+        """Linear warmdown over the last WARMDOWN_ITERS steps, estimated from the step time under a cap. Read every
+        step: nothing here is frozen by compile."""
+        a = self.args
+        if a.warmdown_iters <= 0:
             return 1.0
-        if cap_ms is None:
-            return min(1.0, max(args.iterations - step, 0) / args.warmdown_iters)
-        warmdown_ms = args.warmdown_iters * elapsed_ms / max(step, 1)
-        remaining_ms = max(cap_ms - elapsed_ms, 0.0)
+        if self.cap_ms is None:
+            return min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
+        warmdown_ms = a.warmdown_iters * elapsed_ms / max(step, 1)
+        remaining_ms = max(self.cap_ms - elapsed_ms, 0.0)
         return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
-    train_ms, step, stop_after, stopped_early, train_loss = 0.0, 0, None, False, float("nan")
-    sync(device)
-    t0 = time.perf_counter()
-    while True:
-        last = step == args.iterations or (stop_after is not None and step >= stop_after)
-        if last or (args.val_loss_every > 0 and step % args.val_loss_every == 0):
-            sync(device)
-            train_ms += 1000 * (time.perf_counter() - t0)
-            vl, vb = validate()
-            log(f"step:{step}/{args.iterations} val_loss:{vl:.4f} val_bpb:{vb:.4f} train_time:{train_ms:.0f}ms "
-                f"step_avg:{train_ms / max(step, 1):.2f}ms")
-            sync(device)
-            t0 = time.perf_counter()
-        if last:
-            if stop_after is not None and step < args.iterations:
-                stopped_early = True
-                log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{args.iterations}")
-            break
-        scale = lr_scale(step, train_ms + 1000 * (time.perf_counter() - t0))
-        frac = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps > 0 else 1.0
-        for g in muon.param_groups:
-            g["momentum"] = (1 - frac) * args.muon_momentum_warmup_start + frac * args.muon_momentum
-        for opt in optimizers:
+    def set_schedule(self, step: int, elapsed_ms: float) -> None:
+        a, scale = self.args, self.lr_scale(step, elapsed_ms)
+        frac = min(step / a.muon_momentum_warmup_steps, 1.0) if a.muon_momentum_warmup_steps > 0 else 1.0
+        for g in self.muon.param_groups:
+            g["momentum"] = (1 - frac) * a.muon_momentum_warmup_start + frac * a.muon_momentum
+        for opt in self.optimizers:
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * scale
-        loss = run_step(loader)
-        step_all()
+
+    def log_step(self, step: int, loss: Tensor, approx_ms: float, stopping: bool) -> float | None:
+        a = self.args
+        if a.train_log_every <= 0 or not (step <= 10 or step % a.train_log_every == 0 or stopping):
+            return None
+        if self.run.distributed:
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        self.run.log(f"step:{step}/{a.iterations} train_loss:{loss.item():.4f} train_time:{approx_ms:.0f}ms "
+                     f"step_avg:{approx_ms / step:.2f}ms")
+        return loss.item()
+
+    def train(self) -> dict:
+        """The loop: validate when due, stop at ITERATIONS or the first step past the cap (agreed by all ranks)."""
+        a, run = self.args, self.run
+        if a.warmup_steps > 0:
+            self.warmup()
+        loader, params = self.loader(), list(self.base_model.parameters())
+        ema = [p.detach().clone() for p in params] if a.ema else None
+        train_ms, step, stop_after, train_loss = 0.0, 0, None, float("nan")
+        sync(run.device)
+        t0 = time.perf_counter()
+        while True:
+            last = step == a.iterations or (stop_after is not None and step >= stop_after)
+            if last or (a.val_loss_every > 0 and step % a.val_loss_every == 0):
+                sync(run.device)
+                train_ms += 1000 * (time.perf_counter() - t0)
+                vl, vb = self.validate()
+                run.log(f"step:{step}/{a.iterations} val_loss:{vl:.4f} val_bpb:{vb:.4f} train_time:{train_ms:.0f}ms "
+                        f"step_avg:{train_ms / max(step, 1):.2f}ms")
+                sync(run.device)
+                t0 = time.perf_counter()
+            if last:
+                break
+            self.set_schedule(step, train_ms + 1000 * (time.perf_counter() - t0))
+            loss = self.micro_steps(loader)
+            self.optimizer_step()
+            if ema is not None:
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - a.ema_decay)
+            step += 1
+            approx_ms = train_ms + 1000 * (time.perf_counter() - t0)
+            logged = self.log_step(step, loss, approx_ms, stop_after is not None)
+            train_loss = train_loss if logged is None else logged
+            if stop_after is None and self.cap_ms is not None and run.all_max(approx_ms >= self.cap_ms):
+                stop_after = step
+        stopped_early = stop_after is not None and step < a.iterations
+        if stopped_early:
+            run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{a.iterations}")
         if ema is not None:
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - args.ema_decay)
-        step += 1
-        approx_ms = train_ms + 1000 * (time.perf_counter() - t0)
-        if args.train_log_every > 0 and (step <= 10 or step % args.train_log_every == 0 or stop_after is not None):
-            if distributed:
-                dist.all_reduce(loss, op=dist.ReduceOp.AVG)
-            train_loss = loss.item()
-            log(f"step:{step}/{args.iterations} train_loss:{train_loss:.4f} train_time:{approx_ms:.0f}ms "
-                f"step_avg:{approx_ms / step:.2f}ms")
-        reached = cap_ms is not None and approx_ms >= cap_ms
-        if distributed and cap_ms is not None:
-            flag = torch.tensor(int(reached), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            reached = bool(flag.item())
-        if stop_after is None and reached:
-            stop_after = step
-    if ema is not None:
-        with torch.no_grad():
-            torch._foreach_copy_(params, ema)
-        log(f"ema: swapped in the EMA weights (decay {args.ema_decay})")
-    peak_mib = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
-    log(f"peak memory allocated: {peak_mib:.0f} MiB")
-    return {"steps": step, "iterations": args.iterations, "stopped_early": stopped_early, "train_time_ms": train_ms,
-            "step_avg_ms": train_ms / max(step, 1), "train_loss": train_loss,
-            "tokens_per_step": args.train_batch_tokens, "peak_mem_mib": peak_mib}
+            with torch.no_grad():
+                torch._foreach_copy_(params, ema)
+            run.log(f"ema: swapped in the EMA weights (decay {a.ema_decay})")
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20 if run.device.type == "cuda" else 0.0
+        run.log(f"peak memory allocated: {peak_mib:.0f} MiB")
+        return {"steps": step, "iterations": a.iterations, "stopped_early": stopped_early, "train_time_ms": train_ms,
+                "step_avg_ms": train_ms / max(step, 1), "train_loss": train_loss,
+                "tokens_per_step": a.train_batch_tokens, "peak_mem_mib": peak_mib}
 
 
-# The settings an artifact's computation depends on: EVAL_ONLY refuses an artifact made with other values.
-ARCH_KEYS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "TIE_EMBEDDINGS",
-             "ROPE_BASE", "LOGIT_SOFTCAP", "VALUE_RESIDUAL", "GATED_ATTENTION", "GATED_ATTENTION_MODE",
-             "REVIEW_RESIDUAL", "HIGHWAY", "REVIEW_GATE", "REVIEW_RANK", "SMEAR_GATE", "BIGRAM_HASH",
-             "BIGRAM_BUCKETS", "BIGRAM_DIM", "XSA_LAST_N", "ROPE_DIMS", "LN_SCALE", "MLP_ACT", "MLP_LEAKY_SLOPE")
-
+# ----------------------------------------------------------------------------------------------------------------
+# Orchestration: check every input, train (or load an artifact), export, reload, score, write the summary.
+# ----------------------------------------------------------------------------------------------------------------
 
 def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
-    """EVAL_ONLY: the artifact's tensors and meta, refused unless it was made with this model configuration."""
+    """EVAL_ONLY: the artifact's tensors and meta, refused unless it was made with this model configuration and
+    holds exactly the tensors (names and shapes) of that model."""
     state, meta = unpack_artifact(Path(args.eval_only).read_bytes(), args.eval_only)
     made, now = meta.get("config", {}), args.as_dict()
     diff = [f"{k}={made.get(k)} (this run: {now[k]})" for k in ARCH_KEYS if made.get(k) != now[k]]
     if diff:
         raise ConfigError(f"EVAL_ONLY={args.eval_only} was made with a different model: {', '.join(diff)}; "
                           "set the same values to score it")
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in GPT(args).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != want:
+        bad = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+        raise ConfigError(f"EVAL_ONLY={args.eval_only} does not hold this model's tensors (missing, extra or "
+                          f"reshaped: {', '.join(bad[:4])}); it is damaged or made by another script")
     return state, meta
 
 
-def main() -> int:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    args = Hyperparameters.from_env()
+def read_val(args: Hyperparameters) -> tuple[np.ndarray, np.ndarray]:
+    """The val stream's token ids and the bytes of each target, the tokenizer checked against the shards and the
+    data folder's manifest."""
+    sp = load_tokenizer(args)
+    ids = np.concatenate([load_shard(f) for f in shard_files(args.data_path, "val")])
+    if ids.size < 2 or int(ids.max()) >= args.vocab_size:
+        raise ConfigError(f"the val shards of {args.data_path} hold {ids.size} token(s), the largest id "
+                          f"{int(ids.max())}: too few to score, or ids >= VOCAB_SIZE={args.vocab_size}")
+    byte_counts = target_bytes(ids, byte_tables(sp))
+    check_manifest(args, int(byte_counts.sum()))
+    return ids, byte_counts
+
+
+def read_train_files(args: Hyperparameters) -> list[Path]:
+    """The train shards' headers, and the first shard's ids (later shards: as the loader reaches them)."""
+    files = [] if args.eval_only else shard_files(args.data_path, "train")
+    for f in files:
+        load_shard(f, header_only=True)
+    if files:
+        checked_tokens(files[0], args.vocab_size)
+    return files
+
+
+def check_inputs(args: Hyperparameters, world_size: int) -> None:
+    """Every check that can fail, before anything is written (what main() reads first, and --check)."""
     check_config(args, world_size)
-    eval_state, eval_meta = read_eval_artifact(args) if args.eval_only else (None, {})
+    if args.eval_only:
+        read_eval_artifact(args)
+    read_val(args)
+    read_train_files(args)
+
+
+def start_run(args: Hyperparameters, world_size: int) -> Run:
+    """Device, process group and the log's first lines (the log of an EVAL_ONLY run is <RUN_ID>_eval.txt)."""
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    sp = load_tokenizer(args)
-    val_np = np.concatenate([load_shard(f) for f in shard_files(args.data_path, "val")])
-    train_files = [] if args.eval_only else shard_files(args.data_path, "train")
-    for f in train_files:
-        load_shard(f, header_only=True)
-    if int(val_np.max()) >= args.vocab_size:
-        raise ConfigError(f"val shards hold token id {int(val_np.max())} >= VOCAB_SIZE={args.vocab_size}")
-
     distributed = "RANK" in os.environ and world_size > 1
     if use_cuda:
         torch.cuda.set_device(device)
@@ -1291,150 +1599,219 @@ def main() -> int:
         ids = [args.run_id]  # a default (uuid) RUN_ID must be the same on every rank
         dist.broadcast_object_list(ids, src=0)
         args.run_id = ids[0]
-    master = rank == 0
-    global ATTENTION
-    ATTENTION = attention_kernel(device)
     compile_mode = args.compile_mode if use_cuda and args.compile else "none"
-    code = Path(__file__).read_bytes()
-    code_sha = hashlib.sha256(code).hexdigest()
-    log_path = Path("logs") / f"{args.run_id}.txt"
-    if master:
+    log_path = Path("logs") / f"{args.run_id}{'_eval' if args.eval_only else ''}.txt"
+    run = Run(args, rank, world_size, device, distributed, compile_mode, Path(__file__).read_bytes(), log_path)
+    if run.master:
         log_path.parent.mkdir(exist_ok=True)
         log_path.write_text("")
+        for stale in [*Path("artifacts").glob(f"{args.run_id}.ptz.*.tmp"), *Path("logs").glob(f"{args.run_id}*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a run that was killed while writing
+    gpu = torch.cuda.get_device_name(device).replace(" ", "_") if use_cuda else "none"
+    run.log(f"run_id:{args.run_id}")
+    run.log(f"code_sha256:{hashlib.sha256(run.code).hexdigest()} code_bytes:{len(run.code)}")
+    run.log("versions: " + " ".join(f"{k}:{v}" for k, v in versions().items()))
+    run.log(f"device:{device.type} gpu:{gpu} world_size:{world_size} grad_accum_steps:{8 // world_size} "
+            f"attention:{attention_kernel(device)[0]} compile:{compile_mode}")
+    run.log("config:" + json.dumps(args.as_dict()))
+    return run
 
-    def log(msg: str) -> None:
-        if master:
-            print(msg, flush=True)
-            with open(log_path, "a", encoding="utf-8") as f:
-                print(msg, file=f)
 
-    log(f"run_id:{args.run_id}")
-    log(f"code_sha256:{code_sha} code_bytes:{len(code)}")
-    log("versions: " + " ".join(f"{k}:{v}" for k, v in versions().items()))
-    gpu = torch.cuda.get_device_name(device) if use_cuda else "none"
-    log(f"device:{device.type} gpu:{gpu.replace(' ', '_')} world_size:{world_size} grad_accum_steps:"
-        f"{8 // world_size} attention:{ATTENTION[0]} compile:{compile_mode}")
-    log("config:" + json.dumps(args.as_dict()))
-    tables = byte_tables(sp)
-    val_tokens = torch.from_numpy(val_np.astype(np.int64)).to(device)
-    val_bytes = torch.from_numpy(target_bytes(val_np, tables)).to(device)
-    log(f"val_tokens:{val_np.size} val_bytes:{int(val_bytes.sum())} train_shards:{len(train_files)}")
+def timed(device: torch.device, fn):
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, 1000 * (time.perf_counter() - t)
 
-    base_model = build_model(args).to(device)
-    num_params = sum(p.numel() for p in base_model.parameters())
-    log(f"model_params:{num_params}")
-    scores, phases = {}, {}
 
-    def score(name: str, line: str, pos: Tensor, nll: Tensor, ms: float) -> None:
-        vl, vb = reduce_score(pos, nll, val_bytes)
-        scores[name], phases[name] = {"val_loss": vl, "val_bpb": vb}, ms
-        log(f"{line} val_loss:{vl:.8f} val_bpb:{vb:.8f}")
-        log(f"eval_phase:{name} time:{ms:.0f}ms")
+class Scores:
+    """The final lines (val_loss, val_bpb over every rank's positions) and the time of each evaluation phase."""
 
-    def timed(fn):
-        sync(device)
-        t = time.perf_counter()
-        out = fn()
-        sync(device)
-        return out, 1000 * (time.perf_counter() - t)
+    def __init__(self, run: Run, val_bytes: Tensor):
+        self.run, self.val_bytes, self.scores, self.phases = run, val_bytes, {}, {}
 
-    stats, model_bytes, artifact_path = {}, None, Path(args.eval_only or Path("artifacts") / f"{args.run_id}.ptz")
-    if args.eval_only:
-        base_model.load_state_dict(eval_state)
-        if eval_meta.get("code_sha256") != code_sha:
-            log(f"warning: {args.eval_only} was made by a different train_gpt.py (code_sha256 "
-                f"{str(eval_meta.get('code_sha256'))[:12]}...); scoring it with this one")
-        if compile_mode != "none":
-            base_model.hidden = torch.compile(base_model.hidden, dynamic=False, mode=compile_mode)
-        model_bytes = artifact_path.stat().st_size
-    else:
-        model = base_model if compile_mode == "none" else torch.compile(base_model, dynamic=False, fullgraph=True,
-                                                                        mode=compile_mode)
-        if distributed:
-            model = nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None,
-                                                        broadcast_buffers=False)
+    def add(self, name: str, line: str, pos: Tensor, nll: Tensor, ms: float) -> None:
+        vl, vb = reduce_score(pos, nll, self.val_bytes)
+        self.scores[name], self.phases[name] = {"val_loss": vl, "val_bpb": vb}, ms
+        self.run.log(f"{line} val_loss:{vl:.8f} val_bpb:{vb:.8f}")
+        self.run.log(f"eval_phase:{name} time:{ms:.0f}ms")
 
-        def validate() -> tuple[float, float]:
-            L = args.train_seq_len
-            return reduce_score(*sliding_eval(base_model, val_tokens, args, rank, world_size, L, L), val_bytes)
-        stats = train(args, base_model, model, train_files, rank, world_size, device, log, validate)
-        if compile_mode != "none":  # the final evaluation runs a compiled forward too (one shape: padded batches)
-            base_model.hidden = torch.compile(base_model.hidden, dynamic=False, mode=compile_mode)
-        if args.float_eval:
-            (pos, nll), ms = timed(lambda: sliding_eval(base_model, val_tokens, args, rank, world_size))
-            score("float_sliding_window", "final_float_sliding_window_exact", pos, nll, ms)
-        blob = pack_artifact(base_model.state_dict(), args, {"config": args.as_dict(), "code_sha256": code_sha})
-        if master:
-            write_atomic(artifact_path, blob)
-        if distributed:
-            dist.barrier()
-        model_bytes = len(blob)
-        base_model.load_state_dict(unpack_artifact(artifact_path.read_bytes(), str(artifact_path))[0])
-    qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
-    total_bytes = model_bytes + len(code)
-    log(f"Serialized model {qname}+zstd: {model_bytes} bytes")
-    log(f"Code size: {len(code)} bytes")
-    log(f"Total submission size {qname}+zstd: {total_bytes} bytes")
 
-    # The final evaluation of the reloaded artifact: sliding windows, then PPM mixing and/or score-first TTT.
-    (pos, nll), ms = timed(lambda: sliding_eval(base_model, val_tokens, args, rank, world_size))
-    score("sliding_window", f"final_{qname}_sliding_window_exact", pos, nll, ms)
-    if "float_sliding_window" in scores:
-        log(f"quant_gap_bpb:{scores['sliding_window']['val_bpb'] - scores['float_sliding_window']['val_bpb']:.6f}")
-    if args.ppmc:  # one CPU pass over the whole stream on rank 0, shared with the other ranks
+def compile_hidden(run: Run, base_model: GPT) -> None:
+    """The final evaluation runs a compiled forward too (one shape: padded batches)."""
+    if run.compile_mode != "none":
+        base_model.hidden = torch.compile(base_model.hidden, dynamic=False, mode=run.compile_mode)
 
-        def ppm() -> Tensor:
-            p = torch.empty(val_np.size - 1, dtype=torch.float64, device=device)
-            if master:
-                p.copy_(torch.from_numpy(ppm_target_probs(val_np, args.vocab_size, args.ppmc_order,
-                                                          bool(args.ppmc_exclusion), args.ppmc_reset == "doc")))
-            if distributed:
-                dist.broadcast(p, 0)
-            return p
-        p_ppm, ms_ppm = timed(ppm)
-        score("sliding_window_ppmc", f"final_{qname}_sliding_window_ppmc_exact", pos,
-              mix_nll(nll, p_ppm[pos - 1], args.ppmc_alpha), ms_ppm)
-    if args.ttt:
-        (pos, nll), ms = timed(lambda: ttt_eval(base_model, val_tokens, args, rank, world_size))
-        score("ttt", f"final_{qname}_ttt_exact", pos, nll, ms)
-        if args.ppmc:
-            score("ttt_ppmc", f"final_{qname}_ttt_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], args.ppmc_alpha), 0.0)
-    final = list(scores)[-1]
-    eval_ms = sum(v for k, v in phases.items() if not k.startswith("float"))
-    log(f"eval_time_total:{eval_ms:.0f}ms")
-    uni = unigram_bpb(train_files, val_np, val_bytes.cpu().numpy(), args.vocab_size) if train_files else None
+
+def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tokens: Tensor, scores: Scores) -> tuple:
+    """Train, score the float model (FLOAT_EVAL), write the artifact atomically and reload it into base_model."""
+    a = run.args
+    model = base_model if run.compile_mode == "none" else torch.compile(base_model, dynamic=False, fullgraph=True,
+                                                                        mode=run.compile_mode)
+    if run.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[run.device.index] if run.device.type == "cuda"
+                                                    else None, broadcast_buffers=False)
+    val_seqs = a.val_batch_size // (8 * a.train_seq_len)  # per rank and batch, as upstream's VAL_BATCH_SIZE
+
+    def validate() -> tuple[float, float]:
+        L = a.train_seq_len
+        pos, nll = sliding_eval(base_model, val_tokens, a, run.rank, run.world_size, L, L, val_seqs)
+        return reduce_score(pos, nll, scores.val_bytes)
+    stats = Trainer(run, base_model, model, train_files, validate).train()
+    compile_hidden(run, base_model)
+    if a.float_eval:
+        (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
+        scores.add("float_sliding_window", "final_float_sliding_window_exact", pos, nll, ms)
+    path = Path("artifacts") / f"{a.run_id}.ptz"
+    meta = {"config": a.as_dict(), "code_sha256": hashlib.sha256(run.code).hexdigest()}
+    blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns))
+    if run.master:
+        write_atomic(path, blob)
+    if run.distributed:
+        dist.barrier()
+    base_model.load_state_dict(unpack_artifact(path.read_bytes(), str(path))[0])
+    return stats, len(blob), path
+
+
+def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict) -> tuple:
+    base_model.load_state_dict(state)
+    made_by = meta.get("code_sha256")
+    if made_by != hashlib.sha256(run.code).hexdigest():
+        run.log(f"warning: {run.args.eval_only} was made by a different train_gpt.py (code_sha256 "
+                f"{str(made_by)[:12]}...); scoring it with this one")
+    compile_hidden(run, base_model)
+    path = Path(run.args.eval_only)
+    return {}, path.stat().st_size, path
+
+
+def ppm_probs(run: Run, val_np: np.ndarray) -> Tensor:
+    """One CPU PPM pass over the whole stream on rank 0, shared with the other ranks."""
+    a = run.args
+    p = torch.empty(val_np.size - 1, dtype=torch.float64, device=run.device)
+    if run.master:
+        p.copy_(torch.from_numpy(ppm_target_probs(val_np, a.vocab_size, a.ppmc_order, bool(a.ppmc_exclusion),
+                                                  a.ppmc_reset == "doc")))
+    if run.distributed:
+        dist.broadcast(p, 0)
+    return p
+
+
+def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores,
+                     qname: str) -> None:
+    """The reloaded artifact: sliding windows, then PPM mixing and/or score-first TTT."""
+    a = run.args
+    (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
+    scores.add("sliding_window", f"final_{qname}_sliding_window_exact", pos, nll, ms)
+    if "float_sliding_window" in scores.scores:
+        gap = scores.scores["sliding_window"]["val_bpb"] - scores.scores["float_sliding_window"]["val_bpb"]
+        run.log(f"quant_gap_bpb:{gap:.6f}")
+    if a.ppmc:
+        p_ppm, ms_ppm = timed(run.device, lambda: ppm_probs(run, val_np))
+        scores.add("sliding_window_ppmc", f"final_{qname}_sliding_window_ppmc_exact", pos,
+                   mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha), ms_ppm)
+    if a.ttt:
+        (pos, nll), ms = timed(run.device, lambda: ttt_eval(base_model, val_tokens, a, run.rank, run.world_size))
+        scores.add("ttt", f"final_{qname}_ttt_exact", pos, nll, ms)
+        if a.ppmc:
+            scores.add("ttt_ppmc", f"final_{qname}_ttt_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha),
+                       0.0)
+
+
+def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray, vocab: int) -> float:
+    """Reference: an add-one unigram model fitted on the first train shard, scored like the network."""
+    counts = np.bincount(load_shard(train_files[0]), minlength=vocab).astype(np.float64) + 1
+    nll = -np.log(counts / counts.sum())[val[1:].astype(np.int64)]
+    return float(nll.sum() / math.log(2) / val_bytes.sum())
+
+
+def finish(run: Run, scores: Scores, summary: dict, uni: float | None) -> int:
+    """The closing lines and logs/<RUN_ID>.json; exit 1 when the artifact is over the limit or a score is not
+    finite (never reported as complete)."""
+    a, final = run.args, list(scores.scores)[-1]
+    eval_ms = sum(v for k, v in scores.phases.items() if not k.startswith("float"))
+    run.log(f"eval_time_total:{eval_ms:.0f}ms")
     if uni is not None:
-        log(f"unigram_val_bpb:{uni:.4f} (add-one unigram of the first train shard, for reference)")
-    over = total_bytes > ARTIFACT_LIMIT
-    if master:
-        summary = {
-            "run_id": args.run_id, "seed": args.seed, "code_sha256": code_sha, "code_bytes": len(code),
-            "model_bytes": model_bytes, "artifact_bytes": total_bytes, "artifact_path": str(artifact_path),
-            "over_budget": over, "config": args.as_dict(), "world_size": world_size, "device": device.type,
-            "gpu_name": gpu if use_cuda else None, "versions": versions(), "attention_kernel": ATTENTION[0],
-            "compile_mode": compile_mode, "num_params": num_params, **stats, "eval_phases_ms": phases,
-            "eval_time_ms": eval_ms, "scores": scores,
-            "final": {"metric": final, "line": f"final_{qname}_{final}_exact", **scores[final]},
-            "unigram_val_bpb": uni, "status": "complete"}
-        write_atomic(log_path.with_suffix(".json"), json.dumps(summary, indent=1).encode())
+        run.log(f"unigram_val_bpb:{uni:.4f} (add-one unigram of the first train shard, for reference)")
+    over = summary["artifact_bytes"] > ARTIFACT_LIMIT
+    bad = [k for k, v in scores.scores.items() if not all(map(math.isfinite, v.values()))]
+    status = "nonfinite_score" if bad else "over_budget" if over else "complete"
+    summary.update({"over_budget": over, "eval_phases_ms": scores.phases, "eval_time_ms": eval_ms,
+                    "scores": scores.scores, "unigram_val_bpb": uni, "status": status,
+                    "final": {"metric": final, "line": f"final_{summary.pop('qname')}_{final}_exact",
+                              **scores.scores[final]}})
+    if run.master:
+        write_atomic(run.log_path.with_suffix(".json"), json.dumps(summary, indent=1).encode())
     if over:
-        log(f"error: artifact is {total_bytes} bytes, {total_bytes - ARTIFACT_LIMIT} over the {ARTIFACT_LIMIT}-byte "
-            "limit; shrink the model (MODEL_DIM, NUM_LAYERS, MLP_MULT) or QUANT_BITS")
-    if distributed:
+        run.log(f"error: artifact is {summary['artifact_bytes']} bytes, {summary['artifact_bytes'] - ARTIFACT_LIMIT} "
+                f"over the {ARTIFACT_LIMIT}-byte limit; shrink the model (MODEL_DIM, NUM_LAYERS, MLP_MULT) or "
+                "QUANT_BITS")
+    if bad:
+        run.log(f"error: score {', '.join(bad)} is not finite (training diverged or the artifact is damaged); "
+                "lower the learning rates or check the data")
+    return 1 if over or bad else 0
+
+
+def main() -> int:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    args = Hyperparameters.from_env()
+    check_config(args, world_size)
+    eval_state, eval_meta = read_eval_artifact(args) if args.eval_only else (None, {})
+    val_np, val_bytes = read_val(args)
+    train_files = read_train_files(args)
+    run = start_run(args, world_size)
+    val_tokens = torch.from_numpy(val_np.astype(np.int64)).to(run.device)
+    scores = Scores(run, torch.from_numpy(val_bytes).to(run.device))
+    run.log(f"val_tokens:{val_np.size} val_bytes:{int(val_bytes.sum())} train_shards:{len(train_files)}")
+    base_model = build_model(args, run.device).to(run.device)
+    num_params = sum(p.numel() for p in base_model.parameters())
+    run.log(f"model_params:{num_params}")
+    if args.eval_only:
+        stats, model_bytes, path = load_eval_only(run, base_model, eval_state, eval_meta)
+    else:
+        stats, model_bytes, path = train_and_export(run, base_model, train_files, val_tokens, scores)
+    qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
+    total = model_bytes + len(run.code)
+    run.log(f"Serialized model {qname}+zstd: {model_bytes} bytes")
+    run.log(f"Code size: {len(run.code)} bytes")
+    run.log(f"Total submission size {qname}+zstd: {total} bytes")
+    final_evaluation(run, base_model, val_np, val_tokens, scores, qname)
+    gpu = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None
+    summary = {"run_id": args.run_id, "seed": args.seed, "code_sha256": hashlib.sha256(run.code).hexdigest(),
+               "code_bytes": len(run.code), "model_bytes": model_bytes, "artifact_bytes": total,
+               "artifact_path": str(path), "eval_only": bool(args.eval_only), "config": args.as_dict(),
+               "world_size": world_size, "device": run.device.type, "gpu_name": gpu, "versions": versions(),
+               "attention_kernel": attention_kernel(run.device)[0], "compile_mode": run.compile_mode,
+               "num_params": num_params, **stats, "qname": qname}
+    uni = unigram_bpb(train_files, val_np, val_bytes, args.vocab_size) if train_files else None
+    rc = finish(run, scores, summary, uni)
+    if run.distributed:
         dist.barrier()  # leave together: gloo aborts if a peer tears down while the other is still finishing
         dist.destroy_process_group()
-    return 1 if over else 0
+    return rc
+
+
+def cli(argv: list[str]) -> int:
+    """`python train_gpt.py` runs; `--count-params` prints the parameter count; `--check` checks the configuration
+    and inputs only. Errors: one `error:` line (rank 0 only under torchrun); exit 2 for settings and inputs, 1 for
+    a run that could not finish honestly."""
+    try:
+        if argv == ["--count-params"]:
+            print(count_params(os.environ))
+            return 0
+        if argv == ["--check"]:
+            check_inputs(Hyperparameters.from_env(), int(os.environ.get("WORLD_SIZE", "1")))
+            print("config ok")
+            return 0
+        if argv:
+            raise ConfigError(f"unknown arguments {argv}: settings are environment variables; the options are "
+                              "--count-params and --check")
+        return main()
+    except (ConfigError, RunError) as err:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
 
 
 if __name__ == "__main__":
-    try:
-        if sys.argv[1:] == ["--count-params"]:
-            print(count_params(os.environ))
-            sys.exit(0)
-        if sys.argv[1:]:
-            raise ConfigError(f"unknown arguments {sys.argv[1:]}: settings are environment variables; the only "
-                              "option is --count-params")
-        sys.exit(main())
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli(sys.argv[1:]))

@@ -91,7 +91,8 @@ def is_kit_like(path: Path) -> bool:
         text = Path(path).read_text(errors="replace")
     except OSError:
         return False
-    return '("FLOAT_EVAL", int' in text and '("DEVICE", str' in text
+    return ('("FLOAT_EVAL", int' in text and '("DEVICE", str' in text) or \
+        ("float_eval: int = S(" in text and "device: str = S(" in text)
 
 
 def fmt(value) -> str:

@@ -9,10 +9,17 @@ import train_gpt  # noqa: E402
 START, END = "<!-- flags:start -->", "<!-- flags:end -->"
 
 
+def cell(text: str) -> str:
+    return str(text).replace("|", chr(92) + "|")
+
+
 def table() -> str:
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, _, default, meaning in train_gpt.FLAGS:
-        rows.append(f"| `{name}` | `{default}` | {meaning.replace('|', chr(92) + '|')} |")
+    """One row per declared setting: name (and aliases), type, default, allowed values, architecture, meaning."""
+    rows = ["| variable | type | default | allowed | arch | meaning |", "|---|---|---|---|---|---|"]
+    for s in train_gpt.SETTINGS:
+        names = ", ".join(f"`{n}`" for n in [s.name] + [a if isinstance(a, str) else a[0] for a in s.aliases])
+        rows.append(f"| {names} | {s.type.__name__} | `{s.default}` | {cell(s.allowed())} | "
+                    f"{'yes' if s.arch else ''} | {cell(s.meaning)} |")
     return "\n".join(rows) + "\n"
 
 

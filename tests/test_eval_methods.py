@@ -129,8 +129,9 @@ def main_in_process(tg, monkeypatch, cwd: Path, env: dict):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     rc = tg.main()
-    summary = cwd / "logs" / f"{env['RUN_ID']}.json"
-    return rc, (cwd / "logs" / f"{env['RUN_ID']}.txt").read_text(), (
+    name = env["RUN_ID"] + ("_eval" if env.get("EVAL_ONLY") else "")  # an EVAL_ONLY run has its own log names
+    summary = cwd / "logs" / f"{name}.json"
+    return rc, (cwd / "logs" / f"{name}.txt").read_text(), (
         json.loads(summary.read_text()) if summary.exists() else None)
 
 
@@ -416,8 +417,8 @@ def test_eval_only_reproduces_and_adds_ppmc(tg, small, trained, tmp_path):
     before = art.read_bytes()
     res = finish(start(run_env(small, "ev", data="valonly", PPMC=1, EVAL_ONLY=art), tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
-    log = (tmp_path / "logs/ev.txt").read_text()
-    s = json.loads((tmp_path / "logs/ev.json").read_text())
+    log = (tmp_path / "logs/ev_eval.txt").read_text()
+    s = json.loads((tmp_path / "logs/ev_eval.json").read_text())
     for n in ("sliding_window", "sliding_window_ppmc"):
         assert find_line(log, f"final_int6_{n}_exact").group(0) == \
             find_line(trained["log"], f"final_int6_{n}_exact").group(0)
@@ -496,7 +497,7 @@ def test_ttt_two_processes_match_one(tg, small, trained, tmp_path):
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     assert results[1].stdout == ""  # only rank 0 logs
-    s = json.loads((tmp_path / "logs/two.json").read_text())
+    s = json.loads((tmp_path / "logs/two_eval.json").read_text())
     assert s["world_size"] == 2 and s["final"]["metric"] == "ttt_ppmc"
     for name in ("sliding_window", "sliding_window_ppmc"):
         assert abs(s["scores"][name]["val_bpb"] - trained["summary"]["scores"][name]["val_bpb"]) < 1e-6

@@ -101,11 +101,22 @@ def test_matches_reference(text, order, exclusion, reset_doc):
 
 
 def test_small_lookup_chunks(text, monkeypatch):
-    """The exclusion look-ups run in chunks of queries; tiny chunks must give the same numbers."""
-    monkeypatch.setattr(_impl._lookup_sums, "__defaults__", (37,))
+    """The exclusion look-ups run in chunks of queries; tiny chunks (many of them, counted) must give the same
+    numbers as the reference, and the chunks must cover every query once, in order."""
+    seen = []
+    chunks = _impl._chunks
+
+    def spy(cost, chunk):
+        out = chunks(cost, chunk)
+        assert [a for a, _ in out] == [0] + [b for _, b in out[:-1]] and out[-1][1] == cost.size
+        seen.append(len(out))
+        return out
+    monkeypatch.setattr(_impl, "PPM_LOOKUP_CHUNK", 37)
+    monkeypatch.setattr(_impl, "_chunks", spy)
     for order, reset_doc in [(1, False), (2, True), (3, False)]:
         fast = ppm_target_probs(text, V, order, True, reset_doc, BOS)
         np.testing.assert_allclose(fast, ref_probs(text, V, order, True, reset_doc), rtol=0, atol=1e-9)
+    assert seen and min(seen) > 10  # many chunks ran, not one
 
 
 @pytest.mark.parametrize("order", [0, 2])
