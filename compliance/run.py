@@ -428,6 +428,9 @@ def audit(entry: Path, settings: dict | None = None, limits: sandbox.Limits | No
             report["failure_trace"] = (bad[0].get("failure") or {}).get("trace", "")[-2000:]
             return report
         report["probes"] = probes(result["runs"], runs, len(ws["stream"]))
+        for p in report["probes"]:
+            if "effect" in p and not math.isfinite(p["effect"]):
+                p["effect"] = None     # NaN or infinite: the detail says so; the report stays strict JSON
         st = {p["status"] for p in report["probes"]}
         report["verdict"] = "fail" if FAIL in st else ("pass" if st == {PASS} else "incomplete")
         return report

@@ -71,12 +71,8 @@ def main(args) -> int:
         reports.append(rep)
         codes.append(exit_code(rep))
         if args.save:
-            out = Path(args.save)
-            out.mkdir(parents=True, exist_ok=True)
-            name = Path(e).resolve().name.replace(" ", "_")
-            tmp = out / f".{name}.json.tmp"
-            tmp.write_text(json.dumps(rep, indent=1))
-            tmp.replace(out / f"{name}.json")
+            from kitlib.fileio import write_json_atomic
+            write_json_atomic(Path(args.save) / f"{Path(e).resolve().name.replace(' ', '_')}.json", rep, indent=1)
         if not args.json:
             print(_brief(rep) if args.brief else to_text(rep) + ("\n" if len(args.entries) > 1 else ""), flush=True)
     if args.json:

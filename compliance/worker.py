@@ -19,12 +19,6 @@ from pathlib import Path
 from compliance import sandbox
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def _failure(exc: BaseException, script: Path) -> dict:
     """What stopped a run, in one line, plus where in the entry it happened."""
     from compliance.shim import ShimRefusal
@@ -115,6 +109,7 @@ def main(spec_path: str) -> int:
     from compliance import shim
     from compliance.recorder import Recorder
     from data.shards import write_shard
+    from kitlib.fileio import write_text_atomic  # scores may be NaN: Python's JSON round-trips them
 
     mode = shim.install(triton=spec.get("triton", "missing"), float32=spec.get("float32", True))
     recorder = Recorder()
@@ -129,10 +124,10 @@ def main(spec_path: str) -> int:
                        run.get("watch", []), tmp / "runs" / f"{run['name']}.log")
         res["name"] = run["name"]
         results.append(res)
-        _write_json(spec_file.with_name("result.json"), {"runs": results})
+        write_text_atomic(spec_file.with_name("result.json"), json.dumps({"runs": results}))
         if res["status"] != "ok" and spec.get("stop_on_failure", True):
             break
-    _write_json(spec_file.with_name("result.json"), {"runs": results})
+    write_text_atomic(spec_file.with_name("result.json"), json.dumps({"runs": results}))
     return 0
 
 
