@@ -242,6 +242,7 @@ def test_kit_train_gpt_passes_with_score_first_ttt():
     rep = audit(ROOT / "train_gpt.py", {"TTT": "1", "TTT_CHUNK_TOKENS": "256"}, answers=2,
                 limits=Limits(wall_s=400, cpu_s=800))
     assert rep["verdict"] == "pass", (rep.get("blocked"), rep["probes"])
+    assert all(r["trained_calls"] > 0 for r in rep["runs"])  # TTT trained on validation chunks after scoring them
 
 
 @sandboxed
