@@ -91,6 +91,22 @@ def test_recorder_keeps_scores_and_drops_training():
     assert len(out["rows"]["199"]) == 1 and len(out["rows"]["199"][0]) == 50
 
 
+def test_streams_change_every_token_after_the_cut_and_keep_documents_in_the_prefix(tmp_path):
+    from compliance import synth
+    ordinary = np.arange(4, 300)
+    s = synth.val_stream(ordinary, bos=1, n=1025)
+    assert set(np.nonzero(s == 1)[0]) <= set(range(0, 1025 // 3)) and (s == 1).sum() == synth.DOCS
+    t = synth.replace_from(s, 128, ordinary, seed=3)
+    assert (t[:128] == s[:128]).all() and (t[128:] != s[128:]).all() and np.isin(t[128:], ordinary).all()
+    # an entry folder is copied without hidden folders, links to folders (a repository's .venv) or logs
+    (tmp_path / "e" / ".git").mkdir(parents=True)
+    (tmp_path / "e" / "train_gpt.py").write_text("x = 1\n")
+    (tmp_path / "e" / "train.log").write_text("log\n")
+    (tmp_path / "e" / "venv").symlink_to(tmp_path / "e" / ".git")
+    assert synth._skip(str(tmp_path / "e"), [".git", "train_gpt.py", "train.log", "venv"]) == {".git", "train.log",
+                                                                                                  "venv"}
+
+
 # ---- probe arithmetic ------------------------------------------------------------------------------------------
 
 def rec(pos, val, rows=None, call=None):
