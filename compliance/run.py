@@ -354,7 +354,8 @@ def _next_attempt(f: dict, state: dict) -> str | None:
         return f"training skipped (ITERATIONS=0): {msg}; validation data in training is not measured"
     if state["float32"] and re.search(r"dtype|scalar type|BFloat16|Half", msg):
         state["float32"] = False
-        return "half-precision weights kept as the entry asks (it mixes dtypes explicitly)"
+        return ("half precision kept: bfloat16/float16 weights as the entry asks and CUDA autocast as bfloat16 CPU "
+                "autocast (the entry mixes dtypes)")
     return None
 
 

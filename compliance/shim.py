@@ -210,11 +210,11 @@ def _install_cuda(float32: bool) -> None:
     base = torch.amp.autocast_mode.autocast
 
     class autocast(base):  # noqa: N801 - torch's name
-        """CUDA autocast becomes a disabled CPU autocast: the entry computes in float32."""
+        """CUDA autocast becomes CPU autocast: off (float32), or bfloat16 when the entry needs mixed-dtype math."""
 
         def __init__(self, device_type="cuda", dtype=None, enabled=True, cache_enabled=None):
             if device_type == "cuda":
-                super().__init__("cpu", dtype=torch.bfloat16, enabled=False)
+                super().__init__("cpu", dtype=torch.bfloat16, enabled=bool(enabled) and not float32)
             else:
                 super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
 
