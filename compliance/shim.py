@@ -244,6 +244,7 @@ def _install_cuda(float32: bool) -> None:
 
 def _install_compile() -> None:
     import torch
+    import torch._dynamo
 
     def compile(model=None, *a, **k):  # noqa: A001 - torch's name
         if model is None:
@@ -251,6 +252,7 @@ def _install_compile() -> None:
         return model
 
     torch.compile = compile
+    torch._dynamo.reset = lambda *a, **k: None   # nothing was compiled
 
 
 def _install_distributed() -> None:
@@ -492,6 +494,24 @@ def _triton_modules() -> dict:
     return mods
 
 
+class _StandIns(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Any other ``triton.*`` submodule imports as a permissive stand-in."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.startswith("triton.") and fullname not in sys.modules:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        m = types.ModuleType(spec.name)
+        m.__path__ = []
+        m.__getattr__ = _permissive(spec.name)  # type: ignore[attr-defined]
+        return m
+
+    def exec_module(self, module):
+        pass
+
+
 class _Missing(importlib.abc.MetaPathFinder):
     """Makes the named top-level modules unimportable, as on a machine that lacks them."""
 
@@ -509,6 +529,7 @@ def _install_triton(mode: str) -> None:
         del sys.modules[name]
     if mode == "refuse":
         sys.modules.update(_triton_modules())
+        sys.meta_path.insert(0, _StandIns())
     else:
         sys.meta_path.insert(0, _Missing(["triton"]))
 
