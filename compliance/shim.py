@@ -475,6 +475,7 @@ def _triton_modules() -> dict:
     tri.cdiv = lambda a, b: -(-a // b)
     tri.next_power_of_2 = lambda n: 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
     lang = types.ModuleType("triton.language")
+    lang.__path__ = []
     lang.__getattr__ = _permissive("tl")  # type: ignore[attr-defined]
     lang.constexpr = _Anything("tl.constexpr")
     tri.language = lang
@@ -488,6 +489,7 @@ def _triton_modules() -> dict:
     for sub in ("runtime", "testing", "compiler", "language.extra", "language.math", "language.extra.cuda",
                 "language.extra.libdevice"):
         m = types.ModuleType(f"triton.{sub}")
+        m.__path__ = []
         m.__getattr__ = _permissive(f"triton.{sub}")  # type: ignore[attr-defined]
         mods[f"triton.{sub}"] = m
     tri.runtime, tri.testing, tri.compiler = mods["triton.runtime"], mods["triton.testing"], mods["triton.compiler"]
