@@ -151,9 +151,12 @@ def child_env(tmp: Path) -> dict[str, str]:
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "PYTHONHASHSEED") if k in os.environ}
     home = tmp / "home"
     (home / "bin").mkdir(parents=True, exist_ok=True)
-    smi = home / "bin" / "nvidia-smi"   # entries log `nvidia-smi` output; answer without a GPU
+    smi = home / "bin" / "nvidia-smi"   # entries log `nvidia-smi` output: answer that there is no GPU
     smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI: no GPU (compliance run: CPU shim)'\n")
     smi.chmod(0o755)
+    mini = home / "bin" / "pyminify"   # entries measure their minified code size: the source, unminified
+    mini.write_text("#!/bin/sh\nfor a; do last=$a; done\n[ \"$last\" = - ] || [ -z \"$last\" ] && exec cat\nexec cat \"$last\"\n")
+    mini.chmod(0o755)
     keep["PATH"] = f"{home / 'bin'}:{keep.get('PATH', '/usr/bin:/bin')}"
     keep.update({"HOME": str(home), "TMPDIR": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
                  "TRITON_CACHE_DIR": str(home / "triton"), "TORCHINDUCTOR_CACHE_DIR": str(home / "inductor"),

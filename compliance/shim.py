@@ -2,7 +2,8 @@
 
 * CUDA: ``torch.cuda`` answers as one visible device (``is_available``, ``set_device``, ``synchronize``, memory
   statistics, events, streams, device properties of an H100); a torch-function mode sends every tensor that asks for
-  a CUDA device to the CPU (``device=`` arguments, ``.to("cuda")``, ``.cuda()``, ``pin_memory``). Autocast to CUDA
+  a CUDA device to the CPU (``device=`` arguments, ``.to("cuda")``, ``.cuda()``, ``pin_memory``). ``nvidia-smi``
+  and ``pyminify`` (entries log their output / minified code size) are stand-ins on the worker's PATH. Autocast to CUDA
   and CUDA gradient scalers are switched off and modules asked for bfloat16/float16 weights keep float32 ones, so
   the entry computes in float32 on the CPU.
 * ``torch.compile`` is the identity (as a call and as a decorator, with or without options).
@@ -58,6 +59,8 @@ def _device_mode():
             dev = kwargs.get("device")
             if dev is not None and (_is_cuda(dev) or (isinstance(dev, int) and not isinstance(dev, bool))):
                 kwargs["device"] = cpu
+            if kwargs.get("pin_memory"):
+                kwargs["pin_memory"] = False
             out = func(*args, **kwargs)
             for hook in self.hooks:
                 hook(func, args, kwargs, out)
