@@ -32,7 +32,7 @@ DOCS = 4                 # documents (BOS-led) in the first third of the stream;
 # the MLP matrices (256 x 512 and up) and the embedding above the 65,536 elements under which upstream-derived
 # quantisers keep a tensor in float, so quantisation and GPTQ calibration run.
 TINY = {
-    "MODEL_DIM": "256", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "EMBED_DIM": "256",
+    "MODEL_DIM": "256", "NUM_HEADS": "4", "NUM_KV_HEADS": "2",
     "TRAIN_SEQ_LEN": str(SEQ), "EVAL_SEQ_LEN": str(SEQ), "TTT_EVAL_SEQ_LEN": str(SEQ), "SEQ_LEN": str(SEQ),
     "TRAIN_BATCH_TOKENS": str(8 * SEQ), "VAL_BATCH_SIZE": str(16 * SEQ), "VAL_BATCH_TOKENS": str(16 * SEQ),
     "ITERATIONS": "1", "WARMUP_STEPS": "0", "WARMDOWN_ITERS": "1", "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "1",

@@ -249,13 +249,15 @@ def test_shims_compute_what_the_gpu_code_computes():
 # ---- end to end, sandboxed -------------------------------------------------------------------------------------
 
 FAST = dict(answers=2, limits=Limits(wall_s=300, cpu_s=600))
+SMALL = {"MODEL_DIM": "64"}   # the fixture at a smaller width: the probes do not depend on it
 _WHY = check()
 sandboxed = pytest.mark.skipif(_WHY is not None, reason=f"this machine cannot build the sandbox: {_WHY}")
 
 
 @sandboxed
 def test_kit_train_gpt_passes_with_score_first_ttt():
-    rep = audit(ROOT / "train_gpt.py", {"TTT": "1", "TTT_CHUNK_TOKENS": "256"}, answers=2,
+    rep = audit(ROOT / "train_gpt.py", {"TTT": "1", "TTT_CHUNK_TOKENS": "256", "MODEL_DIM": "64", "NUM_LAYERS": "2"},
+                answers=2,
                 limits=Limits(wall_s=400, cpu_s=800))
     assert rep["verdict"] == "pass", (rep.get("blocked"), rep["probes"])
     assert all(r["trained_calls"] > 0 for r in rep["runs"])  # TTT trained on validation chunks after scoring them
@@ -263,7 +265,7 @@ def test_kit_train_gpt_passes_with_score_first_ttt():
 
 @sandboxed
 def test_honest_entry_with_score_first_ttt_passes():
-    rep = audit(ENTRY, {"LEAK": "legal_ttt"}, **FAST)
+    rep = audit(ENTRY, {**SMALL, "LEAK": "legal_ttt"}, **FAST)
     assert rep["verdict"] == "pass", (rep.get("blocked"), rep["probes"])
     assert exit_code(rep) == EXIT_PASS
     assert set(statuses(rep)) == {"future-suffix invariance", "self-influence (answer mask)", "score coverage",
@@ -279,7 +281,7 @@ def test_honest_entry_with_score_first_ttt_passes():
     ("valtrain", ["future-suffix invariance"]),
 ])
 def test_each_violation_is_caught(leak, caught_by):
-    rep = audit(ENTRY, {"LEAK": leak}, **FAST)
+    rep = audit(ENTRY, {**SMALL, "LEAK": leak}, **FAST)
     assert rep["verdict"] == "fail" and exit_code(rep) == EXIT_FAIL, (rep.get("blocked"), rep["probes"])
     st = statuses(rep)
     for probe in caught_by:
