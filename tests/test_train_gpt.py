@@ -475,3 +475,23 @@ def test_kill_9_leaves_nothing_half_written(tg, dataset, tmp_path):
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["k9.ptz"]
+
+
+def test_config_error_under_torchrun_is_one_line_once(dataset, tmp_path):
+    """Two workers, one bad setting: rank 0 alone prints the error line (torchrun adds its own failure summary and
+    exits 1); `--check`, which scripts/demo.sh runs before torchrun, gives the one line and exit 2."""
+    res = run_script(data_env(dataset, "tr", NUM_LAYERS=0), tmp_path, nproc=2)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert res.returncode != 0 and errors == ["error: NUM_LAYERS=0 is out of range: it must be in [1, inf)"]
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}, **data_env(dataset, "tr"),
+           "NUM_LAYERS": "0"}
+    res = subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), "--check"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [errors[0]]
+    env["NUM_LAYERS"] = "2"
+    res = subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), "--check"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "config ok" and not (tmp_path / "logs").exists()
