@@ -41,7 +41,7 @@ EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 4
 TOL = 1e-6          # nats; runs are single-threaded CPU float32/64 and same-shape, so equal scores are bit-identical
 SUM_TOL = 1e-6
 ANSWERS = 6         # substituted targets at the last position (besides the original)
-PASS, FAIL, NORUN = "pass", "fail", "could-not-run"
+PASS, FAIL, NORUN, WARN = "pass", "fail", "could-not-run", "warn"  # warn: reported, not a failure
 
 
 class RunUsageError(ValueError):
@@ -288,13 +288,13 @@ def coverage(base: dict, answers: list[tuple[dict, tuple | None]], reported: tup
     if count == 1 and abs(w - 1) <= tol:
         out.append({"probe": once, "status": PASS, "detail": f"the last target weighs {w:.4f}/{last} in the "
                                                             "reported mean: counted once"})
-    elif count > 1:
-        out.append({"probe": once, "status": FAIL, "effect": float(count),
+    elif count > 1:  # accounting, not causality: no future information enters a score, so a warning
+        out.append({"probe": once, "status": WARN, "effect": float(count),
                     "detail": f"the last target is counted {count} times in the reported score (one evaluation "
                               f"scores it in {count} windows; the mean is over about {last / w:.0f} scores "
                               f"of {last} targets)"})
     else:
-        out.append({"probe": once, "status": FAIL, "effect": w,
+        out.append({"probe": once, "status": WARN, "effect": w,
                     "detail": f"the last target weighs {w:.3f}/{last} in the reported mean instead of 1/{last}: "
                               f"the mean is over about {last / w:.0f} scores of {last} targets "
                               + ("(targets left out)" if w > 1 else "(some counted more than once)")})
@@ -433,7 +433,7 @@ def audit(entry: Path, settings: dict | None = None, limits: sandbox.Limits | No
             if "effect" in p and not math.isfinite(p["effect"]):
                 p["effect"] = None     # NaN or infinite: the detail says so; the report stays strict JSON
         st = {p["status"] for p in report["probes"]}
-        report["verdict"] = "fail" if FAIL in st else ("pass" if st == {PASS} else "incomplete")
+        report["verdict"] = "fail" if FAIL in st else ("pass" if st <= {PASS, WARN} else "incomplete")
         return report
     finally:
         if keep is not None:
