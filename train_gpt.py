@@ -1942,15 +1942,16 @@ class Run:
 
 
 def training_frac(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    """How much of training is done: elapsed / MAX_WALLCLOCK_SECONDS under a cap, else step / ITERATIONS."""
-    cap_ms = 1000.0 * args.max_wallclock_seconds
+    """How much of training is done: elapsed / the training loop's cap (MAX_WALLCLOCK_SECONDS less a GPTQ reserve,
+    as the record's 599.5 s), else step / ITERATIONS."""
+    cap_ms = 1000.0 * train_cap_seconds(args)
     return elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
 
 
 def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """The LR scale of every optimiser, at least MIN_LR. WARMDOWN_FRAC: 1, then linear to 0 over that last fraction
     of training_frac. Else WARMDOWN_ITERS steps, under a cap estimated from the mean step time so far."""
-    a, cap_ms = args, 1000.0 * args.max_wallclock_seconds
+    a, cap_ms = args, 1000.0 * train_cap_seconds(args)
     if a.warmdown_frac > 0:
         frac = training_frac(a, step, elapsed_ms)
         scale = 1.0 if frac < 1 - a.warmdown_frac else (1 - frac) / a.warmdown_frac
