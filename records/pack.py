@@ -620,9 +620,10 @@ def render_readme(ctx: dict) -> str:
         L.append(f"`train_gpt.py`: {len(src):,} bytes, sha256 `{sha256_bytes(src)}`: byte-identical to the script "
                  "that produced every log here (each log's `code_sha256` matches).")
     else:
+        held = "" if decode_wrapper(wr) == src else " minified (python-minifier, CODE_FORM=minified), then"
         L.append(f"`train_gpt.py` is a self-extracting wrapper: {len(wr):,} bytes (sha256 `{sha256_bytes(wr)}`), "
-                 f"holding `train_gpt_human.py` ({len(src):,} bytes, sha256 `{sha256_bytes(src)}`) as raw LZMA2 + "
-                 "base85. `bytes_code` is the wrapper's size.")
+                 f"holding `train_gpt_human.py` ({len(src):,} bytes, sha256 `{sha256_bytes(src)}`){held} as raw "
+                 "LZMA2 + base85. `bytes_code` is the wrapper's size.")
         L.append("")
         L.append("The logs were produced by the readable script and report its sha256. Running the wrapper executes "
                  "that source in the wrapper's own module namespace: `__name__` is `\"__main__\"` when run (the "
