@@ -7,12 +7,14 @@ Sections follow the data: hyperparameters, data, model, optimiser, evaluation, e
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import difflib
 import glob
 import hashlib
 import json
+import lzma
 import math
 import os
 import platform
@@ -22,7 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -143,7 +145,10 @@ class Hyperparameters:
     # ---- techniques (TECHNIQUES.md): all off by default
     value_residual: int = S(0, "mix layer 0's values into every later layer (two scalars per layer, 0.5/0.5)",
                             **TECH)
-    gated_attention: int = S(0, "sigmoid gate on the attention output, W = 0, b = GATED_ATTENTION_BIAS", **TECH)
+    gated_attention: int = S(0, "sigmoid gate on the attention output: 1 = W = 0, b = GATED_ATTENTION_BIAS; 2 = the "
+                             "1.0611 record's sparse gate sigma(SPARSE_ATTN_GATE_SCALE * W a[:GATE_WINDOW]), per head",
+                             choices=(0, 1, 2), arch=True, on=(1, 2),
+                             aliases=(("SPARSE_ATTN_GATE_ENABLED", {"0": "0", "1": "2"}),))
     gated_attention_bias: float = S(4.0, "gate bias init (4: sigma = 0.982, near no-op)", rng="(-inf, inf)")
     gated_attention_mode: str = S("head", "head: one gate per head; element: one per channel",
                                   choices=("head", "element"), arch=True, on=("element",),
@@ -156,8 +161,10 @@ class Hyperparameters:
     review_rank: int = S(16, "rank of the lowrank gate", rng="[1, inf)", arch=True)
     review_bias_init: float = S(0.0, "gate bias init: 0 gives 0.5 (published), 4 gives ~1 (plain-like)",
                                 rng="(-inf, inf)")
-    smear_gate: int = S(0, "blend each position with the previous one (gate 0.5 at init; never across a BOS)",
-                        **TECH)
+    smear_gate: int = S(0, "blend each position with the previous one, never across a BOS: 1 = (1-g) x_t + g x_t-1 "
+                        "after the norm (g = 0.5 at init); 2 = the 1.0611 record's x_t + lam sigma(W x_t[:GATE_WINDOW]) "
+                        "x_t-1 before it (identity at init)", choices=(0, 1, 2), arch=True, on=(1, 2),
+                        aliases=(("SMEAR_GATE_ENABLED", {"0": "0", "1": "2"}),))
     bigram_hash: int = S(0, "add a hashed embedding of (previous, current) input token", **TECH)
     bigram_buckets: int = S(2048, "hash buckets of BIGRAM_HASH", rng="[2, inf)", arch=True)
     bigram_dim: int = S(128, "embedding width of BIGRAM_HASH before its projection", rng="[1, inf)", arch=True)
@@ -173,11 +180,32 @@ class Hyperparameters:
                        on=(0.04,))
     mlp_act: str = S("relu2", "MLP activation", choices=("relu2", "leaky_relu2"), arch=True, on=("leaky_relu2",))
     mlp_leaky_slope: float = S(0.5, "negative slope of leaky_relu2", rng="(-inf, inf)", arch=True)
+    # ---- the 1.0611 record's model (FRONTIER.md section 1): all off by default
+    skip_gates: int = S(0, "U-Net skips as lerp(w * skip, x, sigma(g)), g per channel from 0", **TECH,
+                        aliases=("SKIP_GATES_ENABLED",))
+    num_loops: int = S(0, "depth recurrence: once looping is on, blocks LOOP_START..LOOP_END run 1 + NUM_LOOPS "
+                       "times in a row", rng="[0, inf)", arch=True, on=(1,), requires="LOOP_START=1 LOOP_END=2")
+    loop_start: int = S(3, "first looped block", rng="[0, inf)", arch=True)
+    loop_end: int = S(5, "last looped block", rng="[0, inf)", arch=True)
+    enable_looping_at: float = S(0.35, "fraction of training (of the wallclock cap, else of ITERATIONS) at which "
+                                 "looping switches on; evaluation always loops", rng="[0, 1]")
+    parallel_start_layer: int = S(0, "two residual lanes from the first decoder block with this index (0: off)",
+                                  rng="[0, inf)", arch=True, on=(3,))
+    parallel_final_lane: str = S("mean", "what leaves the two lanes", choices=("mean", "attn", "mlp"), arch=True,
+                                 on=("attn",), requires="PARALLEL_START_LAYER=3")
+    gate_window: int = S(12, "input channels of SMEAR_GATE=2 and GATED_ATTENTION=2", rng="[1, inf)", arch=True)
+    sparse_attn_gate_scale: float = S(1.0, "GATED_ATTENTION=2: the scale inside the sigmoid", rng="(-inf, inf)",
+                                      arch=True)
+    varlen_attn: int = S(0, "attention never crosses a BOS (FlashAttention varlen on CUDA, else SDPA with a "
+                         "block-diagonal mask); a training micro-batch is one packed row", **TECH)
     # ---- training length and batch
     iterations: int = S(20000, "training steps (the wallclock cap may stop earlier)", rng="[0, inf)")
     warmup_steps: int = S(20, "compile warm-up steps, then weights and optimisers are reset", rng="[0, inf)")
     warmdown_iters: int = S(1200, "linear LR warmdown length in steps (estimated from wallclock under a cap)",
                             rng="[0, inf)")
+    warmdown_frac: float = S(0.0, "linear LR warmdown over this last fraction of training (of the wallclock cap, "
+                             "else of ITERATIONS); 0: WARMDOWN_ITERS", rng="[0, 1]", on=(0.85,))
+    min_lr: float = S(0.0, "floor of the LR multiplier", rng="[0, 1]", on=(0.1,))
     train_batch_tokens: int = S(524288, "tokens per optimiser step, all ranks together", rng="[1, inf)")
     train_seq_len: int = S(1024, "training sequence length", rng="[1, inf)")
     max_wallclock_seconds: float = S(600.0, "training time cap, validation excluded (0: none)", rng="[0, inf)")
@@ -193,19 +221,50 @@ class Hyperparameters:
     scalar_lr: float = S(0.04, "Adam LR of vectors, scalars and control tensors", rng="[0, inf)")
     muon_momentum: float = S(0.95, "Muon momentum after warm-up", rng="[0, 1)")
     muon_backend_steps: int = S(5, "Newton-Schulz iterations", rng="[1, inf)")
+    muon_ns: str = S("classic", "Newton-Schulz coefficients: classic (3.4445, -4.775, 2.0315) or polar (the "
+                     "Polar-Express tuple of each step; at most 5 steps)", choices=("classic", "polar"), on=("polar",))
+    muon_row_normalize: int = S(0, "MuonEq-R: every row of the update to unit norm before Newton-Schulz",
+                                choices=(0, 1), on=(1,))
     muon_momentum_warmup_start: float = S(0.85, "Muon momentum at step 0", rng="[0, 1)")
     muon_momentum_warmup_steps: int = S(500, "steps of the momentum warm-up", rng="[0, inf)")
     beta1: float = S(0.9, "Adam beta1", rng="[0, 1)")
     beta2: float = S(0.95, "Adam beta2", rng="[0, 1)")
     adam_eps: float = S(1e-8, "Adam epsilon", rng="(0, inf)")
     grad_clip_norm: float = S(0.0, "global gradient clip (0: off)", rng="[0, inf)")
+    embed_wd: float = S(-1.0, "AdamW weight decay of the token embeddings (< 0: ADAM_WD)", rng="[-1, inf)",
+                        on=(0.085,))
     control_tensor_name_patterns: str = S("", "upstream's: comma-separated name parts of extra control tensors "
                                           "(Adam at SCALAR_LR, fp32 in the artifact)")
     # ---- export and evaluation
-    quant_bits: int = S(6, "bits per weight of large matrices", choices=(5, 6, 8))
-    quant_embed_bits: int = S(8, "bits per weight of the token embedding", choices=(5, 6, 8))
-    quant_mlp_bits: int = S(0, "bits per weight of MLP matrices (0: QUANT_BITS)", choices=(0, 5, 6, 8))
-    zstd_level: int = S(22, "zstd compression level of the artifact", rng="[1, 22]")
+    quant_bits: int = S(6, "bits per weight of large matrices", choices=(5, 6, 7, 8), aliases=("MATRIX_BITS",))
+    quant_embed_bits: int = S(8, "bits per weight of the token embedding", choices=(5, 6, 7, 8),
+                              aliases=("EMBED_BITS",), on=(7,))
+    quant_mlp_bits: int = S(0, "bits per weight of MLP matrices (0: QUANT_BITS)", choices=(0, 5, 6, 7, 8))
+    quant_method: str = S("rtn", "large matrices: rtn (per-row clip search) | gptq (full-Hessian GPTQ, SD clip)",
+                          choices=("rtn", "gptq"), on=("gptq",))
+    gptq_calibration_batches: int = S(16, "GPTQ: training batches of TRAIN_BATCH_TOKENS for the Hessians",
+                                      rng="[1, inf)")
+    gptq_reserve_seconds: float = S(8.0, "GPTQ: seconds of MAX_WALLCLOCK_SECONDS kept from the training loop for "
+                                    "the calibration", rng="[0, inf)")
+    matrix_clip_sigmas: float = S(12.85, "GPTQ: row scale k * std(row) / q_max, k of other matrices",
+                                  rng="(0, inf)")
+    attn_clip_sigmas: float = S(13.0, "GPTQ: k of attention matrices", rng="(0, inf)")
+    mlp_clip_sigmas: float = S(11.5, "GPTQ: k of MLP matrices", rng="(0, inf)")
+    embed_clip_sigmas: float = S(14.0, "GPTQ: k of the token embedding", rng="(0, inf)")
+    lqer_enabled: int = S(0, "LQER: low-rank correction of the LQER_TOP_K largest quantisation errors",
+                          choices=(0, 1), on=(1,))
+    lqer_rank: int = S(4, "LQER: rank of the correction", rng="[1, inf)")
+    lqer_top_k: int = S(3, "LQER: tensors corrected", rng="[1, inf)")
+    lqer_factor_bits: int = S(4, "LQER: bits of both factors when not asymmetric", rng="[2, 8]")
+    lqer_asym_enabled: int = S(1, "LQER: A at 2 bits with one scale, B at 4 bits with a scale per group", **BOOL)
+    lqer_asym_group: int = S(64, "LQER: group size of B's scales", rng="[1, inf)")
+    gated_attn_quant_gate: int = S(0, "2-D gate weights of 32..8192 elements int8 per row instead of fp32",
+                                   choices=(0, 1), on=(1,))
+    compressor: str = S("brotli", "artifact compressor (streams per matrix group, codes column-major)",
+                        choices=("brotli", "zstd", "lzma"), on=("zstd", "lzma"))
+    zstd_level: int = S(22, "zstd compression level of the artifact (COMPRESSOR=zstd)", rng="[1, 22]")
+    code_form: str = S("raw", "code counted and shipped: raw | wrapped (lzma + base85 self-extractor) | minified "
+                       "(python-minifier, then wrapped)", choices=("raw", "wrapped", "minified"))
     int8_keep_float_fp32_name_patterns: str = S("", "upstream's: comma-separated name parts of small tensors "
                                                 "stored fp32 (not fp16) in the artifact")
     eval_seq_len: int = S(0, "sliding-window length (0: TRAIN_SEQ_LEN)", rng="[0, inf)")
@@ -265,19 +324,19 @@ ALIASES = {(a if isinstance(a, str) else a[0]): (s, None if isinstance(a, str) e
 
 def read_setting(s: Setting, env) -> Any:
     """The setting's value from its own name or an alias (two different values for one setting are refused)."""
-    given = [(s.name, env[s.name])] if env.get(s.name, "") != "" else []
+    given = [(s.name, env[s.name], env[s.name])] if env.get(s.name, "") != "" else []
     for alias, (target, mapping) in ALIASES.items():
         if target is s and env.get(alias, "") != "":
             raw = env[alias] if mapping is None else mapping.get(env[alias])
             if raw is None:
                 raise ConfigError(f"{alias}={env[alias]!r}: use one of {', '.join(mapping)}")
-            given.append((alias, raw))
+            given.append((alias, env[alias], raw))
     if not given:
         return s.default
-    values = {s.parse(raw, name) for name, raw in given}
+    values = {s.parse(raw, name if raw == typed else f"{name}={typed!r}, i.e. {s.name}") for name, typed, raw in given}
     if len(values) > 1:
-        raise ConfigError(f"{' and '.join(f'{n}={r!r}' for n, r in given)} set the same setting to different "
-                          "values; set one")
+        raise ConfigError(f"{' and '.join(f'{n}={t!r}' for n, t, _ in given)} set {s.name} to different values; "
+                          "set one")
     return values.pop()
 
 
@@ -323,6 +382,14 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
         (a.rope_dims % 2 == 0 and a.rope_dims <= head_dim, f"ROPE_DIMS={a.rope_dims} must be even and at most "
          f"the head dim {head_dim}"),
         (not (a.review_residual and a.highway), "REVIEW_RESIDUAL=1 and HIGHWAY=1 are alternatives: set one"),
+        (not a.num_loops or a.loop_start <= a.loop_end < a.num_layers, f"LOOP_START={a.loop_start}, LOOP_END="
+         f"{a.loop_end}: the looped blocks must satisfy LOOP_START <= LOOP_END < NUM_LAYERS={a.num_layers}"),
+        (a.parallel_start_layer < a.num_layers and (not a.num_loops or not a.parallel_start_layer or
+                                                    a.parallel_start_layer > a.loop_end),
+         f"PARALLEL_START_LAYER={a.parallel_start_layer} must be below NUM_LAYERS={a.num_layers} and, with "
+         f"NUM_LOOPS, after the looped blocks (> LOOP_END={a.loop_end}), or 0"),
+        (a.gate_window <= a.model_dim or not (a.smear_gate == 2 or a.gated_attention == 2),
+         f"GATE_WINDOW={a.gate_window} must be at most MODEL_DIM={a.model_dim}"),
         (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", a.run_id) is not None, f"RUN_ID={a.run_id!r} must be "
          "a name (letters, digits, '.', '_', '-'; no path)"),
         (a.device != "cuda" or torch.cuda.is_available(), "DEVICE=cuda but no CUDA device is visible; use "
@@ -507,25 +574,67 @@ def param_roles(model: nn.Module, patterns: str = "") -> dict[str, str]:
             getattr(p, "kit_role", "matrix" if p.ndim == 2 else "control") for name, p in model.named_parameters()}
 
 
-def attention_kernel(device: torch.device):
-    """flash-attn 3, then 2, on CUDA; PyTorch SDPA otherwise. Returns (name, fn taking (B,T,H,D) tensors)."""
+BOS_ID = 1  # every document starts with this token
+
+
+class Kernel(NamedTuple):
+    """Causal attention over (B, T, H, D) tensors: attend(q, k, v, docs). docs is None (dense), or, for
+    VARLEN_ATTN, what docs(cu_seqlens, (B, T), max_len) made of the documents: the rows laid end to end are cut at
+    cu_seqlens, and no position attends across a cut."""
+    name: str
+    attend: Callable
+    docs: Callable
+
+
+def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, docs: Tensor | None = None) -> Tensor:
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=docs,
+                                       is_causal=docs is None, enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+
+
+def sdpa_docs(cu_seqlens: Tensor, shape: tuple, max_len: int) -> Tensor:
+    """The block-diagonal causal mask (B, 1, T, T): i sees j iff j <= i in the same segment."""
+    B, T = shape
+    seg = torch.searchsorted(cu_seqlens.long(), torch.arange(B * T, device=cu_seqlens.device), right=True)
+    seg = seg.view(B, 1, T)
+    return (seg[..., :, None] == seg[..., None, :]) & torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
+
+
+def flash_kernel(name: str, dense: Callable, varlen: Callable) -> Kernel:
+    def attend(q: Tensor, k: Tensor, v: Tensor, docs: tuple | None = None) -> Tensor:
+        q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        if docs is None:
+            out = dense(q16, k16, v16, causal=True)
+        else:  # the rows as one flat sequence of documents
+            (cu, L), flat = docs, [t.flatten(0, 1) for t in (q16, k16, v16)]
+            out = varlen(*flat, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=L, max_seqlen_k=L, causal=True)
+        return (out[0] if isinstance(out, tuple) else out).view_as(q).to(q.dtype)
+    return Kernel(name, attend, lambda cu_seqlens, shape, max_len: (cu_seqlens, max_len))
+
+
+def attention_kernel(device: torch.device) -> Kernel:
+    """flash-attn 3, then 2, on CUDA; PyTorch SDPA otherwise."""
     if device.type == "cuda":
         for module, name in (("flash_attn_interface", "flash_attn_3"), ("flash_attn", "flash_attn_2")):
             try:
-                fa = __import__(module).flash_attn_func
+                mod = __import__(module)
+                return flash_kernel(name, mod.flash_attn_func, mod.flash_attn_varlen_func)
             except (ImportError, AttributeError):
                 continue
+    return Kernel("sdpa", sdpa_attend, sdpa_docs)
 
-            def flash(q, k, v, fa=fa):
-                out = fa(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True)
-                return (out[0] if isinstance(out, tuple) else out).to(q.dtype)
-            return name, flash
 
-    def sdpa(q, k, v):
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, enable_gqa=k.size(2) != q.size(2))
-        return y.transpose(1, 2)
-    return "sdpa", sdpa
+def doc_bounds(idx: Tensor, max_len: int, bucket: int = 64) -> Tensor:
+    """cu_seqlens (int32) of the rows of idx laid end to end, as the 1.0611 record packs documents: a segment
+    starts at each row start and each BOS, and a document longer than max_len is cut every max_len tokens from its
+    start. Padded with the total length to a multiple of `bucket` entries (few shapes for compiled code)."""
+    B, T = idx.shape
+    pos = torch.arange(T, device=idx.device).expand(B, T)
+    start = (idx == BOS_ID) | (pos == 0)
+    doc_start = torch.cummax(torch.where(start, pos, 0), dim=1).values
+    cuts = torch.nonzero((start | ((pos - doc_start) % max_len == 0)).flatten()).flatten()
+    padded = -(-(cuts.numel() + 1) // bucket) * bucket
+    return F.pad(cuts, (0, padded - cuts.numel()), value=B * T).to(torch.int32)
 
 
 class CastedLinear(nn.Linear):
@@ -630,11 +739,34 @@ def exclusive(y: Tensor, v: Tensor) -> Tensor:
     return y - (y * v_hat).sum(-1, keepdim=True) * v_hat
 
 
+class SparseGate(nn.Module):
+    """GATED_ATTENTION=2 (the 1.0611 record's sparse gate): head h's output times sigma(s * W_h . a[:GATE_WINDOW]),
+    s = SPARSE_ATTN_GATE_SCALE, W (heads x GATE_WINDOW) from 0, no bias: 0.5 at init."""
+
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        self.w = role(nn.Parameter(torch.zeros(args.num_heads, args.gate_window)), "control")
+        self.window, self.scale, self.expand = args.gate_window, args.sparse_attn_gate_scale, args.model_dim // \
+            args.num_heads
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = torch.sigmoid(self.scale * F.linear(a[..., :self.window], self.w.to(a.dtype)))
+        return g.repeat_interleave(self.expand, dim=-1)
+
+
+def out_gate(args: Hyperparameters) -> nn.Module | None:
+    if args.gated_attention == 2:
+        return SparseGate(args)
+    mode = {"head": "head", "element": "full"}[args.gated_attention_mode]
+    return Gate(args.model_dim, args.model_dim, mode, 0, args.num_heads, args.gated_attention_bias) \
+        if args.gated_attention else None
+
+
 class Attention(nn.Module):
     def __init__(self, args: Hyperparameters, layer: int, max_len: int, kernel):
         super().__init__()
         d, self.h, self.kv = args.model_dim, args.num_heads, args.num_kv_heads
-        self.hd, self.attend = d // self.h, kernel
+        self.hd, self.kernel = d // self.h, kernel
         self.c_q = CastedLinear(d, d)
         self.c_k = CastedLinear(d, self.kv * self.hd)
         self.c_v = CastedLinear(d, self.kv * self.hd)
@@ -643,10 +775,9 @@ class Attention(nn.Module):
         self.rotary = Rotary(args.rope_dims or self.hd, args.rope_base, max_len)
         self.values = ValueResidual() if args.value_residual else None
         self.xsa = layer >= args.num_layers - args.xsa_last_n
-        mode = {"head": "head", "element": "full"}[args.gated_attention_mode]
-        self.out_gate = Gate(d, d, mode, 0, self.h, args.gated_attention_bias) if args.gated_attention else None
+        self.out_gate = out_gate(args)
 
-    def forward(self, a: Tensor, v0: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, a: Tensor, v0: Tensor | None, docs=None) -> tuple[Tensor, Tensor]:
         """a: the normalised sublayer input. Returns the projected output and this layer's raw values."""
         B, T, _ = a.shape
         q = rms(self.c_q(a).view(B, T, self.h, self.hd))
@@ -654,7 +785,7 @@ class Attention(nn.Module):
         raw_v = self.c_v(a).view(B, T, self.kv, self.hd)
         v = raw_v if self.values is None else self.values(raw_v, v0)
         q = self.rotary(q) * self.q_gain.to(a.dtype)[:, None]
-        y = self.attend[1](q, self.rotary(k), v)
+        y = self.kernel.attend(q, self.rotary(k), v, docs)
         if self.xsa:
             y = exclusive(y, v)
         y = y.reshape(B, T, -1)
@@ -691,21 +822,54 @@ class Block(nn.Module):
         self.attn_res, self.mlp_res = residual_rule(args), residual_rule(args)
         self.ln = 1 / math.sqrt(layer + 1) if args.ln_scale else 1.0  # LN_SCALE
 
-    def forward(self, x: Tensor, x0: Tensor, v0: Tensor | None) -> tuple[Tensor, Tensor]:
+    def attend(self, x: Tensor, x0: Tensor, v0: Tensor | None, docs) -> tuple[Tensor, Tensor, Tensor]:
+        """(the input mixed with x0, the scaled attention update, this layer's raw values)."""
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        u, v = self.attn(rms(x) * self.ln, v0)
-        x = residual(self.attn_res, x, self.attn_scale.to(x.dtype) * u)
-        return residual(self.mlp_res, x, self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.ln)), v
+        u, v = self.attn(rms(x) * self.ln, v0, docs)
+        return x, self.attn_scale.to(x.dtype) * u, v
+
+    def feed(self, x: Tensor) -> Tensor:
+        return self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.ln)
+
+    def forward(self, x: Tensor, x0: Tensor, v0: Tensor | None, docs=None) -> tuple[Tensor, Tensor]:
+        x, u, v = self.attend(x, x0, v0, docs)
+        x = residual(self.attn_res, x, u)
+        return residual(self.mlp_res, x, self.feed(x)), v
+
+
+class Lanes(nn.Module):
+    """PARALLEL_START_LAYER (the 1.0611 record's parallel residuals): from the first decoder block with index >=
+    start, two lanes. Attention reads lane 0 (mixed with x0), the MLP lane 1, and both write to both:
+    lane_k <- r[i,k] lane_k + P[i,0,k] a + P[i,1,k] f, r from 1.1, P from 1 (a REVIEW_RESIDUAL/HIGHWAY rule gates
+    each lane's update: attn_res lane 0, mlp_res lane 1). The output is PARALLEL_FINAL_LANE: the mean, lane 0
+    (attn) or lane 1 (mlp). One (r, P) per block, as the record counts them; blocks before `start` leave theirs."""
+
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        self.start, self.final = args.parallel_start_layer, args.parallel_final_lane
+        self.post = role(nn.Parameter(torch.ones(args.num_layers, 2, 2)), "control")
+        self.resid = role(nn.Parameter(torch.full((args.num_layers, 2), 1.1)), "control")
+
+    def forward(self, block: Block, i: int, lanes: tuple, x0: Tensor, v0: Tensor | None, docs):
+        _, a, v = block.attend(lanes[0], x0, v0, docs)
+        f = block.feed(lanes[1])
+        r, p = self.resid[i].to(a.dtype), self.post[i].to(a.dtype)
+        return (residual(block.attn_res, r[0] * lanes[0], p[0, 0] * a + p[1, 0] * f),
+                residual(block.mlp_res, r[1] * lanes[1], p[0, 1] * a + p[1, 1] * f)), v
+
+    def merge(self, lanes: tuple) -> Tensor:
+        return lanes[0] if self.final == "attn" else lanes[1] if self.final == "mlp" else 0.5 * (lanes[0] + lanes[1])
 
 
 class BigramHash(nn.Module):
     """BIGRAM_HASH: bucket (36313 t_i XOR 27191 t_{i-1}) mod (B-1) (position 0: B-1) -> Embedding(B, dim), zero
-    init -> Linear(dim, d) -> times a learned scale (init 0.05), added to the token embedding. Inputs only."""
+    init -> Linear(dim, d) -> times a learned scale (init 0.05), added to the token embedding. Inputs only. With
+    VARLEN_ATTN a BOS is hashed like position 0 (no previous token across a document start)."""
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
-        self.buckets = args.bigram_buckets
+        self.buckets, self.isolate = args.bigram_buckets, bool(args.varlen_attn)
         self.embed = nn.Embedding(self.buckets, args.bigram_dim)
         nn.init.zeros_(self.embed.weight)
         role(self.embed.weight, "embed")
@@ -715,6 +879,8 @@ class BigramHash(nn.Module):
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
         h = torch.bitwise_xor(36313 * idx[:, 1:], 27191 * idx[:, :-1]) % (self.buckets - 1)
         h = torch.cat((torch.full_like(idx[:, :1], self.buckets - 1), h), dim=1)
+        if self.isolate:
+            h = torch.where(idx == BOS_ID, self.buckets - 1, h)
         return x + self.scale.to(x.dtype) * self.proj(self.embed(h).to(x.dtype))
 
 
@@ -733,19 +899,50 @@ class SmearGate(nn.Module):
         return (1 - g) * x + g * prev
 
 
+class ContentSmear(nn.Module):
+    """SMEAR_GATE=2 (the 1.0611 record's SmearGate), on the raw embedding before the first norm: for t >= 1,
+    x_t += lam * sigma(W x_t[:GATE_WINDOW]) * x_{t-1}, except where token t is a BOS. W (1 x GATE_WINDOW) and lam
+    start at 0: identity at init."""
+
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        self.window, self.gate = args.gate_window, CastedLinear(args.gate_window, 1, zero_init=True)
+        role(self.gate.weight, "control")
+        self.lam = role(nn.Parameter(torch.zeros(1)), "control")
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        g = self.lam.to(x.dtype) * torch.sigmoid(self.gate(x[:, 1:, :self.window]))
+        keep = (idx[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)
+        return torch.cat((x[:, :1], x[:, 1:] + g * x[:, :-1] * keep), dim=1)
+
+
+def layer_order(args: Hyperparameters, looped: bool) -> tuple[list[int], list[int]]:
+    """Block indices of the encoder half (pushes U-Net skips) and the decoder half (pops them). Looped (NUM_LOOPS):
+    blocks LOOP_START..LOOP_END run 1 + NUM_LOOPS times in a row, and the sequence is split in the middle."""
+    L, s, e = args.num_layers, args.loop_start, args.loop_end
+    order = [*range(s), *list(range(s, e + 1)) * (args.num_loops + 1), *range(e + 1, L)] if looped else [*range(L)]
+    return order[:len(order) // 2], order[len(order) // 2:]
+
+
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters, kernel=None):
         super().__init__()
-        max_len, kernel = max(args.train_seq_len, args.eval_seq_len), kernel or attention_kernel(torch.device("cpu"))
-        self.softcap = args.logit_softcap
+        max_len = max(args.train_seq_len, args.eval_seq_len, args.train_batch_tokens // 8 if args.varlen_attn else 0)
+        self.kernel = kernel or attention_kernel(torch.device("cpu"))
+        self.softcap, self.seq_len, self.varlen = args.logit_softcap, args.train_seq_len, bool(args.varlen_attn)
         self.tok_emb = nn.Embedding(args.vocab_size, args.model_dim)
         role(self.tok_emb.weight, "embed")
         self.bigram = BigramHash(args) if args.bigram_hash else None
-        self.smear = SmearGate(args) if args.smear_gate else None
-        self.blocks = nn.ModuleList(Block(args, i, max_len, kernel) for i in range(args.num_layers))
-        self.num_enc = args.num_layers // 2
-        self.skip_weights = role(nn.Parameter(torch.ones(min(self.num_enc, args.num_layers - self.num_enc),
-                                                         args.model_dim)), "control")
+        self.content_smear = ContentSmear(args) if args.smear_gate == 2 else None
+        self.smear = SmearGate(args) if args.smear_gate == 1 else None
+        self.blocks = nn.ModuleList(Block(args, i, max_len, self.kernel) for i in range(args.num_layers))
+        self.orders = {False: layer_order(args, False), True: layer_order(args, args.num_loops > 0)}
+        self.looping = False  # switched on at ENABLE_LOOPING_AT in training, and for evaluation
+        n_skip = min(map(len, self.orders[True]))
+        self.skip_weights = role(nn.Parameter(torch.ones(n_skip, args.model_dim)), "control")
+        self.skip_gates = role(nn.Parameter(torch.zeros(n_skip, args.model_dim)), "control") \
+            if args.skip_gates else None
+        self.lanes = Lanes(args) if args.parallel_start_layer else None
         self.lm_head = None if args.tie_embeddings else CastedLinear(args.model_dim, args.vocab_size, True)
         if self.lm_head is not None:
             role(self.lm_head.weight, "head")
@@ -757,34 +954,57 @@ class GPT(nn.Module):
             elif isinstance(m, CastedLinear) and args.ortho_init and min(m.weight.shape) >= 64:
                 nn.init.orthogonal_(m.weight)  # output projections are zero-initialised: no 1/sqrt(2L) needed
 
-    def hidden(self, idx: Tensor) -> Tensor:
+    def hidden(self, idx: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Final normalised hidden states (B, T, d); the head is applied separately so that evaluation can
-        send only the scored positions through it."""
+        send only the scored positions through it. VARLEN_ATTN: attention stays inside the documents, cut at
+        cu_seqlens (the rows laid end to end; by default each row's documents, uncut)."""
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # bf16 residual stream under autocast (fp32 master weights)
             x = x.to(torch.get_autocast_dtype(x.device.type))
         if self.bigram is not None:
             x = self.bigram(x, idx)
+        if self.content_smear is not None:
+            x = self.content_smear(x, idx)
         x = rms(x)
         if self.smear is not None:
             x = self.smear(x, idx)
-        x0, skips, v0 = x, [], None
-        for i, block in enumerate(self.blocks):
-            if i >= self.num_enc and skips:
-                x = x + self.skip_weights[i - self.num_enc].to(x.dtype) * skips.pop()
-            x, v = block(x, x0, v0)
+        docs = None
+        if self.varlen:
+            docs = self.kernel.docs(doc_bounds(idx, idx.size(1)) if cu_seqlens is None else cu_seqlens, idx.shape,
+                                    idx.size(1) if cu_seqlens is None else self.seq_len)
+        encoder, decoder = self.orders[self.looping]
+        x0, skips, v0, lanes = x, [], None, None
+        for i in encoder:
+            x, v = self.blocks[i](x, x0, v0, docs)
             v0 = v if v0 is None else v0
-            if i < self.num_enc:
-                skips.append(x)
-        return rms(x)
+            skips.append(x)
+        for j, i in enumerate(decoder):
+            if self.lanes is not None and lanes is None and i >= self.lanes.start:
+                lanes = (x, x)
+            if skips and lanes is None:
+                x = self.skip(x, j, skips.pop())
+            elif skips:
+                lanes = (self.skip(lanes[0], j, skips.pop()), lanes[1])
+            if lanes is None:
+                x, v = self.blocks[i](x, x0, v0, docs)
+            else:
+                lanes, v = self.lanes(self.blocks[i], i, lanes, x0, v0, docs)
+            v0 = v if v0 is None else v0
+        return rms(x if lanes is None else self.lanes.merge(lanes))
+
+    def skip(self, x: Tensor, j: int, s: Tensor) -> Tensor:
+        """U-Net skip j: x + w_j s, or with SKIP_GATES lerp(w_j s, x, sigma(g_j)) (the mean at init)."""
+        w = self.skip_weights[j].to(x.dtype)
+        return x + w * s if self.skip_gates is None else torch.lerp(w * s, x, torch.sigmoid(self.skip_gates[j].to(
+            x.dtype)))
 
     def logits(self, h: Tensor) -> Tensor:
         z = F.linear(h, self.tok_emb.weight.to(h.dtype)) if self.lm_head is None else self.lm_head(h)
         z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z  # float64 stays float64 (probes)
         return self.softcap * torch.tanh(z / self.softcap)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
-        logits = self.logits(self.hidden(idx))
+    def forward(self, idx: Tensor, targets: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
+        logits = self.logits(self.hidden(idx, cu_seqlens))
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
@@ -806,14 +1026,26 @@ def count_params(env) -> int:
 # Optimiser: Muon (Newton-Schulz orthogonalised Nesterov momentum) for block matrices, Adam for the rest.
 # ----------------------------------------------------------------------------------------------------------------
 
-def newton_schulz(G: Tensor, steps: int) -> Tensor:
-    a, b, c = 3.4445, -4.7750, 2.0315
+POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),  # (a, b, c) of steps 1..5
+                 (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                 (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                 (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                 (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+
+
+def ns_coefficients(kind: str, steps: int) -> tuple:
+    """MUON_NS: classic, the fixed quintic `steps` times; polar, the Polar-Express tuples (more than 5 steps run
+    the 5, as the record does)."""
+    return ((3.4445, -4.7750, 2.0315),) * steps if kind == "classic" else POLAR_EXPRESS[:steps]
+
+
+def newton_schulz(G: Tensor, coeffs: tuple) -> Tensor:
     X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
     X = X / (X.norm() + 1e-7)
     transposed = X.size(0) > X.size(1)
     if transposed:
         X = X.T
-    for _ in range(steps):
+    for a, b, c in coeffs:
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return X.T if transposed else X
@@ -822,8 +1054,8 @@ def newton_schulz(G: Tensor, steps: int) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Each rank orthogonalises every WORLD_SIZE-th matrix; one all-reduce shares the updates."""
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, wd: float = 0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, wd=wd))
+    def __init__(self, params, lr: float, momentum: float, coeffs: tuple, wd: float = 0.0, row_norm: bool = False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, coeffs=coeffs, wd=wd, row_norm=row_norm))
 
     @torch.no_grad()
     def step(self):
@@ -838,7 +1070,10 @@ class Muon(torch.optim.Optimizer):
                 if i % world == rank and p.grad is not None:
                     buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                     buf.mul_(group["momentum"]).add_(p.grad)
-                    g = newton_schulz(p.grad.add(buf, alpha=group["momentum"]), group["backend_steps"])
+                    u = p.grad.add(buf, alpha=group["momentum"])
+                    if group["row_norm"]:  # MUON_ROW_NORMALIZE (MuonEq-R): unit rows before Newton-Schulz
+                        u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
+                    g = newton_schulz(u, group["coeffs"])
                     flat[offset:offset + p.numel()] = g.flatten() * max(1, p.size(0) / p.size(1)) ** 0.5
                 offset += p.numel()
             if distributed:
@@ -859,13 +1094,15 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.opti
         groups[roles[name]].append(p)
     fused = next(model.parameters()).is_cuda
 
-    def adam(params, lr):
+    def adam(params, lr, wd=args.adam_wd):
         return torch.optim.AdamW([dict(params=params, lr=lr, base_lr=lr)], betas=(args.beta1, args.beta2),
-                                 eps=args.adam_eps, weight_decay=args.adam_wd, fused=fused)
-    muon = Muon(groups["matrix"], args.matrix_lr, args.muon_momentum, args.muon_backend_steps, args.muon_wd)
+                                 eps=args.adam_eps, weight_decay=wd, fused=fused)
+    muon = Muon(groups["matrix"], args.matrix_lr, args.muon_momentum,
+                ns_coefficients(args.muon_ns, args.muon_backend_steps), args.muon_wd, bool(args.muon_row_normalize))
     for g in muon.param_groups:
         g["base_lr"] = args.matrix_lr
-    opts = [adam(groups["embed"], args.tied_embed_lr if args.tie_embeddings else args.embed_lr), muon,
+    embed_wd = args.adam_wd if args.embed_wd < 0 else args.embed_wd
+    opts = [adam(groups["embed"], args.tied_embed_lr if args.tie_embeddings else args.embed_lr, embed_wd), muon,
             adam(groups["control"], args.scalar_lr)]
     if groups["head"]:
         opts.append(adam(groups["head"], args.head_lr))
@@ -1285,17 +1522,23 @@ def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Export: int6 per-row quantisation with a clip search (GPTQ-lite), small and control tensors in fp16/fp32, zstd-22.
-# File: b"PGKIT001" + zstd( u32 header length + JSON header + raw little-endian arrays ). No pickle.
+# Export: large matrices as int8 codes + fp16 row scales, by QUANT_METHOD: rtn (per-row clip search) or gptq
+# (full-Hessian GPTQ with SD clipping, Hessians from training shards inside the time cap); optional LQER low-rank
+# correction and int8 gates; control and small tensors fp32/fp16. File: b"PGKIT002", compressor id, 8 bytes of
+# sha256 of the rest, stream lengths, then the compressed streams (the header and small arrays; the codes of each
+# matrix group, column-major); their concatenation is u32 header length + JSON header + raw arrays. No pickle.
 # ----------------------------------------------------------------------------------------------------------------
 
-ARTIFACT_MAGIC = b"PGKIT001"
+ARTIFACT_MAGIC = b"PGKIT002"
+COMPRESSORS = ("zstd", "brotli", "lzma")
 CLIP_PERCENTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 SMALL_TENSOR = 65_536
+STREAMS = ("tok_emb", "attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")  # int8 codes by group
+LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
 def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """Per-row symmetric quantisation; for each row keep the clip percentile with the lowest squared error."""
+    """QUANT_METHOD=rtn: per-row symmetric quantisation; each row keeps the clip percentile of least squared error."""
     qmax, w = 2 ** (bits - 1) - 1, w.float()
     clips = torch.quantile(w.abs(), torch.tensor(CLIP_PERCENTILES, device=w.device), dim=1)  # one sort per row
     best_q, best_scale, best_err = None, None, None
@@ -1310,63 +1553,197 @@ def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     return best_q.to(torch.int8), best_scale
 
 
-def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters) -> dict[str, np.ndarray]:
-    """How one tensor is stored: large 2-D tensors quantised per row (the token embedding at QUANT_EMBED_BITS, MLP
-    matrices at QUANT_MLP_BITS), control tensors and tensors of <= 4096 elements fp32, the rest fp16."""
+def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128) -> tuple[Tensor, Tensor]:
+    """QUANT_METHOD=gptq: SD clipping, row scale s = fp16(k * std(row) / q_max), then full-Hessian GPTQ: columns in
+    descending diag(H) order, each rounded and its error spread over the columns not yet rounded through the upper
+    Cholesky factor of H^-1, in blocks of `block` columns. Dead columns (H_ii = 0) are zeroed; damping 1% of the
+    mean of diag(H). H None: plain rounding at the same scale."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = (k * w.float().std(dim=1) / qmax).clamp_min(1e-7).half()
+    s, W = scale.float(), w.float().clone()
+    if H is None:
+        return torch.clamp(torch.round(W / s[:, None]), -qmax, qmax).to(torch.int8), scale
+    H = H.float().clone()
+    dead = H.diag() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H.diagonal().add_(0.01 * H.diag().mean())
+    perm = torch.argsort(H.diag(), descending=True)
+    W, H = W[:, perm], H[perm][:, perm]
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q, n = torch.empty_like(W), W.shape[1]
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        err = torch.empty_like(W[:, i:j])
+        for c in range(i, j):
+            Q[:, c] = torch.clamp(torch.round(W[:, c] / s), -qmax, qmax)
+            err[:, c - i] = e = (W[:, c] - Q[:, c] * s) / U[c, c]
+            W[:, c:j] -= e[:, None] * U[c, c:j]
+        W[:, j:] -= err @ U[i:j, j:]
+    return Q[:, torch.argsort(perm)].to(torch.int8), scale
+
+
+def lqer_factors(E: Tensor, args: Hyperparameters) -> dict[str, Tensor]:
+    """LQER: the error E = W - W_hat ~ A B from its rank-LQER_RANK SVD (A = U S, B = V^T). Asymmetric
+    (LQER_ASYM_ENABLED, B.numel divisible by LQER_ASYM_GROUP): A in [-2, 1] with one fp16 scale max|A| / 1.5, B in
+    [-8, 7] with an fp16 scale max|B_g| / 7.5 per group; otherwise both per row at LQER_FACTOR_BITS."""
+    U, S, Vh = torch.linalg.svd(E.float(), full_matrices=False)
+    r = min(args.lqer_rank, S.numel())
+    A, B, g = U[:, :r] * S[:r], Vh[:r], args.lqer_asym_group
+    if args.lqer_asym_enabled and B.numel() % g == 0:
+        sA = (A.abs().amax().clamp_min(1e-10) / 1.5).half().reshape(1)
+        qA = torch.clamp(torch.round(A / sA.float()), -2, 1)
+        sB = (B.reshape(-1, g).abs().amax(dim=1).clamp_min(1e-10) / 7.5).half()
+        qB = torch.clamp(torch.round(B.reshape(-1, g) / sB.float()[:, None]), -8, 7).reshape(B.shape)
+    else:
+        m = 2 ** (args.lqer_factor_bits - 1) - 1
+        sA, sB = ((X.abs().amax(dim=1).clamp_min(1e-10) / m).half() for X in (A, B))
+        qA, qB = (torch.clamp(torch.round(X / s.float()[:, None]), -m, m) for X, s in ((A, sA), (B, sB)))
+    return {"lqA": qA.to(torch.int8), "lqAs": sA, "lqB": qB.to(torch.int8), "lqBs": sB}
+
+
+def dequantize(a: dict[str, Tensor]) -> Tensor:
+    """One tensor in float32 from its stored arrays: data, or q * scale per row plus the LQER product."""
+    if "q" not in a:
+        return a["data"].float()
+    W = a["q"].float() * a["scale"].float()[:, None]
+    if "lqA" in a:
+        A = a["lqA"].float() * a["lqAs"].float()[:, None]
+        B = (a["lqB"].float().reshape(a["lqBs"].numel(), -1) * a["lqBs"].float()[:, None]).reshape(a["lqB"].shape)
+        W = W + A @ B
+    return W
+
+
+def quantised_names(state: dict[str, Tensor]) -> set[str]:
+    return {n for n, t in state.items() if t.ndim == 2 and t.numel() > SMALL_TENSOR}
+
+
+def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
+                  H: Tensor | None = None) -> dict[str, Tensor]:
+    """How one tensor is stored: large 2-D tensors as codes + row scales (the token embedding at QUANT_EMBED_BITS,
+    MLP matrices at QUANT_MLP_BITS; GPTQ clip k by group), 2-D gates int8 per row (GATED_ATTN_QUANT_GATE), control
+    tensors and tensors of <= 4096 elements fp32, the rest fp16."""
     if t.ndim == 2 and t.numel() > SMALL_TENSOR:
-        bits = (args.quant_embed_bits if name == "tok_emb.weight" else args.quant_mlp_bits or args.quant_bits
-                if ".mlp." in name else args.quant_bits)
-        q, scale = quantize_rows(t, bits)
-        return {"q": q.numpy(), "scale": scale.numpy()}
+        emb, mlp = name == "tok_emb.weight", ".mlp." in name
+        bits = args.quant_embed_bits if emb else args.quant_mlp_bits or args.quant_bits if mlp else args.quant_bits
+        k = (args.embed_clip_sigmas if emb else args.mlp_clip_sigmas if mlp else args.attn_clip_sigmas
+             if ".attn." in name else args.matrix_clip_sigmas)
+        q, scale = gptq_rows(t, H, k, bits) if args.quant_method == "gptq" else quantize_rows(t, bits)
+        return {"q": q, "scale": scale}
+    if args.gated_attn_quant_gate and "gate" in name and t.ndim == 2 and 32 <= t.numel() <= 8192:
+        s = (t.abs().amax(dim=1).clamp_min(1e-7) / 127).half()
+        return {"q": torch.clamp(torch.round(t / s.float()[:, None]), -127, 127).to(torch.int8), "scale": s}
     keep = [x for x in args.int8_keep_float_fp32_name_patterns.split(",") if x]
     keep32 = role_ == "control" or t.numel() <= 4096 or any(x in name for x in keep)
-    return {"data": t.float().numpy() if keep32 else t.half().numpy()}
+    return {"data": t.float() if keep32 else t.half()}
 
 
-def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict,
-                  roles: dict[str, str] | None = None) -> bytes:
-    """The artifact of a state dict; `roles` (param_roles of the model) default to those of build_model(args)."""
+def quantize_state(state: dict[str, Tensor], roles: dict[str, str], args: Hyperparameters,
+                   hessians: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """{name: {array: tensor}} of every tensor; with LQER_ENABLED the LQER_TOP_K quantised tensors of largest error
+    norm get LQER factors."""
+    out = {n: export_arrays(n, t.detach().cpu().float(), roles.get(n, "control"), args, hessians.get(n))
+           for n, t in state.items()}
+    if args.lqer_enabled:
+        errs = {n: state[n].detach().cpu().float() - dequantize(out[n]) for n in quantised_names(state)}
+        for n in sorted(errs, key=lambda n: -float(errs[n].norm()))[:args.lqer_top_k]:
+            out[n].update(lqer_factors(errs[n], args))
+    return out
+
+
+def compress(data: bytes, name: str, level: int = 22) -> bytes:
+    if name == "zstd":
+        return zstandard.ZstdCompressor(level=level).compress(data)
+    if name == "brotli":
+        import brotli
+        return brotli.compress(data, quality=11, lgwin=24)
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+
+
+def decompress(data: bytes, name: str) -> bytes:
+    if name == "zstd":
+        dec = zstandard.ZstdDecompressor().decompressobj()
+        out = dec.decompress(data)
+        if not dec.eof or dec.unused_data:
+            raise ValueError("a zstd frame is incomplete or followed by other bytes")
+        return out
+    if name == "brotli":
+        import brotli
+        return brotli.decompress(data)
+    return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+
+
+def encode_artifact(entries: dict[str, dict], meta: dict, compressor: str, level: int = 22) -> bytes:
+    """The file of `entries` (see the section's header). Stream 0: the header and the small arrays; stream 1 + i:
+    the int8 codes of matrix group STREAMS[i] (all layers), each matrix transposed (column-major)."""
+    streams, records = [[] for _ in range(1 + len(STREAMS))], []
+    for name, arrays in entries.items():
+        rec = {"name": name, "arrays": {}}
+        for key, t in arrays.items():
+            arr = t.numpy() if key != "q" else t.numpy().T
+            info = rec["arrays"][key] = {"dtype": arr.dtype.str, "shape": list(t.shape), "T": key == "q"}
+            s = next((1 + i for i, g in enumerate(STREAMS) if g in name), 0) if key == "q" else 0
+            streams[s].append((info, np.ascontiguousarray(arr).tobytes()))
+        records.append(rec)
+    offset = 0
+    for info, raw in (x for s in streams for x in s):
+        info.update(offset=offset, nbytes=len(raw))
+        offset += len(raw)
+    header = json.dumps({"format": 2, "meta": meta, "tensors": records}).encode()
+    raws = [struct.pack("<I", len(header)) + header] + [b""] * len(STREAMS)
+    raws = [r + b"".join(raw for _, raw in s) for r, s in zip(raws, streams)]
+    packed = [compress(r, compressor, level) if r else b"" for r in raws]
+    body = struct.pack(f"<B{len(packed)}I", len(packed), *map(len, packed)) + b"".join(packed)
+    return ARTIFACT_MAGIC + bytes([COMPRESSORS.index(compressor)]) + hashlib.sha256(body).digest()[:8] + body
+
+
+def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict, roles: dict[str, str] | None = None,
+                  hessians: dict[str, Tensor] | None = None) -> bytes:
+    """The artifact of a state dict; `roles` (param_roles of the model) default to those of build_model(args);
+    `hessians` (collect_hessians) feed QUANT_METHOD=gptq (a matrix without one is rounded at the GPTQ scale)."""
     if roles is None:
         with torch.device("meta"):
             roles = param_roles(GPT(args), args.control_tensor_name_patterns)
-    entries, blobs, offset = [], [], 0
-    for name, t in state.items():
-        arrays = export_arrays(name, t.detach().cpu(), roles.get(name, "control"), args)
-        entry = {"name": name, "shape": list(t.shape), "arrays": {}}
-        for key, arr in arrays.items():
-            raw = np.ascontiguousarray(arr).tobytes()
-            entry["arrays"][key] = {"dtype": arr.dtype.str, "offset": offset, "nbytes": len(raw)}
-            blobs.append(raw)
-            offset += len(raw)
-        entries.append(entry)
-    header = json.dumps({"format": 1, "meta": meta, "tensors": entries}).encode()
-    payload = struct.pack("<I", len(header)) + header + b"".join(blobs)
-    return ARTIFACT_MAGIC + zstandard.ZstdCompressor(level=args.zstd_level, write_checksum=True).compress(payload)
+    entries = quantize_state(state, roles, args, hessians or {})
+    return encode_artifact(entries, meta, args.compressor, args.zstd_level)
+
+
+def artifact_payload(blob: bytes) -> bytes:
+    """The streams of an artifact, checked against its checksum, decompressed and concatenated."""
+    if blob[:8] != ARTIFACT_MAGIC:
+        raise ValueError(f"bad magic {blob[:8]!r}")
+    comp, check, body = COMPRESSORS[blob[8]], blob[9:17], blob[17:]
+    if hashlib.sha256(body).digest()[:8] != check:
+        raise ValueError("checksum mismatch")
+    lengths, pos, parts = struct.unpack_from(f"<{body[0]}I", body, 1), 1 + 4 * body[0], []
+    for length in lengths:
+        parts.append(decompress(body[pos:pos + length], comp) if length else b"")
+        pos += length
+    if pos != len(body):
+        raise ValueError(f"{len(body) - pos} bytes follow the last stream")
+    return b"".join(parts)
 
 
 def decode_tensor(payload: bytes, base: int, e: dict) -> Tensor:
-    arrs = {}
+    arrays = {}
     for key, a in e["arrays"].items():
         if base + a["offset"] + a["nbytes"] > len(payload):
             raise ValueError(f"tensor {e['name']} runs past the end of the payload")
-        arrs[key] = np.frombuffer(payload, dtype=a["dtype"], count=a["nbytes"] // np.dtype(a["dtype"]).itemsize,
-                                  offset=base + a["offset"])
-    if "q" in arrs:
-        t = torch.from_numpy(arrs["q"].astype(np.float32)).view(e["shape"])
-        return t * torch.from_numpy(arrs["scale"].astype(np.float32))[:, None]
-    return torch.from_numpy(arrs["data"].astype(np.float32)).view(e["shape"])
+        dt = np.dtype(a["dtype"])
+        arr = np.frombuffer(payload, dtype=dt, count=a["nbytes"] // dt.itemsize, offset=base + a["offset"])
+        arr = arr.reshape(a["shape"][::-1]).T if a["T"] else arr.reshape(a["shape"])
+        arrays[key] = torch.from_numpy(np.array(arr))
+    return dequantize(arrays)
 
 
 def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Tensor], dict]:
-    """Inverse of pack_artifact (dequantised float32 tensors, meta). Any damage raises ConfigError: a wrong magic,
-    a broken or truncated zstd frame, bytes after it, a payload longer or shorter than its header says."""
+    """Inverse of pack_artifact (dequantised float32 tensors, meta). Any damage raises ConfigError: a wrong magic
+    or checksum, a broken or truncated stream, bytes after it, a payload longer or shorter than its header says."""
     if blob[:8] != ARTIFACT_MAGIC:
-        raise ConfigError(f"{where} is not a train_gpt.py artifact (bad magic {blob[:8]!r})")
+        old = " (made by an older train_gpt.py: score it with that version)" if blob[:8] == b"PGKIT001" else ""
+        raise ConfigError(f"{where} is not a train_gpt.py artifact (bad magic {blob[:8]!r}){old}")
     try:
-        dec = zstandard.ZstdDecompressor().decompressobj()
-        payload = dec.decompress(blob[8:])
-        if not dec.eof or dec.unused_data:
-            raise ValueError("the zstd frame is incomplete" if not dec.eof else "bytes follow the zstd frame")
+        payload = artifact_payload(blob)
         (hlen,) = struct.unpack_from("<I", payload)
         header = json.loads(payload[4:4 + hlen])
         sizes = sum(a["nbytes"] for e in header["tensors"] for a in e["arrays"].values())
@@ -1374,8 +1751,138 @@ def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Ten
             raise ValueError(f"payload is {len(payload)} bytes, its header describes {4 + hlen + sizes}")
         state = {e["name"]: decode_tensor(payload, 4 + hlen, e) for e in header["tensors"]}
         return state, header["meta"]
-    except Exception as exc:  # zstd, struct, json and shape errors all mean a damaged file
+    except Exception as exc:  # checksum, decompression, struct, json and shape errors all mean a damaged file
         raise ConfigError(f"{where} is truncated or corrupted ({type(exc).__name__}: {exc})") from None
+
+
+def collect_hessians(model: GPT, names: set[str], loader: TokenLoader, args: Hyperparameters, grad_accum: int,
+                     budget_s: float | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
+    """GPTQ calibration on training batches (never validation): H = sum of X^T X over the inputs of every
+    CastedLinear whose weight is in `names` and, for the tied embedding, over the final hidden states (the head's
+    input); summed over ranks. A batch is one training step's tokens. Stops before a batch that would end past
+    `budget_s` seconds. Returns (Hessians, batches)."""
+    hs, hooks = {}, []
+
+    def add(key: str, x: Tensor) -> None:
+        x = x.detach().float().reshape(-1, x.size(-1))
+        hs[key] = hs[key].addmm_(x.T, x) if key in hs else x.T @ x
+    for mname, m in model.named_modules():
+        if isinstance(m, CastedLinear) and f"{mname}.weight" in names:
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, k=f"{mname}.weight": add(k, inp[0])))
+    was_training, t0, n = model.training, time.perf_counter(), 0
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        while n < args.gptq_calibration_batches:
+            for _ in range(grad_accum):
+                h = model.hidden(loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum)[0])
+                if model.lm_head is not None:
+                    model.logits(h)  # the untied head's input reaches its hook
+                elif "tok_emb.weight" in names:
+                    add("tok_emb.weight", h)
+            n += 1
+            sync(device)
+            if budget_s is not None and (time.perf_counter() - t0) * (n + 1) / n > budget_s:
+                break
+    for hook in hooks:
+        hook.remove()
+    model.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        for key in sorted(hs):
+            dist.all_reduce(hs[key])
+    return hs, n
+
+
+def train_cap_seconds(args: Hyperparameters) -> float:
+    """The training loop's cap: MAX_WALLCLOCK_SECONDS less GPTQ_RESERVE_SECONDS with QUANT_METHOD=gptq (0: none)."""
+    if args.max_wallclock_seconds <= 0:
+        return 0.0
+    return args.max_wallclock_seconds - (args.gptq_reserve_seconds if args.quant_method == "gptq" else 0.0)
+
+
+def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[str, float]:
+    """Model bytes predicted from the shapes alone, by group: the codes of each quantised tensor priced by
+    quantising and compressing Gaussian rows of its width with the configured method, bits, clip and compressor
+    (trained weights are heavier-tailed and compress better, so this errs high); row scales, LQER factors, small
+    tensors (fp32: pessimistic) and the header records at their raw size."""
+    price, out, gen = {}, {}, torch.Generator().manual_seed(0)
+    for name, t in state.items():
+        group = next((g for g in STREAMS if g in name), "other")
+        if t.ndim == 2 and t.numel() > SMALL_TENSOR:
+            key = (name == "tok_emb.weight", ".mlp." in name, ".attn." in name, t.shape[1])
+            if key not in price:
+                w = torch.randn(max(1, (1 << 18) // t.shape[1]), t.shape[1], generator=gen)
+                q = export_arrays(name, w, "matrix", args, None)["q"]
+                price[key] = len(compress(q.T.contiguous().numpy().tobytes(), args.compressor, args.zstd_level))
+                price[key] /= q.numel()
+            nbytes = t.numel() * price[key] + 2 * t.shape[0]
+        else:
+            nbytes = 4 * t.numel()
+        out[group] = out.get(group, 0) + nbytes + 120
+    if args.lqer_enabled:  # the LQER_TOP_K largest factor pairs: int8 codes and fp16 scales
+        sizes = sorted((1.1 * args.lqer_rank * sum(t.shape) for n, t in state.items() if n in quantised_names(state)),
+                       reverse=True)
+        out["lqer"] = sum(sizes[:args.lqer_top_k])
+    return out
+
+
+CODE_WRAPPER = (  # what `records pack` ships for CODE_FORM wrapped/minified: runs the lzma'd source as __main__
+    "import lzma as L,base64 as B,linecache as C\n"
+    's=L.decompress(B.b85decode("{payload}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}])\n'
+    'f=globals().get("__file__","train_gpt.py")+"#inner"\n'
+    "C.cache[f]=(len(s),None,s.decode().splitlines(True),f)\n"
+    'c=compile(s,f,"exec");del L,B,C,s,f\n'
+    'exec(globals().pop("c"))\n')
+
+
+def shipped_code(source: bytes, form: str) -> bytes:
+    """The code bytes counted and shipped for CODE_FORM: raw (the file), wrapped (CODE_WRAPPER around the source,
+    byte for byte what `records pack --wrap` writes) or minified (python-minifier: docstrings dropped, names kept;
+    then wrapped). A file that is already such a wrapper ships as it is."""
+    if form == "raw" or source.startswith(CODE_WRAPPER[:43].encode()):
+        return source
+    if form == "minified":
+        import python_minifier
+        source = python_minifier.minify(source.decode(), rename_locals=False, hoist_literals=False,
+                                        remove_literal_statements=True, prefer_single_line=True).encode()
+    payload = base64.b85encode(lzma.compress(source, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)).decode()
+    return CODE_WRAPPER.format(payload=payload).encode()
+
+
+def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
+    """(report lines, predicted model bytes, counted code bytes) of the configuration, before any training."""
+    with torch.device("meta"):
+        model = GPT(args)
+    groups = plan_model_bytes(args, model.state_dict())
+    model_b, code_b = int(sum(groups.values())), len(shipped_code(code, args.code_form))
+    lines = [f"plan: {sum(p.numel() for p in model.parameters()):,} parameters, QUANT_METHOD={args.quant_method} "
+             f"bits {args.quant_bits} (MLP {args.quant_mlp_bits or args.quant_bits}, embedding "
+             f"{args.quant_embed_bits}), COMPRESSOR={args.compressor}, CODE_FORM={args.code_form}"]
+    lines += [f"plan: {g:<9} {b:>12,.0f} bytes" for g, b in groups.items()] + [f"plan: code      {code_b:>12,} bytes"]
+    over = model_b + code_b - ARTIFACT_LIMIT
+    lines.append(f"plan: {model_b + code_b:,} bytes predicted (Gaussian weights; trained ones come out smaller), "
+                 + (f"over the {ARTIFACT_LIMIT}-byte limit by {over:,}" if over > 0 else f"{-over:,} under the limit"))
+    return lines, model_b, code_b
+
+
+def calibrate(run: Run, model: GPT, train_files: list[Path], train_ms: float) -> dict[str, Tensor]:
+    """QUANT_METHOD=gptq: the Hessians, collected from the training shards in the time MAX_WALLCLOCK_SECONDS leaves
+    after the training loop (GPTQ_RESERVE_SECONDS were kept back). Its log line shows training + calibration."""
+    a = run.args
+    if a.quant_method != "gptq":
+        return {}
+    cap_ms = 1000.0 * a.max_wallclock_seconds
+    loader = TokenLoader(train_files, run.rank, run.world_size, run.device, a.vocab_size)
+    t0 = time.perf_counter()
+    hs, n = collect_hessians(model, quantised_names(model.state_dict()), loader, a, 8 // run.world_size,
+                             (cap_ms - train_ms) / 1000 if cap_ms > 0 else None, run.device)
+    ms = 1000 * (time.perf_counter() - t0)
+    run.log(f"gptq_calibration batches:{n}/{a.gptq_calibration_batches} hessians:{len(hs)} time:{ms:.0f}ms "
+            f"train_time:{train_ms:.0f}ms train_plus_calibration:{train_ms + ms:.0f}ms cap:{cap_ms:.0f}ms "
+            f"train_cap:{1000 * train_cap_seconds(a):.0f}ms")
+    if 0 < cap_ms < train_ms + ms:
+        run.log(f"warning: training + calibration took {train_ms + ms:.0f}ms, past MAX_WALLCLOCK_SECONDS="
+                f"{a.max_wallclock_seconds:g}; raise GPTQ_RESERVE_SECONDS")
+    return {k: v.cpu() for k, v in hs.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1434,6 +1941,34 @@ class Run:
         return bool(t.item())
 
 
+def training_frac(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """How much of training is done: elapsed / the training loop's cap (MAX_WALLCLOCK_SECONDS less a GPTQ reserve,
+    as the record's 599.5 s), else step / ITERATIONS."""
+    cap_ms = 1000.0 * train_cap_seconds(args)
+    return elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
+
+
+def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """The LR scale of every optimiser, at least MIN_LR. WARMDOWN_FRAC: 1, then linear to 0 over that last fraction
+    of training_frac. Else WARMDOWN_ITERS steps, under a cap estimated from the mean step time so far."""
+    a, cap_ms = args, 1000.0 * train_cap_seconds(args)
+    if a.warmdown_frac > 0:
+        frac = training_frac(a, step, elapsed_ms)
+        scale = 1.0 if frac < 1 - a.warmdown_frac else (1 - frac) / a.warmdown_frac
+    elif a.warmdown_iters <= 0:
+        scale = 1.0
+    elif cap_ms <= 0:
+        scale = min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
+    else:
+        warmdown_ms, remaining_ms = a.warmdown_iters * elapsed_ms / max(step, 1), max(cap_ms - elapsed_ms, 0.0)
+        scale = remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+    return max(scale, a.min_lr)
+
+
+def looping_due(args: Hyperparameters, step: int, elapsed_ms: float) -> bool:
+    return args.num_loops > 0 and training_frac(args, step, elapsed_ms) >= args.enable_looping_at
+
+
 class Trainer:
     """Owns the optimisers, the data stream, the schedule and the EMA of one training run."""
 
@@ -1441,7 +1976,7 @@ class Trainer:
         self.run, self.args, self.base_model, self.model = run, run.args, base_model, model
         self.train_files, self.validate, self.grad_accum = train_files, validate, 8 // run.world_size
         self.optimizers, self.muon = build_optimizers(base_model, run.args)
-        cap = run.args.max_wallclock_seconds
+        cap = train_cap_seconds(run.args)
         self.cap_ms = 1000.0 * cap if cap > 0 else None
 
     def loader(self) -> TokenLoader:
@@ -1453,9 +1988,14 @@ class Trainer:
         total = torch.zeros((), device=self.run.device)
         for micro in range(self.grad_accum):
             x, y = loader.next_batch(self.args.train_batch_tokens, self.args.train_seq_len, self.grad_accum)
+            cu = None
+            if self.args.varlen_attn:  # one packed row, its documents cut as the record cuts them
+                x, y = x.reshape(1, -1), y.reshape(1, -1)
+                cu = doc_bounds(x, self.args.train_seq_len)
+                torch._dynamo.mark_dynamic(cu, 0)  # one compiled graph for any number of documents
             last = not self.run.distributed or micro == self.grad_accum - 1
             with autocast(self.run.device), (contextlib.nullcontext() if last else self.model.no_sync()):
-                loss = self.model(x, y)
+                loss = self.model(x, y, cu)
                 (loss / self.grad_accum).backward()
             total += loss.detach()
         return total / self.grad_accum
@@ -1472,28 +2012,24 @@ class Trainer:
         init_state = copy.deepcopy(self.base_model.state_dict())
         init_opt = [copy.deepcopy(o.state_dict()) for o in self.optimizers]
         loader = self.loader()
-        for _ in range(self.args.warmup_steps):
-            self.micro_steps(loader)
-            self.optimizer_step()
+        for looping in (False, True) if self.args.num_loops else (False,):  # both graphs compiled before the clock
+            self.base_model.looping = looping
+            for _ in range(self.args.warmup_steps):
+                self.micro_steps(loader)
+                self.optimizer_step()
+        self.base_model.looping = False
         self.base_model.load_state_dict(init_state)
         for opt, state in zip(self.optimizers, init_opt):
             opt.load_state_dict(state)
         self.run.log(f"warmup_steps:{self.args.warmup_steps} done; weights and optimisers reset")
 
-    def lr_scale(self, step: int, elapsed_ms: float) -> float:
-        """Linear warmdown over the last WARMDOWN_ITERS steps, estimated from the step time under a cap. Read every
-        step: nothing here is frozen by compile."""
-        a = self.args
-        if a.warmdown_iters <= 0:
-            return 1.0
-        if self.cap_ms is None:
-            return min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
-        warmdown_ms = a.warmdown_iters * elapsed_ms / max(step, 1)
-        remaining_ms = max(self.cap_ms - elapsed_ms, 0.0)
-        return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
-
     def set_schedule(self, step: int, elapsed_ms: float) -> None:
-        a, scale = self.args, self.lr_scale(step, elapsed_ms)
+        """Depth recurrence on when due, the momentum warm-up and the LR multiplier: read every step, nothing here
+        is frozen by compile (the looping switch is a module attribute compiled code is guarded on)."""
+        a, scale = self.args, lr_multiplier(self.args, step, elapsed_ms)
+        if not self.base_model.looping and looping_due(a, step, elapsed_ms):
+            self.base_model.looping = True
+            self.run.log(f"layer_loop:enabled step:{step} frac:{training_frac(a, step, elapsed_ms):.3f}")
         frac = min(step / a.muon_momentum_warmup_steps, 1.0) if a.muon_momentum_warmup_steps > 0 else 1.0
         for g in self.muon.param_groups:
             g["momentum"] = (1 - frac) * a.muon_momentum_warmup_start + frac * a.muon_momentum
@@ -1551,6 +2087,7 @@ class Trainer:
             with torch.no_grad():
                 torch._foreach_copy_(params, ema)
             run.log(f"ema: swapped in the EMA weights (decay {a.ema_decay})")
+        self.base_model.looping = bool(a.num_loops)  # evaluation (and export) always loop
         peak_mib = torch.cuda.max_memory_allocated() / 2**20 if run.device.type == "cuda" else 0.0
         run.log(f"peak memory allocated: {peak_mib:.0f} MiB")
         return {"steps": step, "iterations": a.iterations, "stopped_early": stopped_early, "train_time_ms": train_ms,
@@ -1640,6 +2177,12 @@ def start_run(args: Hyperparameters, world_size: int) -> Run:
     gpu = torch.cuda.get_device_name(device).replace(" ", "_") if use_cuda else "none"
     run.log(f"run_id:{args.run_id}")
     run.log(f"code_sha256:{hashlib.sha256(run.code).hexdigest()} code_bytes:{len(run.code)}")
+    run.shipped = shipped_code(run.code, args.code_form)
+    run.log(f"code_form:{args.code_form} counted_bytes:{len(run.shipped)} "
+            f"counted_sha256:{hashlib.sha256(run.shipped).hexdigest()}")
+    lines, model_b, code_b = plan(args, run.code)
+    if model_b + code_b > ARTIFACT_LIMIT:
+        run.log(f"warning: {lines[-1][6:]}")
     run.log("versions: " + " ".join(f"{k}:{v}" for k, v in versions().items()))
     run.log(f"device:{device.type} gpu:{gpu} world_size:{world_size} grad_accum_steps:{8 // world_size} "
             f"attention:{attention_kernel(device)[0]} compile:{compile_mode}")
@@ -1689,13 +2232,15 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
         pos, nll = sliding_eval(base_model, val_tokens, a, run.rank, run.world_size, L, L, val_seqs)
         return reduce_score(pos, nll, scores.val_bytes)
     stats = Trainer(run, base_model, model, train_files, validate).train()
+    hessians = calibrate(run, base_model, train_files, stats["train_time_ms"])
     compile_hidden(run, base_model)
     if a.float_eval:
         (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
         scores.add("float_sliding_window", "final_float_sliding_window_exact", pos, nll, ms)
     path = Path("artifacts") / f"{a.run_id}.ptz"
     meta = {"config": a.as_dict(), "code_sha256": hashlib.sha256(run.code).hexdigest()}
-    blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns))
+    blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns),
+                         hessians)
     if run.master:
         write_atomic(path, blob)
     if run.distributed:
@@ -1706,6 +2251,7 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
 
 def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict) -> tuple:
     base_model.load_state_dict(state)
+    base_model.looping = bool(run.args.num_loops)
     made_by = meta.get("code_sha256")
     if made_by != hashlib.sha256(run.code).hexdigest():
         run.log(f"warning: {run.args.eval_only} was made by a different train_gpt.py (code_sha256 "
@@ -1802,14 +2348,17 @@ def main() -> int:
     else:
         stats, model_bytes, path = train_and_export(run, base_model, train_files, val_tokens, scores)
     qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
-    total = model_bytes + len(run.code)
-    run.log(f"Serialized model {qname}+zstd: {model_bytes} bytes")
-    run.log(f"Code size: {len(run.code)} bytes")
-    run.log(f"Total submission size {qname}+zstd: {total} bytes")
+    total, cname = model_bytes + len(run.shipped), f"{qname}+{args.compressor}"
+    run.log(f"Serialized model {cname}: {model_bytes} bytes")
+    run.log(f"Code size: {len(run.code)} bytes" if args.code_form == "raw" else f"Code size (uncompressed): "
+            f"{len(run.code)} bytes\nCode size (compressed, CODE_FORM={args.code_form}): {len(run.shipped)} bytes")
+    run.log(f"Total submission size {cname}: {total} bytes")
     final_evaluation(run, base_model, val_np, val_tokens, scores, qname)
     gpu = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None
     summary = {"run_id": args.run_id, "seed": args.seed, "code_sha256": hashlib.sha256(run.code).hexdigest(),
-               "code_bytes": len(run.code), "model_bytes": model_bytes, "artifact_bytes": total,
+               "code_bytes": len(run.code), "counted_code_bytes": len(run.shipped),
+               "counted_code_sha256": hashlib.sha256(run.shipped).hexdigest(), "model_bytes": model_bytes,
+               "artifact_bytes": total,
                "artifact_path": str(path), "eval_only": bool(args.eval_only), "config": args.as_dict(),
                "world_size": world_size, "device": run.device.type, "gpu_name": gpu, "versions": versions(),
                "attention_kernel": attention_kernel(run.device)[0], "compile_mode": run.compile_mode,
@@ -1830,13 +2379,19 @@ def cli(argv: list[str]) -> int:
         if argv == ["--count-params"]:
             print(count_params(os.environ))
             return 0
+        if argv == ["--plan"]:
+            args = Hyperparameters.from_env()
+            check_config(args, int(os.environ.get("WORLD_SIZE", "1")))
+            lines, model_b, code_b = plan(args, Path(__file__).read_bytes())
+            print("\n".join(lines) + f"\nartifact_estimate bytes:{model_b + code_b} model:{model_b} code:{code_b}")
+            return 0
         if argv == ["--check"]:
             check_inputs(Hyperparameters.from_env(), int(os.environ.get("WORLD_SIZE", "1")))
             print("config ok")
             return 0
         if argv:
             raise ConfigError(f"unknown arguments {argv}: settings are environment variables; the options are "
-                              "--count-params and --check")
+                              "--count-params, --check and --plan")
         return main()
     except (ConfigError, RunError) as err:
         if os.environ.get("RANK", "0") == "0":

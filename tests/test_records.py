@@ -763,3 +763,13 @@ def test_demo_bad_input_is_one_line(kit, capsys, content, expected):
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and expected in err and out == ""
     assert written(kit) == []
+
+
+def test_minified_wrapper_is_recognised_as_the_human_source(tg):
+    """records check/pack read a CODE_FORM=minified train_gpt.py as the minified form of train_gpt_human.py: the
+    options records.wrap uses are those of the script's shipped_code (a drift fails here)."""
+    from records.wrap import decode_wrapper, minified
+    src = (ROOT / "train_gpt.py").read_bytes()
+    shipped = tg.shipped_code(src, "minified")
+    assert decode_wrapper(shipped) == minified(src) != src
+    assert decode_wrapper(tg.shipped_code(src, "wrapped")) == src
