@@ -227,11 +227,16 @@ class FlagTable:
         else:
             lit = _literal(value)
             if lit is UNKNOWN or isinstance(lit, (list, dict, tuple, set)) and len(str(lit)) > 20000:
-                if not (isinstance(value, ast.Call) and dotted(value.func) in ("field", "dataclasses.field")):
+                if not isinstance(value, ast.Call):
                     return
-                dflt = next((k.value for k in value.keywords if k.arg == "default"), None)
+                if dotted(value.func) in ("field", "dataclasses.field"):
+                    dflt = next((k.value for k in value.keywords if k.arg == "default"), None)
+                elif cls and field_like and value.args:
+                    dflt = value.args[0]   # a declaration helper in a config class: `x: float = S(600.0, "doc")`
+                else:
+                    return
                 lit = _literal(dflt)
-                if lit is UNKNOWN:
+                if lit is UNKNOWN or isinstance(lit, (list, dict, tuple, set)):
                     return
             if cls and field_like:
                 typ = type(lit).__name__ if lit is not None else None

@@ -4,8 +4,9 @@ The loop's stop test compares a clock-derived value (elapsed time: `time.perf_co
 `training_time_ms`, `time.monotonic()` against a deadline) with a budget (`max_wallclock_ms`, after
 `max_wallclock_ms -= reserve * 1e3`; `start + cap - calib_seconds`). The budget is evaluated like a small program:
 settings through the configuration (defaults, --set, a logged run), local variables by replaying their
-assignments before the loop in order (an `if` whose test is false under the configuration does not apply),
-clocks read as 0. A budget above 6,000 is taken as milliseconds. What is compared with the challenge's 600 s is
+assignments before the loop in order (an `if` whose test is false under the configuration does not apply), an
+attribute `self.x` by the one assignment of it in the class's `__init__`, a call of a small helper (assignments,
+`if ...: return`, `return`) by evaluating its body, clocks read as 0. A budget above 6,000 is taken as milliseconds. What is compared with the challenge's 600 s is
 the number, not any name: `max_memory_reserved` or a variable called `reserve` prove nothing either way.
 """
 
@@ -31,8 +32,19 @@ class Cap:
     text: str                 # the budget expression
 
 
-def loop_caps(f: FuncInfo, loop: Stmt, ev: Evaluator) -> list[Cap]:
+class _Arith:
+    """The configuration's evaluator, with the program: helpers and `self` attributes are followed through it."""
+
+    def __init__(self, ev: Evaluator, prog):
+        self.evaluator, self.prog = ev, prog
+
+    def ev(self, node, f):
+        return self.evaluator.ev(node, f)
+
+
+def loop_caps(f: FuncInfo, loop: Stmt, ev: Evaluator, prog=None) -> list[Cap]:
     """Time caps of one loop: every comparison of a clock-derived value with a budget in its test or body."""
+    ev = _Arith(ev, prog)
     out = []
     stmts = [loop] + [st for st in f.stmts if loop in st.loops]
     for st in stmts:
@@ -101,15 +113,20 @@ def _value(node, f: FuncInfo, before: int, ev: Evaluator, depth: int):
         name = call_name(node)
         if name in CLOCKS:
             return 0.0
-        args = [_value(a, f, before, ev, depth + 1) for a in node.args]
         if name in ("float", "int", "abs", "max", "min", "round") and isinstance(node.func, ast.Name):
+            args = [_value(a, f, before, ev, depth + 1) for a in node.args]
             if any(a is UNKNOWN or a is None for a in args) or not args:
                 return UNKNOWN
             try:
                 return {"float": float, "int": int, "abs": abs, "max": max, "min": min, "round": round}[name](*args)
             except (TypeError, ValueError):
                 return UNKNOWN
-        return ev.ev(node, f)
+        helper = _helper_value(node, f, ev, depth)
+        return helper if helper is not UNKNOWN else ev.ev(node, f)
+    if t is ast.Attribute and isinstance(node.value, ast.Name) and node.value.id == "self" and f.cls:
+        v = _self_attr(node.attr, f, ev, depth)
+        if v is not UNKNOWN:
+            return v
     if t is ast.BinOp:
         a, b = _value(node.left, f, before, ev, depth + 1), _value(node.right, f, before, ev, depth + 1)
         if not _num(a) or not _num(b):
@@ -220,6 +237,59 @@ def _replay(name: str, f: FuncInfo, before: int, ev: Evaluator, depth: int):
             val = val + v if isinstance(op, ast.Add) else val - v if isinstance(op, ast.Sub) else \
                 val * v if isinstance(op, ast.Mult) else val / v if isinstance(op, ast.Div) and v else UNKNOWN
     return val
+
+
+def _helper_value(node: ast.Call, f: FuncInfo, ev, depth: int):
+    """The value a call of one user function returns, when its body is assignments, `if test: return x` and a
+    final `return` (the test of each `if` known under the configuration); else UNKNOWN."""
+    targets = [t for cs in f.calls if cs.node is node for t in cs.targets]
+    if len(targets) != 1 or targets[0] is f or not isinstance(targets[0].node, ast.FunctionDef):
+        return UNKNOWN
+    t = targets[0]
+    for s in t.node.body:
+        st = t.stmt_of.get(id(s))
+        if st is None:
+            return UNKNOWN
+        if isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant):
+            continue
+        if isinstance(s, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            continue                       # read back by _replay when a name is used
+        if isinstance(s, ast.Return):
+            return _value(s.value, t, st.index, ev, depth + 1)
+        if isinstance(s, ast.If) and not s.orelse and len(s.body) == 1 and isinstance(s.body[0], ast.Return):
+            c = _truth(s.test, t, st.index, ev, depth + 1)
+            if c is None:
+                return UNKNOWN
+            if c:
+                return _value(s.body[0].value, t, st.index, ev, depth + 1)
+            continue
+        return UNKNOWN
+    return UNKNOWN
+
+
+def _self_attr(attr: str, f: FuncInfo, ev, depth: int):
+    """`self.attr` read in a method: the value of its one assignment, made in the class's `__init__` outside
+    loops and `if`s; else UNKNOWN."""
+    prog = getattr(ev, "prog", None)
+    if prog is None:
+        return UNKNOWN
+    found = []
+    for g in prog.funcs:
+        if g.cls != f.cls or g.unit is not f.unit or g.is_module:
+            continue
+        for st in g.stmts:
+            s = st.node
+            if isinstance(s, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                tgts = s.targets if isinstance(s, ast.Assign) else [s.target]
+                if any(isinstance(x, ast.Attribute) and x.attr == attr and isinstance(x.value, ast.Name)
+                       and x.value.id == "self" for x in tgts):
+                    found.append((g, st))
+    if len(found) != 1:
+        return UNKNOWN
+    g, st = found[0]
+    if g.name != "__init__" or st.loops or st.guards or not isinstance(st.node, ast.Assign):
+        return UNKNOWN
+    return _value(st.node.value, g, st.index, ev, depth + 1)
 
 
 def _assigned(s) -> set:

@@ -240,3 +240,22 @@ def test_gptq_reserve_set_to_zero_is_a_calibration_after_the_budget(capsys):
     assert code == 1 and [f["rule"] for f in obj["findings"] if f["status"] == "active"] == ["CALIB-VAL"]
     assert "600 s" in obj["findings"][0]["explanation"]
     assert audit(script, settings={"GPTQ_RESERVE_SECONDS": "12", "MAX_WALLCLOCK_SECONDS": "600"}).verdict == "clean"
+
+
+def test_kit_settings_and_its_gptq_reserve_are_read():
+    """The kit declares its settings as `x: T = S(default, doc)` and keeps GPTQ_RESERVE_SECONDS back from the loop's
+    cap only with QUANT_METHOD=gptq (train_cap_seconds, self.cap_ms): its presets audit clean and without a warning
+    about an unreadable cap; a zero reserve is dormant behind QUANT_METHOD=gptq and active with it."""
+    kit = ROOT / "train_gpt.py"
+    for preset in ("record", "frontier"):
+        env_file = ROOT / "presets" / f"{preset}.env"
+        if not env_file.exists():
+            continue
+        env = dict(x.strip().split("=", 1) for x in env_file.read_text().splitlines()
+                   if "=" in x and not x.lstrip().startswith("#"))
+        rep = audit(kit, settings=env)
+        assert rep.verdict == "clean" and not any("could not be read" in w for w in rep.warnings), preset
+    rep = audit(kit, settings={"GPTQ_RESERVE_SECONDS": "0"})
+    assert [(f.rule, f.status, f.flag) for f in rep.findings] == [("CALIB-VAL", "dormant", "QUANT_METHOD=gptq")]
+    rep = audit(kit, settings={"GPTQ_RESERVE_SECONDS": "0", "QUANT_METHOD": "gptq"})
+    assert rep.verdict == "flagged" and [f.rule for f in rep.findings] == ["CALIB-VAL"]

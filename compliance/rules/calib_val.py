@@ -12,6 +12,7 @@ the 600 s. A routine fed self-generated text reads no data and stays clean; a na
 from __future__ import annotations
 
 import ast
+import re
 
 from ..astutil import call_name, own_exprs
 from ..index import FuncInfo
@@ -79,7 +80,7 @@ class CalibVal(Rule):
             configs = [ctx.base] + list(ctx.runs)
             verdicts = []
             for cfg in configs:
-                caps = [c for tf, loop in after for c in loop_caps(tf, loop, cfg.ev)]
+                caps = [c for tf, loop in after for c in loop_caps(tf, loop, cfg.ev, prog)]
                 known = [c for c in caps if c.seconds is not None]
                 if not caps:
                     verdicts.append((cfg, None, None))
@@ -105,8 +106,19 @@ class CalibVal(Rule):
                     "the 600 s training budget is kept back for the calibration.")
             ev = ctx.evidence(f.unit, [cs.line]) + "\n" + ctx.evidence(cap0.stmt.func.unit, [cap0.stmt.line])
             flag = None
-            if ctx.base.name == "--set" and base_bad:
-                flag = None
+            if base_bad and status_path.level == 1 and not runs:
+                # behind a setting: judge the cap under the setting that switches the calibration on (a reserve
+                # kept only when it runs, as QUANT_METHOD=gptq does, is no violation)
+                acts = [ctx.base.ev.activation(g) for g in status_path.blockers]
+                flag = " ".join(dict.fromkeys(a for a in acts if a)) or None
+                pairs = dict(w.split("=", 1) for a in acts for w in a.split() if re.fullmatch(r"[A-Z][A-Z0-9_]*=\S+", w))
+                if pairs:
+                    on = ctx.base.ev._with_env(pairs)
+                    caps = [c for tf, loop in after for c in loop_caps(tf, loop, on, prog)]
+                    known = [c for c in caps if c.seconds is not None]
+                    if known and max(c.seconds for c in known) < CAP_S:
+                        continue
+                expl += f" Dormant: runs only with {flag}." if flag else ""
             status = ACTIVE if (base_bad and status_path.level == 0) or runs else "dormant"
             out.append(Finding(self.id, status, f.unit.display, cs.line, ev, expl, RULINGS[self.id], flag=flag,
                                runs=[] if base_bad else runs, decoded=f.unit.decoded))
