@@ -61,6 +61,15 @@ def names_in(node: ast.AST | None) -> set[str]:
     return set(out)
 
 
+def assigned_calls(stmts):
+    """(target, call) for every `target = call(...)` among the statements (each target of a chained assignment)."""
+    for st in stmts:
+        s = st.node
+        if isinstance(s, ast.Assign) and isinstance(s.value, ast.Call):
+            for t in s.targets:
+                yield t, s.value
+
+
 def _is_grad_attr(n: ast.AST) -> bool:
     return type(n) is ast.Attribute and n.attr in ("grad", "main_grad")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from .astutil import children, own_exprs, walk
+from .astutil import assigned_calls, children, own_exprs, walk
 from .index import CallSite, ClassInfo, FuncInfo, Guard, Stmt
 from .vocab import GENERIC_METHODS
 
@@ -178,16 +178,13 @@ class CallResolver:
 
     def _resolve_calls(self, f: FuncInfo) -> None:
         # variable types first (x = ClassName(...), x = factory()), so method calls on x resolve
-        for st in f.stmts:
-            s = st.node
-            if isinstance(s, ast.Assign) and isinstance(s.value, ast.Call):
-                cname = _class_name_of_call(s.value, self, f)
-                if cname:
-                    for t in s.targets:
-                        if isinstance(t, ast.Name):
-                            f.types[t.id] = cname
-                        elif isinstance(t, ast.Attribute):
-                            self.attr_types[t.attr] = cname
+        for t, call in assigned_calls(f.stmts):
+            if isinstance(t, (ast.Name, ast.Attribute)):
+                cname = _class_name_of_call(call, self, f)
+                if cname and isinstance(t, ast.Name):
+                    f.types[t.id] = cname
+                elif cname:
+                    self.attr_types[t.attr] = cname
         f.value_calls = []
         for st in f.stmts:
             nodes = st.nodes

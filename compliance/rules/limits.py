@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 
-from ..astutil import walk
+from ..astutil import assigned_calls, walk
 from .base import Context, Rule
 from .registry import register
 
@@ -75,14 +75,11 @@ def _const_str(node, ctx: Context, f) -> str | None:
 def _dynamic_modules(ctx: Context, f) -> dict:
     """Names bound to a module imported at run time: m = importlib.import_module("x"), m = __import__(NAME)."""
     out = {}
-    for st in f.stmts:
-        s = st.node
-        if isinstance(s, ast.Assign) and isinstance(s.value, ast.Call):
-            mod = _imported(s.value, ctx, f)
+    for t, call in assigned_calls(f.stmts):
+        if isinstance(t, ast.Name):
+            mod = _imported(call, ctx, f)
             if mod:
-                for t in s.targets:
-                    if isinstance(t, ast.Name):
-                        out[t.id] = mod
+                out[t.id] = mod
     return out
 
 
