@@ -137,7 +137,7 @@ def score_all(a, p: dict, model, reloaded, other_state, device) -> dict:
     import torch
     kit, hp, args = p["kit"], p["hp"], (p["seq_len"], p["stride"], p["hp"].eval_batch_seqs)
     tokens = torch.from_numpy(p["val_np"].astype(np.int64)).to(device)
-    val_bytes = torch.from_numpy(kit.target_bytes(p["val_np"], kit.byte_tables(p["sp"]))).to(device)
+    val_bytes = torch.from_numpy(common.val_target_bytes(kit, hp, p["sp"], p["val_np"], p["data"])).to(device)
     out = {"targets": tokens.numel() - 1, "val_loss_float": None, "val_bpb_float": None, "val_bpb_other": None}
     model_q = kit.build_model(hp, device)
     model_q.load_state_dict(reloaded)

@@ -254,7 +254,7 @@ def main(argv=None) -> int:
     sp = kit.load_tokenizer(hp)
     val_np = common.load_val(kit, data, a.max_tokens)
     tokens = torch.from_numpy(val_np.astype(np.int64))
-    val_bytes = torch.from_numpy(kit.target_bytes(val_np, kit.byte_tables(sp)))
+    val_bytes = torch.from_numpy(common.val_target_bytes(kit, hp, sp, val_np, data))
     rows = side_by_side(a, kit, env, data, tokens, val_bytes)
     print()
     print(common.table(["method", "model bytes", "val_bpb", "gap (bpb)"],
