@@ -290,6 +290,10 @@ def _audit(opts: PackOptions, script: Path, config: dict) -> Audit:
     audit = run_audit(script, config, opts.auditor or compliance_audit)
     if audit.verdict == "error":
         raise Refusal(f"compliance auditor failed: {audit.note}")
+    if audit.verdict == "incomplete":  # the auditor could not read all of the code: never packed as if clean
+        missed = "; ".join(str(x) for x in (audit.raw or {}).get("incomplete", [])[:2]) or "see its report"
+        raise Refusal(f"compliance auditor could not analyse all of {script.name} (verdict incomplete: {missed}); "
+                      "run `python -m compliance audit` on it")
     active = audit.active(config)
     if active:
         more = f" (and {len(active) - 1} more)" if len(active) > 1 else ""

@@ -294,6 +294,14 @@ def test_refuse_active_violation(kit, capsys):
     assert written(kit) == []
 
 
+def test_refuse_incomplete_audit(kit):
+    """The auditor could not read all of the code (exit 3, verdict incomplete): never packed as if clean."""
+    aud = fake_auditor({"verdict": "incomplete", "findings": [], "incomplete": ["train_gpt.py:40-41: unparseable"]})
+    with pytest.raises(Refusal, match=r"could not analyse all of train_gpt.py .*unparseable"):
+        pack(options(kit, auditor=aud, skip_audit=False))
+    assert written(kit) == []
+
+
 @pytest.mark.parametrize("flag", ["VALUE_RESIDUAL", "VALUE_RESIDUAL=1", "NUM_LAYERS=10"])
 def test_refuse_dormant_violation_that_the_run_enabled(kit, flag):
     aud = fake_auditor({"verdict": "clean", "findings": [
