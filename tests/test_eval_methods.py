@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
-import zstandard
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import ROOT, TINY_ENV
@@ -532,14 +531,21 @@ def test_eval_only_refusals(tg, small, trained, tmp_path, monkeypatch):
 
 
 def patched_meta(tg, blob: bytes, **meta) -> bytes:
-    """The same tensors, bit for bit, with some meta fields replaced."""
-    payload = zstandard.ZstdDecompressor().decompress(blob[8:], max_output_size=1 << 30)
-    (hlen,) = struct.unpack_from("<I", payload)
-    header = json.loads(payload[4:4 + hlen])
+    """The same tensors, bit for bit, with some meta fields replaced (the header stream rewritten, the tensor
+    streams kept byte for byte, a new checksum)."""
+    comp, body = tg.COMPRESSORS[blob[8]], blob[17:]
+    count = body[0]
+    lengths = list(struct.unpack_from(f"<{count}I", body, 1))
+    pos = 1 + 4 * count
+    first = tg.decompress(body[pos:pos + lengths[0]], comp)
+    (hlen,) = struct.unpack_from("<I", first)
+    header = json.loads(first[4:4 + hlen])
     header["meta"].update(meta)
     h = json.dumps(header).encode()
-    return tg.ARTIFACT_MAGIC + zstandard.ZstdCompressor(level=3).compress(
-        struct.pack("<I", len(h)) + h + payload[4 + hlen:])
+    packed = tg.compress(struct.pack("<I", len(h)) + h + first[4 + hlen:], comp, 3)
+    rest = body[pos + lengths[0]:]
+    body = struct.pack(f"<B{count}I", count, len(packed), *lengths[1:]) + packed + rest
+    return tg.ARTIFACT_MAGIC + blob[8:9] + tg.hashlib.sha256(body).digest()[:8] + body
 
 
 def test_eval_only_other_script_version_warns_but_scores(tg, small, trained, tmp_path, monkeypatch):
