@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     autocast_on = device.type == "cuda"
 
     def kit_eval(t, vb):
-        pos, nll = kit.sliding_eval(model, t, hp, 0, 1, seq_len, stride)
+        pos, nll = kit.sliding_eval(model, t, hp, 0, 1, kit.windows(t.numel(), seq_len, stride))
         return kit.reduce_score(pos, nll, vb)
 
     def ref_eval(t, vb):
