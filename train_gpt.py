@@ -223,8 +223,8 @@ class Hyperparameters:
                        "from its BOS, windows inside it", choices=("stream", "doc"), on=("doc",))
     ttt: int = S(0, "legal score-first test-time training on the reloaded artifact (TTT_MODE says which)",
                  choices=(0, 1), on=(1,), aliases=("TTT_ENABLED",))
-    ttt_mode: str = S("chunked", "chunked: full-model SGD over chunks of the sliding windows; lora_phased: per-document "
-                      "LoRA with global-SGD phases (the 1.0611 record)", choices=("chunked", "lora_phased"),
+    ttt_mode: str = S("chunked", "chunked: full-model SGD over chunks of the sliding windows; lora_phased: per-"
+                      "document LoRA with global-SGD phases (the 1.0611 record)", choices=("chunked", "lora_phased"),
                       on=("lora_phased",), requires="TTT=1",
                       aliases=(("PHASED_TTT_ENABLED", {"0": "chunked", "1": "lora_phased"}),))
     ttt_chunk_tokens: int = S(32768, "targets per TTT chunk (score the chunk, then train on it)", rng="[1, inf)")
@@ -233,8 +233,7 @@ class Hyperparameters:
     ttt_epochs: int = S(3, "TTT steps per chunk", rng="[1, inf)")
     ttt_grad_clip: float = S(1.0, "TTT gradient clip (0: off)", rng="[0, inf)")
     ttt_lora_rank: int = S(80, "lora_phased: adapter rank", rng="[1, inf)")
-    ttt_lora_alpha: float = S(144.0, "lora_phased: adapter outputs are scaled by TTT_LORA_ALPHA / TTT_LORA_RANK",
-                              rng="(0, inf)")
+    ttt_lora_alpha: float = S(144.0, "lora_phased: outputs scaled by TTT_LORA_ALPHA / TTT_LORA_RANK", rng="(0, inf)")
     ttt_lora_lr: float = S(1e-4, "lora_phased: AdamW LR of the adapters", rng="[0, inf)")
     ttt_beta1: float = S(0.0, "lora_phased: AdamW beta1", rng="[0, 1)")
     ttt_beta2: float = S(0.99, "lora_phased: AdamW beta2", rng="[0, 1)")
@@ -244,24 +243,21 @@ class Hyperparameters:
     ttt_o_lora: int = S(1, "lora_phased: adapters on the attention output (input: the attention input)", **BOOL)
     ttt_mlp_lora: int = S(1, "lora_phased: adapters on the MLP output (input: the MLP input)", **BOOL)
     ttt_batch_size: int = S(64, "lora_phased: documents per batch", rng="[1, inf)")
-    ttt_doc_order: str = S("length", "lora_phased: length = batches of similar length, longest first (the record); "
-                           "stream = in stream order, so that every score depends only on earlier tokens",
+    ttt_doc_order: str = S("length", "lora_phased: length: batches of similar length, longest first (the record); "
+                           "stream: in stream order (scores depend on earlier tokens only)",
                            choices=("length", "stream"))
     ttt_chunk_size: int = S(48, "lora_phased: targets per document chunk (score it, then one step)", rng="[1, inf)")
-    ttt_short_chunks: str = S("", "lora_phased: 'LEN:CHUNK,...': a batch whose longest document has at most LEN "
-                              "tokens uses chunks of CHUNK (PR #2014: 256:8,2000:24)",
-                              aliases=("TTT_SHORT_SCORE_FIRST_STEPS",))
+    ttt_short_chunks: str = S("", "lora_phased: 'LEN:CHUNK,...': chunks of CHUNK in a batch whose longest document "
+                              "has <= LEN tokens (PR #2014: 256:8,2000:24)", aliases=("TTT_SHORT_SCORE_FIRST_STEPS",))
     ttt_grad_steps: int = S(1, "lora_phased: optimiser steps per chunk", rng="[1, inf)")
-    phased_ttt_prefix_docs: int = S(2500, "lora_phased: the global-SGD phases train on this many scored documents "
-                                    "(0: no phases)", rng="[0, inf)")
+    phased_ttt_prefix_docs: int = S(2500, "lora_phased: the phases train on the first N documents scored (0: none)",
+                                    rng="[0, inf)")
     phased_ttt_num_phases: int = S(3, "lora_phased: phases, after N/K, 2N/K, ..., N scored documents", rng="[1, inf)")
     global_ttt_lr: float = S(0.001, "phases: SGD LR of all weights (cosine over the chunks)", rng="[0, inf)")
     global_ttt_momentum: float = S(0.9, "phases: SGD momentum", rng="[0, 1)")
     global_ttt_epochs: int = S(1, "phases: passes over each chunk", rng="[0, inf)")
-    global_ttt_chunk_tokens: int = S(32768, "phases: tokens per LR chunk (the last chunk is not trained on)",
-                                     rng="[1, inf)")
-    global_ttt_batch_seqs: int = S(32, "phases: sequences of EVAL_SEQ_LEN per step, all ranks together",
-                                   rng="[1, inf)")
+    global_ttt_chunk_tokens: int = S(32768, "phases: tokens per LR chunk (the last is not trained on)", rng="[1, inf)")
+    global_ttt_batch_seqs: int = S(32, "phases: sequences of EVAL_SEQ_LEN per step, all ranks", rng="[1, inf)")
     global_ttt_grad_clip: float = S(1.0, "phases: gradient clip (0: off)", rng="[0, inf)")
     global_ttt_warmup_chunks: int = S(0, "phases: chunks of linear LR warm-up before the cosine", rng="[0, inf)")
     global_ttt_warmup_start_lr: float = S(0.0, "phases: LR of the first warm-up chunk", rng="[0, inf)")
@@ -1124,38 +1120,16 @@ def phase_plan(batches: list, args: Hyperparameters) -> list[tuple[int, int]]:
     return plan + [(len(batches), 0)]
 
 
-class BatchQueue:
-    """Hands out queue positions start, start + 1, ... to the ranks, first come first served (dynamic load
-    balancing): one atomic add on the process group's key-value store per claim (gloo and NCCL alike, no files)."""
-
-    def __init__(self, key: str, start: int):
-        on = dist.is_available() and dist.is_initialized()
-        self.store, self.key, self.start, self.n = dist.distributed_c10d._get_default_store() if on else None, key, \
-            start, 0
-
-    def claim(self) -> int:
-        self.n += 1
-        return self.start + (self.store.add(self.key, 1) if self.store is not None else self.n) - 1
+def batch_queue(key: str, start: int):
+    """A claim() handing out queue positions start, start + 1, ... to the ranks, first come first served (dynamic
+    load balancing): one atomic add on the process group's key-value store per claim, no files."""
+    store, n = dist.distributed_c10d._get_default_store() if dist.is_initialized() else None, iter(range(1, 1 << 62))
+    return lambda: start + (store.add(key, 1) if store is not None else next(n)) - 1
 
 
 def lora_generator(seed: int, key: int, device: torch.device) -> torch.Generator:
     """The generator of the adapters' A: the same on every rank for a given (SEED, key)."""
     return torch.Generator(device).manual_seed(hash((seed, key)) & (2 ** 62 - 1))
-
-
-class LoRA(nn.Module):
-    """One projection's adapters for a batch of documents: row b gets (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank, with
-    A drawn from U(+-1/sqrt(fan_in)) and B = 0 (no change until trained)."""
-
-    def __init__(self, bsz: int, n_in: int, n_out: int, args: Hyperparameters, gen: torch.Generator):
-        super().__init__()
-        r, bound = args.ttt_lora_rank, n_in ** -0.5
-        self.A = nn.Parameter(torch.empty(bsz, r, n_in, device=gen.device).uniform_(-bound, bound, generator=gen))
-        self.B = nn.Parameter(torch.zeros(bsz, n_out, r, device=gen.device))
-        self.scale = args.ttt_lora_alpha / r
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x @ self.A.transpose(1, 2).to(x.dtype)) @ self.B.transpose(1, 2).to(x.dtype) * self.scale
 
 
 def block_passes(model: GPT) -> int:
@@ -1170,53 +1144,53 @@ def block_passes(model: GPT) -> int:
     return len(calls)
 
 
-class Adapters(nn.Module):
-    """TTT_MODE=lora_phased's adapters: on Q, K, V, the attention output and the MLP output of every block pass (a
+class Adapters:
+    """lora_phased's per-document low-rank adapters, (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank for document b of a
+    batch, A ~ U(+-1/sqrt(d)), B = 0: on Q, K, V, the attention output and the MLP output of every block pass (a
     looped block has its own per pass), each fed its sublayer's input, and on the head (fed the final hidden state).
-    One set per batch size; `use` picks the current batch's, which `hooked(model)` adds to the model's forward
-    passes (each starts with begin())."""
+    One set per batch size; `use` picks the next batch's, `hooked(model)` adds it to the model's forward passes."""
 
     def __init__(self, model: GPT, args: Hyperparameters):
-        super().__init__()
-        attn = next(m for m in model.modules() if isinstance(m, Attention))
-        d, kv, self.passes, self.args = attn.c_q.weight.size(1), attn.c_k.weight.size(0), block_passes(model), args
-        self.sizes = {"head": model.tok_emb.num_embeddings, "q": d, "v": kv, "k": kv * args.ttt_k_lora,
-                      "mlp": d * args.ttt_mlp_lora, "o": d * args.ttt_o_lora}  # the record's order of draws
-        self.d, self.sets, self.cur, self.at = d, nn.ModuleDict(), None, {}
+        attn, P = next(m for m in model.modules() if isinstance(m, Attention)), block_passes(model)
+        d, kv, a = attn.c_q.weight.size(1), attn.c_k.weight.size(0), args
+        sizes = {"head": model.tok_emb.num_embeddings, "q": d, "v": kv, "k": kv * a.ttt_k_lora,
+                 "mlp": d * a.ttt_mlp_lora, "o": d * a.ttt_o_lora}  # the record's order of draws
+        self.shapes = {k: (1 if k == "head" else P, n) for k, n in sizes.items() if n}
+        self.d, self.args, self.scale, self.sets, self.cur = d, args, a.ttt_lora_alpha / a.ttt_lora_rank, {}, {}
 
     def fresh(self, bsz: int, gen: torch.Generator) -> None:
-        """A new set for bsz documents: A from gen, B = 0."""
-        new = {k: LoRA(bsz, self.d, n, self.args, gen) if k == "head" else
-               nn.ModuleList(LoRA(bsz, self.d, n, self.args, gen) for _ in range(self.passes))
-               for k, n in self.sizes.items() if n}
-        self.sets[str(bsz)] = self.cur = nn.ModuleDict(new)
+        r, bound = self.args.ttt_lora_rank, self.d ** -0.5
+        self.cur = self.sets[bsz] = {k: (
+            torch.empty(p, bsz, r, self.d, device=gen.device).uniform_(-bound, bound, generator=gen).requires_grad_(),
+            torch.zeros(p, bsz, n, r, device=gen.device, requires_grad=True)) for k, (p, n) in self.shapes.items()}
 
-    def use(self, bsz: int, gen: torch.Generator, keep_a: bool) -> None:
-        """The set of the next batch: the kept set of this size restarted (B = 0; A kept, or redrawn from gen in
-        place), or a fresh one (a batch of another size, as the record)."""
-        if str(bsz) not in self.sets or bsz != self.args.ttt_batch_size:
-            return self.fresh(bsz, gen)
-        self.cur = self.sets[str(bsz)]
-        with torch.no_grad():
-            for m in self.cur.modules():
-                if isinstance(m, LoRA):
-                    m.B.zero_()
+    def use(self, bsz: int, gen: torch.Generator, keep_a: bool) -> list[Tensor]:
+        """The next batch's set: the kept one of TTT_BATCH_SIZE restarted (B = 0; A kept or redrawn from gen), else a
+        fresh one (the record's rule). Returns its tensors."""
+        if bsz not in self.sets or bsz != self.args.ttt_batch_size:
+            self.fresh(bsz, gen)
+        else:
+            self.cur = self.sets[bsz]
+            with torch.no_grad():
+                for A, B in self.cur.values():
+                    B.zero_()
                     if not keep_a:
-                        m.A.uniform_(-m.A.size(-1) ** -0.5, m.A.size(-1) ** -0.5, generator=gen)
+                        A.uniform_(-self.d ** -0.5, self.d ** -0.5, generator=gen)
+        return [t for pair in self.cur.values() for t in pair]
 
-    def begin(self) -> None:
-        self.at = {"attn": -1, "mlp": -1}
+    def __call__(self, kind: str, i: int, x: Tensor) -> Tensor:
+        A, B = self.cur[kind]
+        return (x @ A[i].transpose(1, 2).to(x.dtype)) @ B[i].transpose(1, 2).to(x.dtype) * self.scale
 
     @contextlib.contextmanager
     def hooked(self, model: GPT):
+        """Inside the `with`, the model's forward passes (each after begin()) add the current set's outputs."""
         def count(sub):
-            def pre(module, inputs):
-                self.at[sub] += 1
-            return pre
+            return lambda module, inputs: self.at.__setitem__(sub, self.at[sub] + 1)
 
         def add(kind, sub):
             def post(module, inputs, out):
-                delta = self.cur[kind][self.at[sub]](inputs[0])
+                delta = self(kind, self.at[sub], inputs[0])
                 return (out[0] + delta, *out[1:]) if isinstance(out, tuple) else out + delta
             return post
         handles = []
@@ -1225,23 +1199,27 @@ class Adapters(nn.Module):
             targets = [("q", m.c_q), ("k", m.c_k), ("v", m.c_v), ("o", m)] if sub == "attn" else [("mlp", m)]
             if sub is not None:
                 handles += [m.register_forward_pre_hook(count(sub))] + [
-                    t.register_forward_hook(add(k, sub)) for k, t in targets if self.sizes[k]]
+                    t.register_forward_hook(add(k, sub)) for k, t in targets if k in self.shapes]
         try:
             yield self
         finally:
             for h in handles:
                 h.remove()
 
+    def begin(self) -> None:
+        self.at = {"attn": -1, "mlp": -1}
 
-def chunk_rows(tokens: Tensor, starts: Tensor, lengths: Tensor, ci: int, C: int, L: int):
-    """Chunk ci (targets ci*C..) of each document of a batch, with its context from the document start (at most L
-    tokens, the record's window): input rows x (bsz, W) padded with 0, the row positions `sel` (bsz, C) and stream
-    positions `pos` of the chunk's targets, which of them are real (a last chunk is shorter; a document with fewer
-    chunks has none), and which rows train (a later chunk follows)."""
+
+def chunk_rows(tokens: Tensor, starts: Tensor, lengths: Tensor, ci: int, C: int, L: int, causal: bool):
+    """Chunk ci (targets ci*C..) of each document of a batch, with its context from the document start, at most L
+    tokens back from the chunk's end (the record's window; `causal`: from where the end would be if the document
+    went on, so that no score depends on where the document ends): input rows x (bsz, W) padded with 0, the row
+    positions `sel` (bsz, C) and stream positions `pos` of the chunk's targets, which of them are real (a last chunk
+    is shorter; a document with fewer chunks has none), and which rows train (a later chunk follows)."""
     dev, pred = tokens.device, lengths - 1
     nc = (pred + C - 1) // C
     end = torch.where(nc - 1 == ci, pred, (ci + 1) * C)  # the chunk's end, in targets of the document
-    ws = (end - L).clamp_min(0)  # the window's first token, in the document
+    ws = torch.full_like(end, max((ci + 1) * C - L, 0)) if causal else (end - L).clamp_min(0)  # its first token
     width, cnt = (torch.where(nc > ci, v, 0).to(dev)[:, None] for v in (end - ws, end - ci * C))
     cols, j = torch.arange(min((ci + 1) * C, L), device=dev), torch.arange(C, device=dev)
     x = torch.where(cols < width, tokens[((starts + ws).to(dev)[:, None] + cols).clamp_max(tokens.numel() - 1)], 0)
@@ -1256,21 +1234,22 @@ def lora_nll(hidden, model: GPT, ad: Adapters, x: Tensor, sel: Tensor, y: Tensor
     with autocast(x.device):
         h = hidden(x)
         h = h.gather(1, sel[..., None].expand(-1, -1, h.size(-1)))
-        logits = model.logits(h, ad.cur["head"](h))
+        logits = model.logits(h, ad("head", 0, h))
     return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
 
 
-def lora_batch(hidden, model: GPT, ad: Adapters, tokens: Tensor, starts: Tensor, lengths: Tensor,
+def lora_batch(hidden, model: GPT, ad: Adapters, params: list, tokens: Tensor, starts: Tensor, lengths: Tensor,
                args: Hyperparameters, ledger: TTTLedger) -> tuple[Tensor, Tensor]:
     """Score-first TTT of one batch of documents, chunk by chunk: every document's chunk is scored from its own
     context and added to the totals, then (one forward pass serves both) TTT_GRAD_STEPS AdamW steps on those targets
     of the documents with a later chunk. Returns (target positions, NLLs)."""
     C = next((c for n, c in short_chunks(args.ttt_short_chunks) if int(lengths.max()) <= n), args.ttt_chunk_size)
-    opt = torch.optim.AdamW(ad.cur.parameters(), lr=args.ttt_lora_lr, betas=(args.ttt_beta1, args.ttt_beta2),
+    opt = torch.optim.AdamW(params, lr=args.ttt_lora_lr, betas=(args.ttt_beta1, args.ttt_beta2),
                             eps=1e-10, weight_decay=args.ttt_weight_decay, fused=tokens.is_cuda)
     out_pos, out_nll = [], []
     for ci in range(int((lengths.max() - 2) // C) + 1):
-        x, sel, pos, real, train = chunk_rows(tokens, starts, lengths, ci, C, args.eval_seq_len)
+        x, sel, pos, real, train = chunk_rows(tokens, starts, lengths, ci, C, args.eval_seq_len,
+                                              args.ttt_doc_order == "stream")
         y = tokens[pos.clamp_max(tokens.numel() - 1)]
         nll = lora_nll(hidden, model, ad, x, sel, y)
         out_pos.append(pos[real])  # 1. score: added to the totals
@@ -1289,8 +1268,9 @@ def lora_batch(hidden, model: GPT, ad: Adapters, tokens: Tensor, starts: Tensor,
 def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyperparameters, rank: int,
                world_size: int, ledger: TTTLedger) -> None:
     """A phase: all weights trained by SGD with momentum on documents laid end to end (src: their stream positions;
-    tgt: the same with 0, no target, where a document starts), in chunks of GLOBAL_TTT_CHUNK_TOKENS (the last one skipped) of sequences of EVAL_SEQ_LEN,
-    GLOBAL_TTT_BATCH_SEQS per step (all ranks together); LR: linear warm-up, then cosine over the chunks."""
+    tgt: the same with 0, no target, where a document starts), in chunks of GLOBAL_TTT_CHUNK_TOKENS (the last one
+    skipped) of sequences of EVAL_SEQ_LEN, GLOBAL_TTT_BATCH_SEQS per step (all ranks together); LR: linear warm-up,
+    then cosine over the chunks."""
     params, opt = full_model_sgd(model, args.global_ttt_lr, args.global_ttt_momentum)
     L, T, total, a = args.eval_seq_len, args.global_ttt_chunk_tokens, src.numel() - 1, args
     n_chunks = max(-(-total // T), 0)
@@ -1327,15 +1307,15 @@ def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: in
     ad, out, q0 = Adapters(model, args), [], 0
     for s, (q1, boundary) in enumerate(phase_plan(batches, args)):
         gen = lora_generator(args.seed, s, dev)
-        ad.sets.clear()
+        ad.sets = {}
         ad.fresh(args.ttt_batch_size, gen)  # drawn first, as the record's reusable adapters
-        queue = BatchQueue(f"ttt/{args.run_id}/{s}", q0)
+        claim = batch_queue(f"ttt/{args.run_id}/{s}", q0)
         with ad.hooked(model):
-            while (q := queue.claim()) < q1:
+            while (q := claim()) < q1:
                 b, docs = batches[q]
-                ad.use(len(docs), gen if args.ttt_warm_start_a else lora_generator(args.seed, -1 - b, dev),
-                       bool(args.ttt_warm_start_a))
-                out.append(lora_batch(hidden, model, ad, tokens, starts[docs], lengths[docs], args, ledger))
+                params = ad.use(len(docs), gen if args.ttt_warm_start_a else lora_generator(args.seed, -1 - b, dev),
+                                bool(args.ttt_warm_start_a))
+                out.append(lora_batch(hidden, model, ad, params, tokens, starts[docs], lengths[docs], args, ledger))
         if boundary:
             docs = [int(d) for _, ds in sorted(batches[:q1], key=lambda b: b[0]) for d in ds][:boundary]
             src = torch.cat([torch.arange(int(starts[d]), int(starts[d] + lengths[d])) for d in docs]).to(dev)
