@@ -1305,6 +1305,16 @@ def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: in
     for p in model.parameters():
         p.requires_grad_(False)
     ad, out, q0 = Adapters(model, args), [], 0
+    if tokens.is_cuda and args.compile:  # compiled for any shape, warmed up on random tokens (never val tokens)
+        hidden, B, L, g = torch.compile(hidden, dynamic=True), args.ttt_batch_size, args.eval_seq_len, \
+            torch.Generator(dev).manual_seed(0)
+        fake = torch.randint(2, args.vocab_size, (B * (L + 1),), generator=g, device=dev).index_fill(
+            0, torch.arange(0, B * (L + 1), L + 1, device=dev), BOS_ID)
+        ad.fresh(B, g)
+        with ad.hooked(model):  # every window width of a chunk loop, forward and backward, AdamW
+            lora_batch(hidden, model, ad, ad.use(B, g, True), fake, torch.arange(B) * (L + 1),
+                       torch.full((B,), L + 1), args, TTTLedger())
+        log(f"ttt_lora: compile warm-up on random tokens {time.perf_counter() - t0:.1f}s")
     for s, (q1, boundary) in enumerate(phase_plan(batches, args)):
         gen = lora_generator(args.seed, s, dev)
         ad.sets = {}

@@ -47,10 +47,13 @@ RESULT_COLUMNS = [
     "code_sha256", "overrides", "log_path", "json_path",
 ]
 
-SCORE_COLUMNS = {
+SCORE_COLUMNS = {  # EVAL_MODE=doc names its window scores doc_window: the same columns
     "float_sliding_window": "float",
+    "float_doc_window": "float",
     "sliding_window": "sw",
+    "doc_window": "sw",
     "sliding_window_ppmc": "ppmc",
+    "doc_window_ppmc": "ppmc",
     "ttt": "ttt",
     "ttt_ppmc": "ttt_ppmc",
 }
