@@ -1294,7 +1294,7 @@ def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyper
 
 def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                      ledger: TTTLedger, log) -> tuple[Tensor, Tensor]:
-    """TTT_MODE=lora_phased. The ranks claim the batches of documents (doc_batches) one at a time (BatchQueue); each
+    """TTT_MODE=lora_phased. The ranks claim the batches of documents (doc_batches) one at a time (batch_queue); each
     batch gets its adapters restarted (B = 0, a new AdamW; A kept with TTT_WARM_START_A) and runs lora_batch. At
     each phase (phase_plan) every rank first finishes the batches before it; then all weights train on the first
     documents scored, in (batch, position) order (global_sgd), and the adapters start anew. Returns this rank's
@@ -1338,7 +1338,8 @@ def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: in
         q0 = q1
     for p in model.parameters():
         p.requires_grad_(True)
-    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+    out.append((torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.float64, device=dev)))
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])  # (a rank may have had no batch)
 
 
 def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,

@@ -214,6 +214,15 @@ def test_stream_order_is_causal_the_records_length_order_is_not(tg, order):
     assert worst <= 1e-9 if order == "stream" else worst > 1e-4
 
 
+def test_a_rank_that_claims_no_batch_returns_nothing(tg, monkeypatch):
+    """More ranks than batches: a rank whose every claim comes too late scores nothing and returns empty tensors
+    (its totals are zero in the all-reduce)."""
+    monkeypatch.setattr(tg, "batch_queue", lambda key, start: lambda: 1 << 40)
+    args = lora_args(tg)
+    pos, nll = tg.ttt_eval(model_of(tg, args), stream(seed=8), args, 1, 2)
+    assert pos.shape == nll.shape == (0,) and pos.dtype == torch.long and nll.dtype == torch.float64
+
+
 # ---------------------------------------------------------------- the auditor: the kit, and a broken copy
 
 PROBE_ENV = {**{k: str(v) for k, v in LORA.items()}, "VOCAB_SIZE": "16", "TTT_BATCH_SIZE": "2",
