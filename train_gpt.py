@@ -119,6 +119,8 @@ class Hyperparameters:
     # ---- run and data
     data_path: str = S("./data/datasets/fineweb10B_sp1024", "folder with fineweb_{train,val}_*.bin shards")
     tokenizer_path: str = S("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model of the shards")
+    caseops_enabled: int = S(0, "1: require the val byte sidecar (CaseOps data); a sidecar in DATA_PATH is used "
+                             "whenever there is one", **BOOL)
     run_id: str = S("", "name of logs/<RUN_ID>.txt|json and artifacts/<RUN_ID>.ptz (default: a uuid)")
     seed: int = S(1337, "random seed (init and nothing else: the data order is fixed)", rng="[0, 4294967295]")
     device: str = S("auto", "where to run", choices=("auto", "cuda", "cpu"))
@@ -409,14 +411,15 @@ def checked_tokens(path: Path, vocab_size: int) -> np.ndarray:
     return tokens
 
 
-def shard_files(data_path: str, split: str) -> list[Path]:
-    """The shards of one split ("train" or "val") in DATA_PATH, sorted."""
+def shard_files(data_path: str, split: str, required: bool = True) -> list[Path]:
+    """The shards of one split ("train", "val", or "val_bytes": the val byte sidecar) in DATA_PATH, sorted."""
     pattern = f"fineweb_{split}_*.bin"
     if not Path(data_path).is_dir():
         raise ConfigError(f"DATA_PATH={data_path} is not a folder; build shards with `python -m data.prepare` "
                           "or point DATA_PATH at them")
-    files = sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(data_path), pattern)))
-    if not files:
+    files = sorted(Path(p) for p in glob.glob(os.path.join(glob.escape(data_path), pattern))
+                   if re.fullmatch(rf"fineweb_{split}_\d+\.bin", Path(p).name))  # val: not the val_bytes sidecar
+    if not files and required:
         raise ConfigError(f"no {pattern} shards in {data_path}")
     return files
 
@@ -473,6 +476,30 @@ def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
     base, space, boundary = tables
     prev, tgt = tokens[:-1].astype(np.int64), tokens[1:].astype(np.int64)
     return base[tgt] + (space[tgt] & ~boundary[prev])
+
+
+CASEOPS_OPERATORS = "\ue001\ue002\ue003\ue004"  # TITLE, ALLCAPS, CAPNEXT, ESC of the records' CaseOps transform
+
+
+def val_byte_counts(args: Hyperparameters, ids: np.ndarray, sp: spm.SentencePieceProcessor) -> tuple[np.ndarray, str]:
+    """Bytes of each val target ids[1:], and their source: the val byte sidecar (fineweb_val_bytes_*.bin, one uint16
+    per val token: the original bytes it stands for, 0 for BOS and the CaseOps operators) when DATA_PATH holds one,
+    else the tokenizer's byte table, which would count each operator piece as 3 bytes."""
+    files = shard_files(args.data_path, "val_bytes", required=False)
+    ops = [i for ch in CASEOPS_OPERATORS for i in [sp.piece_to_id(ch)] if sp.id_to_piece(i) == ch]
+    if not files:
+        if ops or args.caseops_enabled:
+            why = f"TOKENIZER_PATH={args.tokenizer_path} holds the CaseOps operators (ids {ops})" if ops else \
+                "CASEOPS_ENABLED=1"
+            raise ConfigError(f"{why} but DATA_PATH={args.data_path} has no val byte sidecar (fineweb_val_bytes_*.bin)"
+                              "; fetch the CaseOps data with it: python -m data.prepare --source fineweb --variant "
+                              "sp8192_caseops")
+        return target_bytes(ids, byte_tables(sp)), "byte_table"
+    side = np.concatenate([load_shard(f) for f in files])
+    if side.size != ids.size or side[np.isin(ids, [sp.bos_id(), *ops])].any():
+        raise ConfigError(f"the val byte sidecar of DATA_PATH={args.data_path} ({len(files)} file(s), {side.size} "
+                          f"entries) does not fit its {ids.size} val tokens: rebuild or fetch the data again")
+    return side[1:].astype(np.int64), "sidecar " + ",".join(f.name for f in files)
 
 
 class TokenLoader:
@@ -952,10 +979,11 @@ def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stri
 
 
 def sliding_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
-                 wins: list | None = None, batch_seqs: int = 0) -> tuple[Tensor, Tensor]:
-    """This rank's share of the windows (by default EVAL_MODE's): (target positions, NLLs)."""
+                 seq_len: int = 0, stride: int = 0, batch_seqs: int = 0) -> tuple[Tensor, Tensor]:
+    """This rank's share of the windows, EVAL_MODE's (or the stream's of seq_len/stride, as in training's
+    validation): (target positions, NLLs)."""
     model.eval()
-    wins = eval_windows(tokens, args) if wins is None else wins
+    wins = windows(tokens.numel(), seq_len, stride) if seq_len else eval_windows(tokens, args)
     mine = wins[len(wins) * rank // world_size:len(wins) * (rank + 1) // world_size]
     nll = window_nll(model, tokens, mine, batch_seqs or args.eval_batch_seqs)
     model.train()
@@ -1902,17 +1930,17 @@ def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
     return state, meta
 
 
-def read_val(args: Hyperparameters) -> tuple[np.ndarray, np.ndarray]:
-    """The val stream's token ids and the bytes of each target, the tokenizer checked against the shards and the
-    data folder's manifest."""
+def read_val(args: Hyperparameters) -> tuple[np.ndarray, np.ndarray, str]:
+    """The val stream's token ids, the bytes of each target and their source (val_byte_counts), the tokenizer
+    checked against the shards and the data folder's manifest."""
     sp = load_tokenizer(args)
     ids = np.concatenate([load_shard(f) for f in shard_files(args.data_path, "val")])
     if ids.size < 2 or int(ids.max()) >= args.vocab_size:
         raise ConfigError(f"the val shards of {args.data_path} hold {ids.size} token(s), the largest id "
                           f"{int(ids.max())}: too few to score, or ids >= VOCAB_SIZE={args.vocab_size}")
-    byte_counts = target_bytes(ids, byte_tables(sp))
+    byte_counts, source = val_byte_counts(args, ids, sp)
     check_manifest(args, int(byte_counts.sum()))
-    return ids, byte_counts
+    return ids, byte_counts, source
 
 
 def read_train_files(args: Hyperparameters) -> list[Path]:
@@ -2012,8 +2040,7 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
 
     def validate() -> tuple[float, float]:
         L = a.train_seq_len
-        pos, nll = sliding_eval(base_model, val_tokens, a, run.rank, run.world_size, windows(val_tokens.numel(), L, L),
-                                val_seqs)
+        pos, nll = sliding_eval(base_model, val_tokens, a, run.rank, run.world_size, L, L, val_seqs)
         return reduce_score(pos, nll, scores.val_bytes)
     stats = Trainer(run, base_model, model, train_files, validate).train()
     compile_hidden(run, base_model)
@@ -2125,12 +2152,13 @@ def main() -> int:
     t0 = time.perf_counter()  # EVAL_ONLY: reading the artifact is the evaluation's deserialize phase
     eval_state, eval_meta = read_eval_artifact(args) if args.eval_only else (None, {})
     read_ms = 1000 * (time.perf_counter() - t0)
-    val_np, val_bytes = read_val(args)
+    val_np, val_bytes, byte_source = read_val(args)
     train_files = read_train_files(args)
     run = start_run(args, world_size)
     val_tokens = torch.from_numpy(val_np.astype(np.int64)).to(run.device)
     scores = Scores(run, torch.from_numpy(val_bytes).to(run.device))
     run.log(f"val_tokens:{val_np.size} val_bytes:{int(val_bytes.sum())} train_shards:{len(train_files)}")
+    run.log(f"val_byte_source:{byte_source}")
     base_model = build_model(args, run.device).to(run.device)
     num_params = sum(p.numel() for p in base_model.parameters())
     run.log(f"model_params:{num_params}")

@@ -8,11 +8,13 @@ import os
 import sys
 
 from ablations.grid import GridError
+from kitlib.cli import ArgumentParser
+from kitlib.stats import RECORD_ALPHA, RECORD_MARGIN_NATS
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m ablations", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = ArgumentParser(prog="python -m ablations", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
 
     r = sub.add_parser("run", help="run (or resume) every group x configuration x seed of a grid")
     r.add_argument("grid", help="grid TOML file (see ablations/grids/)")
@@ -38,11 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config-column", default="config", metavar="NAME", help="configuration column (default config)")
     p.add_argument("--seed-column", default="seed", metavar="NAME", help="seed column (default seed)")
     p.add_argument("--record-test", action="store_true",
-                   help="add the record test: one-sided Welch on val_loss, 0.005-nat margin, p < 0.01")
+                   help=f"add the record test: one-sided Welch on val_loss, {RECORD_MARGIN_NATS}-nat margin, "
+                        f"p < {RECORD_ALPHA}")
     p.add_argument("--record-column", default="val_loss", metavar="NAME",
                    help="loss column in nats for --record-test (default val_loss)")
     p.add_argument("--json", action="store_true", help="print the numbers as a JSON list instead of Markdown")
-    p.add_argument("--plot", default=None, metavar="OUT.png", help="also write a plot")
+    p.add_argument("--plot", default=None, metavar="OUT.png",
+                   help="also write a plot to this file (.png; .pdf and .svg also work)")
     p.add_argument("--x", default=None, metavar="COLUMN",
                    help="numeric column for the scaling plot's x axis (e.g. num_params; default: the group)")
     m = sub.add_parser("match", help="widths at which HIGHWAY and the plain residual reach Review's parameter count")
@@ -87,7 +91,13 @@ def cmd_report(a) -> int:
     from ablations import report
 
     try:
+        if a.plot:  # before any work: a bad path is one line, not a traceback after the table
+            report.check_plot_path(a.plot)
+        elif a.x is not None:
+            raise report.ReportError("--x sets the plot's x axis: give --plot OUT.png too")
         table = report.read_csv(a.csv)
+        if a.x is not None and a.x not in table.header:
+            raise report.ReportError(f"{table.path}: missing x column {a.x!r}; columns are: {', '.join(table.header)}")
         group = a.group
         if group is None and "group" in table.header and any(r["group"] for r in table.rows):
             group = "group"

@@ -2,8 +2,9 @@
 
 Per group and configuration: n, mean, std (ddof=1), delta to the control, Welch's t-test
 (t, Welch–Satterthwaite df, two-sided p), a paired t-test when the seeds match the control's,
-and optionally the challenge's record test (one-sided Welch on val_loss, 0.005-nat margin,
-p < 0.01).
+and optionally the challenge's record test (``kitlib.stats.record_test``: the configuration's
+per-seed val_loss against the control's, one-sided Welch, margin and alpha from kitlib.stats).
+The statistics are kitlib.stats'.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablations import stats
+from kitlib import stats
+from kitlib.fileio import unwritable
 
 DEFAULT_CONTROL = "control"
 
@@ -72,11 +74,39 @@ def _num(table: Table, row_index: int, col: str, s: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def collect(table: Table, metric: str, group_col: str | None, config_col: str, seed_col: str):
-    """{(group, config): [(seed, value), ...]} in first-appearance order, plus skipped count."""
+def duplicates(table: Table, group_col: str | None, config_col: str,
+               seed_col: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """(indices of rows that repeat an earlier row exactly, pairs of row indices that share a (group,
+    configuration, seed) but differ). Rows with an empty seed are not compared."""
+    seen: dict[tuple[str, str, str], int] = {}
+    repeats, clashes = [], []
+    for i, r in enumerate(table.rows):
+        seed = r[seed_col]
+        if seed == "":
+            continue
+        key = (r[group_col] if group_col else "", r[config_col], seed)
+        if key not in seen:
+            seen[key] = i
+        elif table.rows[seen[key]] == r:
+            repeats.append(i)
+        else:
+            clashes.append((seen[key], i))
+    return repeats, clashes
+
+
+def _lines(idx: list[int]) -> str:
+    return ", ".join(str(i + 2) for i in idx[:5]) + (" ..." if len(idx) > 5 else "")
+
+
+def collect(table: Table, metric: str, group_col: str | None, config_col: str, seed_col: str,
+            skip: frozenset = frozenset()):
+    """{(group, config): [(seed, value), ...]} in first-appearance order, plus skipped count; rows in ``skip``
+    (exact repeats) are left out."""
     cells: dict[tuple[str, str], list[tuple[str, float]]] = {}
     skipped = 0
     for i, r in enumerate(table.rows):
+        if i in skip:
+            continue
         v = _num(table, i, metric, r[metric])
         cfg = r[config_col]
         if cfg == "":
@@ -106,8 +136,16 @@ def summarize(table: Table, metric: str = "val_bpb", control: str | None = None,
     if not table.rows:
         raise ReportError(f"{table.path}: bad CSV: no data rows")
 
-    cells, skipped = collect(table, metric, group_col, config_col, seed_col)
-    rec_cells = collect(table, record_metric, group_col, config_col, seed_col)[0] if record_test else {}
+    repeats, clashes = duplicates(table, group_col, config_col, seed_col)
+    if repeats:
+        warn(f"{len(repeats)} row(s) repeat an earlier row exactly (line(s) {_lines(repeats)}): each counted once")
+    if clashes:
+        a, b = clashes[0]
+        warn(f"{len(clashes)} row(s) share a {config_col} and {seed_col} with an earlier row but differ (e.g. lines "
+             f"{a + 2} and {b + 2}): all counted; if they belong to different groups, give --group COLUMN")
+    skip = frozenset(repeats)
+    cells, skipped = collect(table, metric, group_col, config_col, seed_col, skip)
+    rec_cells = collect(table, record_metric, group_col, config_col, seed_col, skip)[0] if record_test else {}
 
     configs = list(dict.fromkeys(c for _, c in cells))
     groups = list(dict.fromkeys(g for g, _ in cells))
@@ -147,15 +185,11 @@ def summarize(table: Table, metric: str = "val_bpb", control: str | None = None,
             elif c == control and n:
                 row["delta"] = 0.0
             if record_test:
-                row.update(record_metric=record_metric, record_improvement_nats=None, record_t=None, record_df=None, record_p=None,
-                           record_pass=None)
-                if c != control:
-                    rc = [v for _, v in rec_cells.get((g, control), [])]
-                    rx = [v for _, v in rec_cells.get((g, c), [])]
-                    rt = stats.record_test(rc, rx)
-                    if rt:
-                        row.update(record_improvement_nats=rt["improvement_nats"], record_t=rt["t"],
-                                   record_df=rt["df"], record_p=rt["p"], record_pass=rt["passed"])
+                row.update(record_metric=record_metric, record=None)
+                rc = [v for _, v in rec_cells.get((g, control), [])]
+                rx = [v for _, v in rec_cells.get((g, c), [])]
+                if c != control and rc and len(rx) >= 2:
+                    row["record"] = stats.record_test(rx, ref_losses=rc)
             out.append(row)
     return out
 
@@ -210,14 +244,46 @@ def markdown(summary: list[dict], record_test: bool = False) -> str:
             _f(r["std"]), _signed(r["delta"]), _f(r["welch_t"], 3), _f(r["welch_df"], 2), _p(r["welch_p"]),
             _p(r["paired_p"])]
         if record_test:
-            cells += [_signed(r.get("record_improvement_nats")), _p(r.get("record_p")),
-                      "-" if r.get("record_pass") is None else ("pass" if r["record_pass"] else "fail")]
+            rec = r.get("record") or {}
+            cells += [_signed(rec.get("improvement_nats")), _p(rec.get("p_value")),
+                      "-" if not rec else ("pass" if rec["meets_record_bar"] else "fail")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _json_safe(x):
+    """JSON has no infinity: an infinite t (no spread at all) is written as null, like an undefined one."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
 def to_json(summary: list[dict]) -> str:
-    return json.dumps(summary, indent=2, allow_nan=False)
+    return json.dumps(_json_safe(summary), indent=2, allow_nan=False)
+
+
+PLOT_FORMATS = ("png", "pdf", "svg")
+
+
+def check_plot_path(path: str | Path) -> Path:
+    """The --plot path, checked before any work: a file name ending in .png (or .pdf / .svg) that can be written;
+    ReportError (one line) otherwise. The plot is written exactly there."""
+    p = Path(path)
+    if p.is_dir():
+        raise ReportError(f"--plot {path} is a folder; give a file name such as {p / 'plot.png'}")
+    ext = p.suffix.lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        what = f"extension .{ext}" if ext else "no extension"
+        raise ReportError(f"--plot {path}: {what}; give a file name ending in "
+                          f"{', '.join('.' + e for e in PLOT_FORMATS)} (PNG is the kit's plot format)")
+    why = unwritable(p)
+    if why:
+        raise ReportError(f"--plot {path}: {why}")
+    return p
 
 
 # ---------------------------------------------------------------- plots
@@ -338,8 +404,12 @@ def plot(summary: list[dict], table: Table, out: str | Path, group_col: str | No
         ax2.grid(alpha=0.3)
 
     fig.tight_layout()
-    out = Path(out)
+    out = check_plot_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=120, format=out.suffix.lower().lstrip("."))
+    except OSError as e:
+        raise ReportError(f"--plot {out}: cannot write: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return out

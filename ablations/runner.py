@@ -17,17 +17,21 @@ attempt's console as failed-N.
 from __future__ import annotations
 
 import csv
-import importlib.util
+import io
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from ablations.grid import MATCH_KEY, Grid, GridError, RunSpec, load_grid
+from kitlib import procs
+from kitlib.fileio import unwritable, write_text_atomic
+from kitlib.scripts import ScriptError, load_script
 
 RESULT_COLUMNS = [
     "group", "config", "seed", "run_id", "status",
@@ -66,26 +70,11 @@ class RunnerError(RuntimeError):
 # ---------------------------------------------------------------- train_gpt import and parameter matching
 
 def import_script(script: str | Path):
-    """Import train_gpt.py by path (its main() only runs under __main__)."""
-    script = Path(script).resolve()
-    if not script.is_file():
-        raise RunnerError(f"training script not found: {script}")
-    name = "_ablations_" + "".join(ch if ch.isalnum() else "_" for ch in script.stem)
-    spec = importlib.util.spec_from_file_location(name, script)
-    if spec is None or spec.loader is None:
-        raise RunnerError(f"cannot import {script}")
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(script.parent))
+    """Import train_gpt.py by path (its main() only runs under __main__); RunnerError with one line if it fails."""
     try:
-        spec.loader.exec_module(mod)
-    except Exception as e:  # noqa: BLE001 - report any import failure as one line
-        raise RunnerError(f"importing {script} failed: {type(e).__name__}: {e}") from e
-    finally:
-        try:
-            sys.path.remove(str(script.parent))
-        except ValueError:
-            pass
-    return mod
+        return load_script(script)
+    except ScriptError as e:
+        raise RunnerError(f"training script: {e}") from None
 
 
 def _hp_int(mod, env: dict[str, str], key: str) -> int:
@@ -143,18 +132,16 @@ def match_model_dim(count_params, env: dict[str, str], target_params: int, num_h
 
 
 def known_settings(mod) -> set[str] | None:
-    """The env names the script reads (Hyperparameters.from_env({}).as_dict() and FLAGS), or None if unknown."""
-    names: set[str] = set()
-    flags = getattr(mod, "FLAGS", None)
-    if isinstance(flags, (list, tuple)):
-        names |= {f[0] for f in flags if isinstance(f, (list, tuple)) and f and isinstance(f[0], str)}
+    """The env names the script reads: the kit's SETTINGS names and their ALIASES; for another script, the keys of
+    Hyperparameters.from_env({}).as_dict(); None when the script says nothing about its settings."""
+    settings = getattr(mod, "SETTINGS", None)
+    if settings:
+        return {s.name for s in settings} | set(getattr(mod, "ALIASES", {}) or {})
     hp = getattr(mod, "Hyperparameters", None)
-    if hp is not None and hasattr(hp, "from_env"):
-        try:
-            d = hp.from_env({}).as_dict()
-            names |= {k for k in d if isinstance(k, str)}
-        except Exception:  # noqa: BLE001
-            pass
+    try:
+        names = {k for k in hp.from_env({}).as_dict() if isinstance(k, str)}
+    except Exception:  # noqa: BLE001 - a script without from_env/as_dict says nothing
+        return None
     return names or None
 
 
@@ -232,38 +219,118 @@ def resolve_matches(grid: Grid, runs: list[RunSpec], script: str | Path | None, 
 
 # ---------------------------------------------------------------- results.csv
 
-def read_results(path: Path) -> list[dict[str, str]]:
+def parse_results(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The whole rows of results.csv (each with its line number under "_line"), and one note per line that is not
+    a whole row: cut off (no end of line), the wrong number of fields (a cut row glued to the next), unreadable.
+    The header must name a run_id column; a file without one gives no rows and one note."""
     if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [], []
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    try:
+        header = next(csv.reader([lines[0].rstrip("\r")]), [])
+    except csv.Error:
+        header = []
+    if "run_id" not in header:
+        return [], [f"line 1 is not the header of a results file (no run_id column); the file is ignored"]
+    notes, rows = [], []
+    if lines[-1].strip():
+        notes.append(f"line {len(lines)}: cut off (no end of line)")
+    for i, line in enumerate(lines[1:-1], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        try:
+            cells = next(csv.reader([line]))
+        except csv.Error as e:
+            notes.append(f"line {i}: unreadable ({e})")
+            continue
+        if len(cells) != len(header):
+            notes.append(f"line {i}: {len(cells)} fields where the header has {len(header)}")
+            continue
+        rows.append({**dict(zip(header, cells)), "_line": str(i)})
+    return rows, notes
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    """The whole rows of results.csv (see parse_results)."""
+    return [{k: v for k, v in r.items() if k != "_line"} for r in parse_results(path)[0]]
 
 
 def write_results(path: Path, rows: list[dict[str, str]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _cell(r.get(k)) for k in RESULT_COLUMNS})
-    os.replace(tmp, path)
+    """results.csv with the current columns, written whole or not at all (temporary file, then rename)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _cell(r.get(k)) for k in RESULT_COLUMNS})
+    write_text_atomic(path, buf.getvalue())
 
 
 def append_result(path: Path, row: dict) -> None:
-    new = not path.is_file() or path.stat().st_size == 0
-    if not new:
-        with path.open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-        if header != RESULT_COLUMNS:  # an older layout: rewrite with the current columns
-            write_results(path, read_results(path) + [row])
-            return
-    with path.open("a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: _cell(row.get(k)) for k in RESULT_COLUMNS})
-        f.flush()
-        os.fsync(f.fileno())
+    """Add one row: the file is rewritten whole (a run takes minutes; the file holds one line per run)."""
+    write_results(path, read_results(path) + [row])
+
+
+def _safe_run_id(rid: str) -> bool:
+    return bool(rid) and rid not in (".", "..") and "/" not in rid and "\\" not in rid and "\x00" not in rid
+
+
+def verify_row(row: dict[str, str], spec: RunSpec | None, out: Path) -> str | None:
+    """Why a results row cannot be trusted, or None: it must be the planned run's (run_id), complete, with a finite
+    val_bpb equal to the one its run's logs/<RUN_ID>.json gives."""
+    rid = row.get("run_id", "")
+    if spec is not None and rid != spec.run_id:
+        return f"run_id {rid!r} is not the planned {spec.run_id!r}"
+    if not _safe_run_id(rid):
+        return f"run_id {rid!r} is not a run name"
+    if row.get("status") != "complete":
+        return f"status {row.get('status')!r} is not 'complete'"
+    try:
+        bpb = float(row.get("val_bpb", ""))
+    except ValueError:
+        return f"val_bpb {row.get('val_bpb')!r} is not a number"
+    if not math.isfinite(bpb):
+        return f"val_bpb {bpb} is not finite"
+    js = read_run_json(_paths(out, rid)["json"])
+    if not is_complete(js):
+        return f"logs/{rid}.json is missing or incomplete"
+    dummy = spec or RunSpec(row.get("group", ""), row.get("config", ""), 0, rid, {})
+    want = row_from_json(js, dummy, out)["val_bpb"]
+    if want is None or float(want) != bpb:
+        return f"val_bpb {bpb!r}, but logs/{rid}.json says {want!r}"
+    return None
+
+
+def resume_results(path: Path, runs: list[RunSpec], out: Path, say) -> set[tuple[str, str, str]]:
+    """Verify every row of results.csv before resuming: rows that are cut off, glued together, repeated, not the
+    planned run's, or that disagree with their run's JSON are dropped; a complete run's JSON without a verified row
+    gives its row back. The file is rewritten (atomically) when anything changed. Returns the finished runs' keys."""
+    rows, notes = parse_results(path)
+    planned = {r.key: r for r in runs}
+    good: dict[tuple[str, str, str], dict] = {}
+    for row in rows:
+        key = (row.get("group", ""), row.get("config", ""), row.get("seed", ""))
+        why = verify_row(row, planned.get(key), out)
+        if why is None and key in good:
+            why = "a second row for the same run"
+        if why:
+            notes.append(f"line {row['_line']} ({row.get('run_id', '?')}): {why}")
+        else:
+            good[key] = row
+    recovered = 0
+    for r in runs:
+        js = read_run_json(_paths(out, r.run_id)["json"])
+        if r.key not in good and is_complete(js):
+            good[r.key] = row_from_json(js, r, out)
+            recovered += 1
+    header = path.read_bytes().split(b"\n", 1)[0].decode("utf-8", "replace").strip() if path.is_file() else ""
+    if notes or recovered or (path.is_file() and header != ",".join(RESULT_COLUMNS)):
+        for n in notes:
+            say(f"[ablations] {path.name} {n}: dropped (the run's row comes back from its JSON, or it reruns)")
+        if recovered:
+            say(f"[ablations] {recovered} complete run(s) without a verified row: rows recovered from their JSON")
+        write_results(path, list(good.values()))
+    return set(good) & set(planned)
 
 
 def _cell(v) -> str:
@@ -372,15 +439,6 @@ def archive_attempt(out: Path, rid: str, reason: str) -> Path | None:
     return dest
 
 
-def _pdeathsig():  # the child gets SIGTERM if the runner dies (Linux), so no orphan keeps running
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001
-        pass
-
-
 def command(script: Path, nproc: int, python: str) -> list[str]:
     if nproc > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
@@ -418,52 +476,34 @@ def run_one(run: RunSpec, out: Path, script: Path, nproc: int, python: str, verb
         con.write(f"# ablations: cwd={out} cmd={' '.join(cmd)}\n")
         con.write(f"# ablations: env {json.dumps({**run.env, 'RUN_ID': run.run_id, 'SEED': str(run.seed)}, sort_keys=True)}\n")
         con.flush()
-        proc = subprocess.Popen(cmd, cwd=out, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1, errors="replace", start_new_session=True,
-                                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None)
-        timed_out = threading.Event()
-
-        def expire() -> None:
-            timed_out.set()
-            _stop(proc)
-
-        timer = threading.Timer(timeout, expire) if timeout else None
-        if timer:
-            timer.daemon = True
-            timer.start()
+        proc = procs.start(cmd, cwd=out, env=env)
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                con.write(line)
-                con.flush()
-                status(line.rstrip("\n"), verbose)
-            code = proc.wait()
+            with procs.Deadline(proc, timeout, grace=15.0) as deadline:
+                for line in proc.stdout:
+                    con.write(line)
+                    con.flush()
+                    status(line.rstrip("\n"), verbose)
+                code = proc.wait()
         except BaseException:
-            _stop(proc)
+            procs.stop(proc)
             raise
-        finally:
-            if timer:
-                timer.cancel()
-        if timed_out.is_set():
+        if deadline.expired:
             con.write(f"\n# ablations: ended after the per-run timeout of {timeout:g} s\n")
             return RUN_TIMEOUT_STATUS
         return code
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """End the run's process group (torchrun and its workers), politely then firmly."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def last_words(console: Path) -> str:
+    """The line of a run's console that says why it failed: its last `error:` / exception line, else its last line."""
+    try:
+        lines = [x.strip() for x in console.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [x for x in lines if x and not x.startswith("# ablations:")]
+    for line in reversed(lines):
+        if line.lower().startswith("error") or "Error:" in line or "Exception:" in line:
+            return line[:300]
+    return lines[-1][:300] if lines else ""
 
 
 def _link_data(out: Path, script: Path) -> None:
@@ -500,6 +540,101 @@ def check_grid_copy(grid: Grid, grid_path: Path, out: Path, force: bool) -> None
     copy.write_text(text, encoding="utf-8")
 
 
+def check_python(python: str) -> str:
+    """The interpreter for the runs, as a path; RunnerError (one line) when it is not there or is no Python 3."""
+    exe = shutil.which(python)
+    if exe is None:
+        raise RunnerError(f"--python {python}: no such executable (give the path of a Python 3 interpreter)")
+    try:
+        proc = subprocess.run([exe, "-c", "import sys; print(sys.version_info[0])"], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RunnerError(f"--python {python} does not run: {e}") from None
+    if proc.returncode != 0 or proc.stdout.strip() != "3":
+        raise RunnerError(f"--python {python} is not a Python 3 interpreter")
+    return exe
+
+
+def check_configs(runs: list[RunSpec], mod, nproc: int) -> None:
+    """Every run's configuration through the script's own check (``check_config(Hyperparameters.from_env(env),
+    world_size)``, when it has one) before any run starts: a grid the script refuses fails here, in one line,
+    instead of in every run."""
+    hp, check = getattr(mod, "Hyperparameters", None), getattr(mod, "check_config", None)
+    if hp is None or not hasattr(hp, "from_env") or check is None:
+        return
+    for r in runs:
+        env = {**os.environ, **r.env, "RUN_ID": r.run_id, "SEED": str(r.seed)}
+        try:
+            check(hp.from_env(env), nproc)
+        except Exception as e:  # noqa: BLE001 - the script's own message, as one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise RunnerError(f"{r.run_id} (nproc {nproc}): the training script refuses this configuration: "
+                              f"{first}") from None
+
+
+def prepare(grid: Grid, out: Path, script_p: Path, python: str, dry_run: bool, allow_unknown: bool,
+            say) -> list[RunSpec]:
+    """Every check before any work: the script, the interpreter, the output folder, every run's settings and
+    configuration. Returns the runs with matched widths resolved."""
+    runs = grid.runs()
+    if not dry_run:
+        if not script_p.is_file():
+            raise RunnerError(f"training script not found: {script_p}")
+        why = unwritable(out, folder=True)
+        if why:
+            raise RunnerError(f"--out {out}: {why}")
+        check_python(python)
+    mod = import_script(script_p) if script_p.is_file() else None
+    resolve_matches(grid, runs, script_p if mod else None, log=say, mod=mod)
+    if mod is not None:
+        if not allow_unknown:
+            check_settings(grid, runs, mod)
+        check_configs(runs, mod, grid.nproc)
+    return runs
+
+
+def _attempt(r: RunSpec, out: Path, script_p: Path, grid: Grid, python: str, verbose: bool,
+             run_timeout: float | None, say, bar) -> bool:
+    """One attempt at run `r`: earlier attempts archived, the run, its row appended (True) or its console kept as
+    failed-N with a FAILED line that says why (False)."""
+    p = _paths(out, r.run_id)
+    if any(p[k].exists() for k in ("console", "txt", "json")):
+        dest = archive_attempt(out, r.run_id, "interrupted or failed earlier attempt")
+        if dest:
+            say(f"[ablations]   earlier attempt kept as {dest.relative_to(out)}")
+    last_beat = [time.time()]
+
+    def status(line: str, verbose_: bool) -> None:
+        if verbose_:
+            say(f"  {line}")
+        elif line.startswith("step:") or line.startswith("final_"):
+            bar.set_postfix_str(f"{r.run_id} {line[:80]}")
+            if bar.disable and (time.time() - last_beat[0] > 60 or line.startswith("final_")):
+                last_beat[0] = time.time()
+                say(f"[ablations]   {r.run_id}: {line}")
+
+    t0 = time.time()
+    code = run_one(r, out, script_p, grid.nproc, python, verbose, status, timeout=run_timeout)
+    dt = time.time() - t0
+    js = read_run_json(p["json"])
+    if is_complete(js):
+        if code != 0:
+            say(f"[ablations]   {r.run_id}: exit status {code} after a complete JSON; keeping the result")
+        row = row_from_json(js, r, out, wall_seconds=dt)
+        append_result(out / "results.csv", row)
+        say(f"[ablations]   finished {r.run_id} in {_fmt_dur(dt)}: val_bpb={row['val_bpb']} "
+            f"val_loss={row['val_loss']} steps={row['steps']}")
+        return True
+    timed_out = code == RUN_TIMEOUT_STATUS and run_timeout
+    why = (f"timed out after {run_timeout:g} s" if timed_out
+           else f"exit status {code}" if code != 0 else "no complete logs/<RUN_ID>.json")
+    words = "" if timed_out else last_words(p["console"])
+    dest = archive_attempt(out, r.run_id, f"failed: {why}")
+    say(f"[ablations]   FAILED {r.run_id} ({why}{': ' + words if words else ''}); log kept as "
+        f"{dest.relative_to(out) if dest else '(no output)'}")
+    return False
+
+
 def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: str | Path = "train_gpt.py",
              dry_run: bool = False, force: bool = False, verbose: bool = False, python: str | None = None,
              max_runs: int | None = None, allow_unknown: bool = False, run_timeout: float | None = None,
@@ -515,14 +650,11 @@ def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: s
     out = Path(out_dir) if out_dir is not None else Path("runs") / grid.name
     script_p = Path(script).resolve()
     python = python or sys.executable
-    runs = grid.runs()
-    if not dry_run and not script_p.is_file():
-        raise RunnerError(f"training script not found: {script_p}")
-    mod = import_script(script_p) if script_p.is_file() else None
-    resolve_matches(grid, runs, script_p if mod else None, log=say, mod=mod)
-    if mod is not None and not allow_unknown:
-        check_settings(grid, runs, mod)
-
+    if max_runs is not None and max_runs < 1:
+        raise RunnerError(f"--max-runs {max_runs} must be at least 1")
+    if run_timeout is not None and not (math.isfinite(run_timeout) and run_timeout > 0):
+        raise RunnerError(f"--timeout {run_timeout} must be a positive number of seconds")
+    runs = prepare(grid, out, script_p, python, dry_run, allow_unknown, say)
     if dry_run:
         say(f"[ablations] grid {grid.name}: {len(runs)} runs ({len(grid.group_names)} group(s) x "
             f"{len(grid.seeds)} seed(s) x {len(grid.configs)} config(s)), nproc={grid.nproc}, out={out}")
@@ -534,33 +666,8 @@ def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: s
     (out / "logs").mkdir(exist_ok=True)
     check_grid_copy(grid, grid_path, out, force)
     _link_data(out, script_p)
-    results = out / "results.csv"
-
-    # what is finished: a complete JSON and a row; recover rows of complete runs; drop stale rows
-    rows = read_results(results)
-    by_key = {}
-    for row in rows:
-        by_key[(row.get("group", ""), row.get("config", ""), row.get("seed", ""))] = row
-    done: set[tuple[str, str, str]] = set()
-    for r in runs:
-        js = read_run_json(_paths(out, r.run_id)["json"])
-        row = by_key.get(r.key)
-        if is_complete(js) and row is not None:
-            done.add(r.key)
-        elif is_complete(js) and row is None:
-            say(f"[ablations] {r.run_id}: complete JSON without a results row; recovering the row")
-            append_result(results, row_from_json(js, r, out))
-            done.add(r.key)
-    planned = {r.key for r in runs}
-    stale = [k for k, row in by_key.items() if k in planned and k not in done]
-    if stale:
-        say(f"[ablations] dropping {len(stale)} results row(s) whose run JSON is missing or incomplete; they rerun")
-        keep = [row for row in read_results(results)
-                if (row.get("group", ""), row.get("config", ""), row.get("seed", "")) not in set(stale)]
-        write_results(results, keep)
-
-    total = len(runs)
-    todo = [r for r in runs if r.key not in done]
+    done = resume_results(out / "results.csv", runs, out, say)
+    total, todo = len(runs), [r for r in runs if r.key not in done]
     say(f"[ablations] grid {grid.name}: {total} runs, {total - len(todo)} already done, {len(todo)} to run; "
         f"out={out}")
     bar = tqdm(total=total, initial=total - len(todo), desc=grid.name, unit="run", file=sys.stderr,
@@ -569,81 +676,40 @@ def run_grid(grid_path: str | Path, out_dir: str | Path | None = None, script: s
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:
         old_term = None
-    failed: list[str] = []
-    t_start = time.time()
-    durations: list[float] = []
-    n_done = total - len(todo)
-    rc = 0
+    failed, durations, t_start, n_done = [], [], time.time(), total - len(todo)
     current: RunSpec | None = None
     try:
-        for i, r in enumerate(todo):
+        for i, current in enumerate(todo):
             if max_runs is not None and i >= max_runs:
                 say(f"[ablations] stopping after --max-runs {max_runs}")
                 break
             eta = (sum(durations) / len(durations)) * (len(todo) - i) if durations else None
             say(f"[ablations] {n_done}/{total} done" + (f", {len(failed)} failed" if failed else "")
-                + f"; now {r.run_id} ({i + 1} of {len(todo)} to run); elapsed {_fmt_dur(time.time() - t_start)}, "
-                f"ETA {_fmt_dur(eta)}")
-            bar.set_postfix_str(r.run_id)
-            current = r
-            p = _paths(out, r.run_id)
-            if any(p[k].exists() for k in ("console", "txt", "json")):
-                dest = archive_attempt(out, r.run_id, "interrupted or failed earlier attempt")
-                if dest:
-                    say(f"[ablations]   earlier attempt kept as {dest.relative_to(out)}")
-            last_beat = [time.time()]
-
-            def status(line: str, verbose_: bool, r=r, last_beat=last_beat) -> None:
-                if verbose_:
-                    say(f"  {line}")
-                elif line.startswith("step:") or line.startswith("final_"):
-                    bar.set_postfix_str(f"{r.run_id} {line[:80]}")
-                    if not bar.disable:
-                        return
-                    if time.time() - last_beat[0] > 60 or line.startswith("final_"):
-                        last_beat[0] = time.time()
-                        say(f"[ablations]   {r.run_id}: {line}")
-
+                + f"; now {current.run_id} ({i + 1} of {len(todo)} to run); elapsed "
+                f"{_fmt_dur(time.time() - t_start)}, ETA {_fmt_dur(eta)}")
+            bar.set_postfix_str(current.run_id)
             t0 = time.time()
-            code = run_one(r, out, script_p, grid.nproc, python, verbose, status, timeout=run_timeout)
-            dt = time.time() - t0
-            js = read_run_json(p["json"])
-            if is_complete(js):
-                if code != 0:
-                    say(f"[ablations]   {r.run_id}: exit status {code} after a complete JSON; keeping the result")
-                row = row_from_json(js, r, out, wall_seconds=dt)
-                append_result(results, row)
-                durations.append(dt)
+            ok = _attempt(current, out, script_p, grid, python, verbose, run_timeout, say, bar)
+            durations.append(time.time() - t0)
+            if ok:
                 n_done += 1
                 bar.update(1)
-                current = None
-                say(f"[ablations]   finished {r.run_id} in {_fmt_dur(dt)}: val_bpb={row['val_bpb']} "
-                    f"val_loss={row['val_loss']} steps={row['steps']}")
             else:
-                why = (f"timed out after {run_timeout:g} s" if code == RUN_TIMEOUT_STATUS and run_timeout
-                       else f"exit status {code}" if code != 0 else "no complete logs/<RUN_ID>.json")
-                dest = archive_attempt(out, r.run_id, f"failed: {why}")
-                failed.append(r.run_id)
-                durations.append(dt)
-                say(f"[ablations]   FAILED {r.run_id} ({why}); log kept as "
-                    f"{dest.relative_to(out) if dest else '(no output)'}")
+                failed.append(current.run_id)
             current = None
     except (KeyboardInterrupt, _Interrupted) as e:
-        rc = 130
         name = str(e) or "SIGINT"
         msg = f"[ablations] interrupted ({name})"
         if current is not None and not is_complete(read_run_json(_paths(out, current.run_id)["json"])):
             dest = archive_attempt(out, current.run_id, f"interrupted ({name})")
             msg += f" during {current.run_id}; its log kept as {dest.relative_to(out) if dest else '(no output)'}"
         say(msg + "; rerun the same command to resume")
+        return 130
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         bar.close()
-    if rc:
-        return rc
-    remaining = total - n_done
     say(f"[ablations] {n_done}/{total} runs complete, {len(failed)} failed this time"
         + (f" ({', '.join(failed)}); rerun the same command to retry them" if failed else "")
-        + f"; results: {results}")
-    return 0 if remaining == 0 else 1
+        + f"; results: {out / 'results.csv'}")
+    return 0 if n_done == total else 1

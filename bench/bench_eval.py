@@ -28,6 +28,9 @@ plus small noise on every matrix, so that attention and hence the context matter
 """
 from __future__ import annotations
 
+if not __package__:  # run as `python bench/bench_eval.py`: the one bootstrap (bench/_path.py)
+    import _path  # noqa: F401
+
 import argparse
 import ast
 import math
@@ -35,9 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import BenchError  # noqa: E402
+from bench import common
+from bench.common import BenchError
 
 
 def reference_windows(n_tokens: int, seq_len: int, stride: int) -> tuple[list[int], list[int]]:
@@ -127,8 +129,8 @@ def other_script_note(path: Path) -> str:
     return f"--other-script {path} defines no eval_val_sliding function"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_config_args(ap)
     ap.add_argument("--artifact", default=None, help="a kit artifact (.ptz); its configuration comes with it")
     ap.add_argument("--kit", default=str(common.KIT), help="the kit's train_gpt.py (default: this checkout's)")
@@ -153,29 +155,20 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=1e-6, help="allowed |bpb(kit) - bpb(reference)| (default 1e-6)")
     ap.add_argument("--other-script", default=None, metavar="PATH",
                     help="note whether this script defines eval_val_sliding (not run)")
-    a = ap.parse_args(argv)
+    return ap
 
-    import numpy as np
-    import torch
-    if a.threads:
-        torch.set_num_threads(a.threads)
+
+def plan(a) -> dict:
+    """Every argument, the configuration (the artifact's, or preset + --env), the data and the val tokens, checked
+    before the model is built."""
+    common.check_args(a, at_least={"seq_len": 1, "stride": 1, "batch_seqs": 1, "max_tokens": 0, "rounds": 1,
+                                   "threads": 1, "tol": 0}, writable=("json",))
+    if a.other_script and not Path(a.other_script).is_file():
+        raise BenchError(f"--other-script {a.other_script}: no such file")
     kit_path = Path(a.kit).resolve()
     kit = common.import_kit(kit_path)
-    names = {f[0] for f in kit.FLAGS}
-    state = None
-    if a.artifact:
-        art = Path(a.artifact)
-        if not art.is_file():
-            raise BenchError(f"--artifact {a.artifact} does not exist")
-        try:
-            state, meta = kit.unpack_artifact(art.read_bytes(), str(art))
-        except kit.ConfigError as err:
-            raise BenchError(str(err)) from None
-        cfg = meta.get("config", {})
-        env = {k: common.fmt(v) for k, v in cfg.items() if k in names and k not in ("RUN_ID", "EVAL_ONLY")}
-        env.update(common.parse_overrides(a.env))
-    else:
-        env = common.base_env(a, kit)
+    common.check_settings(kit, common.parse_overrides(a.env), "--env")
+    state, env = common.artifact_env(kit, a.artifact, a.env) if a.artifact else (None, common.base_env(a, kit))
     hp0 = common.kit_args(kit, env)
     seq_len = a.seq_len or hp0.eval_seq_len
     stride = a.stride or (16 if a.tiny else hp0.eval_stride)
@@ -183,76 +176,38 @@ def main(argv=None) -> int:
     if not 0 < stride <= seq_len:
         raise BenchError(f"--stride {stride} must be in 1..--seq-len {seq_len}")
     max_tokens = a.max_tokens if a.max_tokens is not None else (20_000 if a.tiny else 2_000_000)
-    if a.rounds < 1:
-        raise BenchError("--rounds must be >= 1")
     hp = common.kit_args(kit, {**env, "EVAL_SEQ_LEN": str(seq_len), "EVAL_STRIDE": str(stride),
                                "EVAL_BATCH_SEQS": str(batch_seqs)})
     data, tok = common.resolve_data(a.data_path, a.tokenizer_path, env)
     hp.data_path, hp.tokenizer_path = str(data), str(tok)
-
-    device = common.pick_device(a.device)
-    attention = common.setup_device(kit, device)
-    model = kit.build_model(hp)
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise BenchError(f"--artifact {a.artifact} does not fit the model built from its config: "
-                             f"{str(err).splitlines()[0]}") from None
-        source = f"artifact {a.artifact}"
-    else:
-        if not a.no_perturb:
-            common.perturb(model, hp.seed)
-        source = f"random init (seed {hp.seed}{'' if a.no_perturb else ', +N(0, 1/fan_in) on matrices'})"
-    model = model.to(device).eval()
-    compiled = a.compile == "on" or (a.compile == "auto" and device.type == "cuda")
-    if compiled:  # as train_gpt.py's final evaluation: the forward up to the head, fixed shapes
-        model.hidden = torch.compile(model.hidden, dynamic=False, mode=hp.compile_mode)
-
     try:
         sp = kit.load_tokenizer(hp)
     except kit.ConfigError as err:
         raise BenchError(str(err)) from None
-    val_np = common.load_val(kit, data, max_tokens)
-    if int(val_np.max()) >= hp.vocab_size:
-        raise BenchError(f"val tokens reach id {int(val_np.max())} >= VOCAB_SIZE={hp.vocab_size}")
-    tables = kit.byte_tables(sp)
-    tokens = torch.from_numpy(val_np.astype(np.int64)).to(device)
-    val_bytes = torch.from_numpy(kit.target_bytes(val_np, tables)).to(device)
-    luts = (torch.from_numpy(tables[0]).to(device), torch.from_numpy(tables[1]).to(device),
-            torch.from_numpy(tables[2]).to(device))
-    n_targets = tokens.numel() - 1
-    dev_name = common.device_name(device, threads=a.threads if device.type == "cpu" else None)
-    autocast_on = device.type == "cuda"
+    val_np = common.load_val(kit, data, max_tokens, hp.vocab_size)
+    return {"kit": kit, "kit_path": kit_path, "state": state, "hp": hp, "seq_len": seq_len, "stride": stride,
+            "batch_seqs": batch_seqs, "max_tokens": max_tokens, "data": data, "sp": sp, "val_np": val_np}
 
-    def kit_eval(t, vb):
-        pos, nll = kit.sliding_eval(model, t, hp, 0, 1, kit.windows(t.numel(), seq_len, stride))
-        return kit.reduce_score(pos, nll, vb)
 
-    def ref_eval(t, vb):
-        return reference_eval(model, t, luts, seq_len, stride, batch_seqs, kit.autocast(device), a.ref_head,
-                              a.ref_style)
-    evaluators = [("kit", kit_eval), ("reference", ref_eval)]
+def build(a, p: dict):
+    """(model on the device, device, attention kernel name, model description)."""
+    import torch
+    kit, hp = p["kit"], p["hp"]
+    device = common.pick_device(a.device)
+    attention = common.setup_device(kit, device)
+    model = common.model_from(kit, hp, p["state"], a.artifact, perturb_weights=not a.no_perturb, device=device)
+    source = (f"artifact {a.artifact}" if p["state"] is not None else
+              f"random init (seed {hp.seed}{'' if a.no_perturb else ', +N(0, 1/fan_in) on matrices'})")
+    model = model.to(device).eval()
+    if a.compile == "on" or (a.compile == "auto" and device.type == "cuda"):
+        # as train_gpt.py's final evaluation: the forward up to the head, fixed shapes
+        model.hidden = torch.compile(model.hidden, dynamic=False, mode=hp.compile_mode)
+        p["compiled"] = hp.compile_mode
+    return model, device, attention, source
 
-    print(f"device: {dev_name}  attention: {attention}  autocast bf16: {'on' if autocast_on else 'off (float32)'}  "
-          f"compile: {hp.compile_mode if compiled else 'off'}")
-    print(f"model: {source}; {sum(p.numel() for p in model.parameters()):,} params, {hp.num_layers} layers x "
-          f"{hp.model_dim}")
-    print(f"data: {data}  ({n_targets:,} targets scored{' = all val' if not max_tokens else ''})")
-    print(f"windows: seq_len {seq_len}, stride {stride}, {batch_seqs} per batch, "
-          f"{len(kit.windows(tokens.numel(), seq_len, stride)):,} windows; reference head {a.ref_head}, "
-          f"style {a.ref_style}")
-    other_note = other_script_note(Path(a.other_script)) if a.other_script else None
-    if other_note:
-        print(other_note)
 
-    warm = min(tokens.numel(), seq_len + stride * batch_seqs + 1)  # first call: kernels, allocator, autotuning
-    if compiled:  # a whole untimed pass, so that every batch shape (the reference's last one too) is compiled
-        warm = tokens.numel()
-    for _, fn in evaluators:
-        fn(tokens[:warm], val_bytes[:warm - 1])
-    common.sync(device)
-
+def measure(a, evaluators, tokens, val_bytes, device, n_targets: int) -> list[dict]:
+    import torch
     runs = []
     for r in range(1, a.rounds + 1):
         for name, fn in evaluators:
@@ -268,7 +223,11 @@ def main(argv=None) -> int:
                          "val_loss": loss, "val_bpb": bpb, "peak_mib": peak})
             print(f"[round {r}/{a.rounds}] {name}: {dt:.3f} s, {n_targets / dt:,.0f} tokens/s, val_bpb {bpb:.8f}",
                   flush=True)
+    return runs
 
+
+def summarize(a, runs: list, evaluators, autocast_on: bool) -> tuple[dict, int]:
+    """Print the table and the comparison; returns (summary, exit status: 3 when the bpb disagree in float32)."""
     print()
     print(common.table(["evaluator", "round", "seconds", "tokens/s", "peak MiB", "val_bpb"],
                        [(x["evaluator"], x["round"], f"{x['seconds']:.3f}", f"{x['tokens_per_s']:,.0f}",
@@ -277,11 +236,10 @@ def main(argv=None) -> int:
     summ = {}
     for name, _ in evaluators:
         mine = [x for x in runs if x["evaluator"] == name]
-        summ[name] = {"tokens_per_s": common.median([x["tokens_per_s"] for x in mine]),
-                      "seconds": common.median([x["seconds"] for x in mine]), "val_bpb": mine[-1]["val_bpb"],
-                      "val_loss": mine[-1]["val_loss"],
-                      "full_val_seconds": common.OFFICIAL_VAL_TOKENS / common.median(
-                          [x["tokens_per_s"] for x in mine])}
+        tps = common.median([x["tokens_per_s"] for x in mine])
+        summ[name] = {"tokens_per_s": tps, "seconds": common.median([x["seconds"] for x in mine]),
+                      "val_bpb": mine[-1]["val_bpb"], "val_loss": mine[-1]["val_loss"],
+                      "full_val_seconds": common.OFFICIAL_VAL_TOKENS / tps}
     ratios = [rf["seconds"] / k["seconds"] for k, rf in zip(
         [x for x in runs if x["evaluator"] == "kit"], [x for x in runs if x["evaluator"] == "reference"])]
     ratio = common.median(ratios)
@@ -295,30 +253,69 @@ def main(argv=None) -> int:
     print(f"val_bpb kit {summ['kit']['val_bpb']:.10f}  reference {summ['reference']['val_bpb']:.10f}  "
           f"difference {diff:+.3e} ({'agree' if agree else 'DISAGREE'} at tol {a.tol:g})")
     status = 0
-    if not agree:
-        if not autocast_on:
-            print("error: the two evaluators disagree on val_bpb in float32: one of them scores different "
-                  "targets or contexts", file=sys.stderr)
-            status = 3
-        else:
-            print("warning: under bf16 autocast the two evaluators' arithmetic differs slightly (GEMM shapes"
-                  + (", bf16 head" if a.ref_head == "autocast" else "") + "); the float32 CPU check is the exact one")
-    summary = {**summ, "ratio_kit_over_reference": ratio, "ratios": ratios, "bpb_difference": diff,
-               "agree": agree, "tol": a.tol}
+    if not agree and not autocast_on:
+        print("error: the two evaluators disagree on val_bpb in float32: one of them scores different "
+              "targets or contexts", file=sys.stderr)
+        status = 3
+    elif not agree:
+        print("warning: under bf16 autocast the two evaluators' arithmetic differs slightly (GEMM shapes"
+              + (", bf16 head" if a.ref_head == "autocast" else "") + "); the float32 CPU check is the exact one")
+    return {**summ, "ratio_kit_over_reference": ratio, "ratios": ratios, "bpb_difference": diff, "agree": agree,
+            "tol": a.tol}, status
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    import numpy as np
+    import torch
+    p = plan(a)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    kit, hp, val_np, seq_len, stride = p["kit"], p["hp"], p["val_np"], p["seq_len"], p["stride"]
+    model, device, attention, source = build(a, p)
+    tables = kit.byte_tables(p["sp"])
+    tokens = torch.from_numpy(val_np.astype(np.int64)).to(device)
+    val_bytes = torch.from_numpy(kit.target_bytes(val_np, tables)).to(device)
+    luts = tuple(torch.from_numpy(t).to(device) for t in tables[:3])
+    n_targets = tokens.numel() - 1
+    dev_name = common.device_name(device, threads=a.threads if device.type == "cpu" else None)
+    autocast_on, compiled = device.type == "cuda", p.get("compiled")
+    evaluators = [("kit", lambda t, vb: kit.reduce_score(*kit.sliding_eval(model, t, hp, 0, 1, seq_len, stride), vb)),
+                  ("reference", lambda t, vb: reference_eval(model, t, luts, seq_len, stride, p["batch_seqs"],
+                                                             kit.autocast(device), a.ref_head, a.ref_style))]
+    print(f"device: {dev_name}  attention: {attention}  autocast bf16: {'on' if autocast_on else 'off (float32)'}  "
+          f"compile: {compiled or 'off'}")
+    print(f"model: {source}; {sum(x.numel() for x in model.parameters()):,} params, {hp.num_layers} layers x "
+          f"{hp.model_dim}")
+    print(f"data: {p['data']}  ({n_targets:,} targets scored{' = all val' if not p['max_tokens'] else ''})")
+    print(f"windows: seq_len {seq_len}, stride {stride}, {p['batch_seqs']} per batch, "
+          f"{len(kit.windows(tokens.numel(), seq_len, stride)):,} windows; reference head {a.ref_head}, "
+          f"style {a.ref_style}")
+    other_note = other_script_note(Path(a.other_script)) if a.other_script else None
+    if other_note:
+        print(other_note)
+    # first call: kernels, allocator, autotuning; compiled: a whole untimed pass, so that every shape is compiled
+    warm = tokens.numel() if compiled else min(tokens.numel(), seq_len + stride * p["batch_seqs"] + 1)
+    for _, fn in evaluators:
+        fn(tokens[:warm], val_bytes[:warm - 1])
+    common.sync(device)
+    runs = measure(a, evaluators, tokens, val_bytes, device, n_targets)
+    summary, status = summarize(a, runs, evaluators, autocast_on)
     if a.json:
         common.write_json(a.json, {
             "benchmark": "eval", "date": common.now_utc(), "command": common.command_line(), "device": dev_name,
-            "attention": attention, "autocast": autocast_on, "compile": hp.compile_mode if compiled else None,
-            "kit": str(kit_path),
-            "kit_sha256": common.file_sha(kit_path), "model": source, "config": hp.as_dict(), "seq_len": seq_len,
-            "stride": stride, "batch_seqs": batch_seqs, "targets": n_targets, "ref_head": a.ref_head,
-            "ref_style": a.ref_style, "other_script_note": other_note, "runs": runs, "summary": summary})
+            "attention": attention, "autocast": autocast_on, "compile": compiled, "kit": str(p["kit_path"]),
+            "kit_sha256": common.file_sha(p["kit_path"]), "model": source, "config": hp.as_dict(),
+            "seq_len": seq_len, "stride": stride, "batch_seqs": p["batch_seqs"], "targets": n_targets,
+            "ref_head": a.ref_head, "ref_style": a.ref_style, "other_script_note": other_note, "runs": runs,
+            "summary": summary})
     if a.record:
-        figures = (f"kit {summ['kit']['tokens_per_s']:,.0f} tok/s, reference {summ['reference']['tokens_per_s']:,.0f}"
-                   f" tok/s, kit/reference {ratio:.3f}x; bpb diff {diff:+.1e}; seq {seq_len} stride {stride}, "
-                   f"{n_targets:,} targets, {a.rounds} rounds; compile {hp.compile_mode if compiled else 'off'}; "
+        figures = (f"kit {summary['kit']['tokens_per_s']:,.0f} tok/s, reference "
+                   f"{summary['reference']['tokens_per_s']:,.0f} tok/s, kit/reference "
+                   f"{summary['ratio_kit_over_reference']:.3f}x; bpb diff {summary['bpb_difference']:+.1e}; seq "
+                   f"{seq_len} stride {stride}, {n_targets:,} targets, {a.rounds} rounds; compile {compiled or 'off'}; "
                    f"{source}")
-        common.record(a.results, "eval", dev_name, figures, kit_path)
+        common.record(a.results, "eval", dev_name, figures, p["kit_path"])
     return status
 
 

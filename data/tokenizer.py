@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from data.errors import UserError
-from data.shards import write_atomic
 from data.sources import trainer_pieces
+from kitlib.fileio import write_atomic
 
 # The trainer settings of the official tokenizers (vocab_size is added per build).
 OFFICIAL_TRAINER_SETTINGS = {
@@ -27,6 +29,21 @@ OFFICIAL_TRAINER_SETTINGS = {
 # SentencePiece's default: longer trainer inputs (in UTF-8 bytes, before normalisation) are skipped.
 MAX_SENTENCE_LENGTH = 4192
 BOS_ID = OFFICIAL_TRAINER_SETTINGS["bos_id"]
+
+
+@dataclass(frozen=True)
+class TrainedTokenizer:
+    model: bytes  # the .model file as written
+    vocab: bytes  # the .vocab file as written
+    stats: dict  # trainer input: pieces fed, documents split, max_sentence_length
+
+    @property
+    def model_sha256(self) -> str:
+        return hashlib.sha256(self.model).hexdigest()
+
+    @property
+    def vocab_sha256(self) -> str:
+        return hashlib.sha256(self.vocab).hexdigest()
 
 
 class _PieceCounter:
@@ -62,7 +79,8 @@ def train_tokenizer(
     max_sentence_length: int = MAX_SENTENCE_LENGTH,
     seed: int = 0,
     verbose: bool = False,
-) -> dict:
+    user_defined_symbols: tuple[str, ...] = (),
+) -> "TrainedTokenizer":
     """Train a BPE model on ``train_docs`` with the official settings and write ``<stem>.model``
     and ``<stem>.vocab`` (each under a temporary name, then renamed into place).
 
@@ -71,7 +89,9 @@ def train_tokenizer(
     trained into memory (``model_writer``), so the file holds no temporary path and two builds
     give byte-identical files. The result depends on ``threads`` (SentencePiece's BPE trainer
     gives different merges for different thread counts) but is reproducible for a fixed count.
-    Returns trainer-input stats.
+    ``user_defined_symbols`` become pieces of their own right after the four special ids (CaseOps reserves its
+    operators as ids 4-7 this way). Returns the bytes written (use them, not the files, which another process
+    could replace) and the trainer-input stats.
     """
     import io
 
@@ -91,6 +111,7 @@ def train_tokenizer(
             max_sentence_length=int(max_sentence_length),
             minloglevel=0 if verbose else 2,
             **OFFICIAL_TRAINER_SETTINGS,
+            **({"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}),
         )
     except RuntimeError as exc:
         msg = " ".join(str(exc).split())
@@ -100,6 +121,8 @@ def train_tokenizer(
         raise UserError("SentencePiece training got no input text")
     sp = spm.SentencePieceProcessor(model_proto=model)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(vocab_path, vocab_text(sp).encode("utf-8"))
+    vocab = vocab_text(sp).encode("utf-8")
+    write_atomic(vocab_path, vocab)
     write_atomic(model_path, model)
-    return {"pieces": counter.pieces, "docs_split": counter.docs_split, "max_sentence_length": int(max_sentence_length)}
+    stats = {"pieces": counter.pieces, "docs_split": counter.docs_split, "max_sentence_length": int(max_sentence_length)}
+    return TrainedTokenizer(model, vocab, stats)

@@ -11,6 +11,7 @@ that it can import its siblings) and taken off again afterwards.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -37,9 +38,7 @@ def load_script(path: str | Path, name: str | None = None):
         return old
     if not p.is_file():
         raise ScriptError(f"{p} does not exist" if not p.exists() else f"{p} is not a file")
-    spec = importlib.util.spec_from_file_location(name, p)
-    if spec is None or spec.loader is None:
-        raise ScriptError(f"cannot import {p} (not a Python source file?)")
+    spec = importlib.util.spec_from_file_location(name, p, loader=importlib.machinery.SourceFileLoader(name, str(p)))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod
     folder = str(p.parent)
@@ -52,7 +51,7 @@ def load_script(path: str | Path, name: str | None = None):
         raise ScriptError(f"importing {p} called sys.exit({exc.code}); its main() must run only under "
                           "`if __name__ == \"__main__\":`") from None
     except Exception as exc:  # noqa: BLE001 - any import failure is one line for the user
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ScriptError(f"importing {p} failed: {type(exc).__name__}: {first}") from None
     finally:
         if not loaded and sys.modules.get(name) is mod:

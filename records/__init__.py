@@ -11,6 +11,6 @@ This package shares ``records/`` with the generated record folders
 """
 
 from .check import CheckResult, check_path
-from .pack import PackOptions, PackResult, Refusal, pack
+from .pack import PackOptions, PackResult, Refusal, UsageError, pack
 
-__all__ = ["CheckResult", "PackOptions", "PackResult", "Refusal", "check_path", "pack"]
+__all__ = ["CheckResult", "PackOptions", "PackResult", "Refusal", "UsageError", "check_path", "pack"]

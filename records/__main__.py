@@ -6,17 +6,22 @@ import argparse
 import json
 import sys
 
+from kitlib.cli import ArgumentParser
+from kitlib.stats import RECORD_ALPHA, RECORD_MARGIN_NATS
+
 from .check import check_path
-from .pack import PackOptions, Refusal, pack
+from .pack import PackOptions, Refusal, UsageError, pack
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m records", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = ArgumentParser(prog="python -m records", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
 
     p = sub.add_parser("pack", help="turn finished runs into a record folder",
                        description="Pack finished runs (logs/<id>.json or logs/<id>.txt; usually 3 seeds of one "
-                                   "configuration) into records/<track>/YYYY-MM-DD_<Name>/ and ./submission.json.")
+                                   "configuration) into records/<track>/YYYY-MM-DD_<Name>/ and ./submission.json. "
+                                   "Exit 0 written, 1 refused (the entry is not submittable), 2 bad argument; "
+                                   "a refusal or a bad argument writes nothing.")
     p.add_argument("runs", nargs="+", metavar="RUN_JSON_OR_LOG")
     p.add_argument("--name", required=True, help="entry name (folder: YYYY-MM-DD_<Name>)")
     p.add_argument("--author", required=True)
@@ -52,29 +57,51 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def demo(run_json: str, name: str) -> int:
-    """The README main job's last step: show that the model learned, pack the run, check the folder."""
+DEMO_KEYS = {"final": dict, "steps": int, "train_time_ms": (int, float), "world_size": int, "device": str,
+             "num_params": int, "artifact_bytes": int, "code_bytes": int, "model_bytes": int}
+
+
+def _demo_run(run_json: str) -> dict:
+    """The finished training run's JSON, or UsageError saying why it is not one."""
     try:
         run = json.loads(open(run_json, encoding="utf-8").read())
-    except (OSError, ValueError) as exc:
-        print(f"records demo: error: cannot read {run_json}: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {run_json}: {exc}") from None
+    if not isinstance(run, dict):
+        raise UsageError(f"{run_json} holds a JSON {type(run).__name__}, not a run's logs/<RUN_ID>.json object")
+    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
+    if cfg.get("EVAL_ONLY"):
+        raise UsageError(f"{run_json} is an EVAL_ONLY run (it scored {cfg['EVAL_ONLY']}); give the JSON of the run "
+                         "that trained the model")
+    if run.get("status") != "complete":
+        raise UsageError(f"{run_json}: status is {run.get('status')!r}, not 'complete' (an unfinished run)")
+    bad = [k for k, t in DEMO_KEYS.items() if not isinstance(run.get(k), t) or isinstance(run.get(k), bool)]
+    final = run.get("final") if isinstance(run.get("final"), dict) else {}
+    if not bad and not all(isinstance(final.get(k), (int, float)) for k in ("val_bpb", "val_loss")):
+        bad = ["final.val_bpb"]
+    if bad:
+        raise UsageError(f"{run_json} is not a finished training run's JSON (missing or wrong: {', '.join(bad)})")
+    return run
+
+
+def demo(run_json: str, name: str) -> int:
+    """The README main job's last step: show that the model learned, pack the run, check the folder."""
+    run = _demo_run(run_json)
     final, uni = run["final"], run.get("unigram_val_bpb")
     print(f"demo: {run['steps']} steps in {run['train_time_ms'] / 1000:.1f} s on {run['world_size']} {run['device']} "
           f"process(es); {run['num_params']:,} parameters")
-    print(f"demo: roundtrip val_bpb {final['val_bpb']:.4f} ({final['line']}) vs unigram {uni:.4f}: "
-          f"{'learned' if final['val_bpb'] < uni - 0.3 else 'NOT clearly below the unigram model'}")
+    if isinstance(uni, (int, float)):
+        print(f"demo: roundtrip val_bpb {final['val_bpb']:.4f} ({final.get('line', '?')}) vs unigram {uni:.4f}: "
+              f"{'learned' if final['val_bpb'] < uni - 0.3 else 'NOT clearly below the unigram model'}")
+    else:
+        print(f"demo: roundtrip val_bpb {final['val_bpb']:.4f} ({final.get('line', '?')}); no unigram reference")
     print(f"demo: artifact {run['artifact_bytes']:,} bytes = code {run['code_bytes']:,} + model {run['model_bytes']:,}"
           f" (limit 16,000,000)")
-    try:
-        result = pack(PackOptions(runs=[run_json], name=name, author="kit demo", github_id="kit-demo",
-                                  blurb="CPU demo of the kit on the embedded corpus (not FineWeb).", date=None,
-                                  wrap=False, reference_bpb=None, reference_loss=None, reference=None,
-                                  script="train_gpt.py", out_root="records", top_json=None, requirements=None,
-                                  force=True, skip_audit=False))
-    except Refusal as exc:
-        print(f"records demo: refused: {exc}", file=sys.stderr)
-        return 1
+    result = pack(PackOptions(runs=[run_json], name=name, author="kit demo", github_id="kit-demo",
+                              blurb="CPU demo of the kit on the embedded corpus (not FineWeb).", date=None,
+                              wrap=False, reference_bpb=None, reference_loss=None, reference=None,
+                              script="train_gpt.py", out_root="records", top_json=None, requirements=None,
+                              force=True, skip_audit=False))
     res = check_path(result.folder)
     print(f"demo: packed {result.folder} ({result.track}); check: {res.verdict}")
     return res.exit_code
@@ -82,6 +109,17 @@ def demo(run_json: str, name: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"records {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except Refusal as exc:
+        print(f"records {args.cmd}: refused: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.cmd == "demo":
         return demo(args.run, args.name)
     if args.cmd == "check":
@@ -97,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         reference=args.reference, script=args.script, out_root=args.out_root, top_json=args.top_json or None,
         requirements=args.requirements, force=args.force, skip_audit=args.skip_audit,
     )
-    try:
-        result = pack(opts)
-    except Refusal as exc:
-        print(f"records pack: refused: {exc}", file=sys.stderr)
-        return 1
+    result = pack(opts)
     s = result.submission
     std = s.get("val_bpb_std")
     print(f"wrote {result.folder} ({result.track}): val_bpb {s['val_bpb']:.8f}"
@@ -112,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ref = s.get("reference")
     if ref:
         print(f"vs reference: {ref['improvement_nats']:+.6f} nats, p = {ref['p_value']}"
-              f" ({'meets' if ref['meets_record_bar'] else 'does not meet'} the 0.005-nat / p<0.01 bar)")
+              f" ({'meets' if ref['meets_record_bar'] else 'does not meet'} the {RECORD_MARGIN_NATS}-nat / "
+              f"p<{RECORD_ALPHA} bar)")
     return 0
 
 

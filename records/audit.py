@@ -1,18 +1,19 @@
-"""Running the kit's compliance auditor (``python -m compliance audit <script> --json``).
+"""The kit's compliance auditor on a submitted script: its verdict, read into the submission's fields.
 
-The auditor is a separate package. This module only runs it and reads its JSON
-({"verdict": "clean|flagged|needs-ruling", "findings": [{"rule", "status", ...}], ...});
-it never decides compliance itself. Without the package the verdict is "not-run" and the
-rule-derived compliance fields stay null.
+records imports the ``compliance`` package (as it does for the log parser, ``compliance.logparse``) and calls its
+audit in process: ``compliance.audit.audit(script, settings=<the run's config>)``, read as the same JSON object that
+``python -m compliance audit <script> --json --set K=V ...`` prints ({"verdict": "clean|flagged|needs-ruling",
+"findings": [{"rule", "status", ...}], ...}). This module never decides compliance itself; an auditor that fails is
+verdict "error", which pack refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 from pathlib import Path
+from typing import Callable
+
+from .settings import same_value
 
 # Finding statuses that mean "this violation is live in the submitted configuration".
 ACTIVE_STATUSES = {"active", "violation", "fail", "failed", "error-active"}
@@ -90,8 +91,6 @@ def _flag_enabled(finding: dict, config: dict) -> bool:
 
     The auditor names it as ``"flag": "NAME=value"`` (or just ``NAME``: any truthy value).
     """
-    from .flags import same_value
-
     names = []
     for key in ("flag", "flags", "gate", "env", "setting"):
         v = finding.get(key)
@@ -127,66 +126,27 @@ def describe_finding(f: dict) -> str:
             + (f": {str(msg).strip()[:200]}" if msg else ""))
 
 
-def find_compliance(search: list[Path]) -> tuple[Path | None, str]:
-    """(directory holding the ``compliance`` package with a command line, note)."""
-    seen = set()
-    partial = None
-    for d in search:
-        try:
-            d = Path(d).resolve()
-        except OSError:
-            continue
-        if d in seen:
-            continue
-        seen.add(d)
-        pkg = d / "compliance"
-        if (pkg / "__main__.py").is_file():
-            return d, ""
-        if pkg.is_dir() and partial is None:
-            partial = pkg
-    if partial is not None:
-        return None, f"the compliance package at {partial} has no command line yet (compliance/__main__.py)"
-    return None, "the compliance package is not installed in this kit"
+def compliance_audit(script: Path, settings: dict[str, str]) -> dict:
+    """The compliance auditor's JSON object for ``script`` with reachability resolved under ``settings``."""
+    from compliance.audit import audit
+
+    return audit(Path(script), settings=settings or None).as_dict()
 
 
-def run_audit(script: Path, config: dict | None, search: list[Path], timeout: float = 600.0) -> Audit:
-    root, why = find_compliance(search)
-    if root is None:
-        return Audit("not-run", [], ran=False, note=why)
-    # The run's settings, as the run saw them, so that reachability is resolved for this run (`--set NAME=VALUE`).
-    sets = [f"{k}={'1' if v is True else '0' if v is False else v}" for k, v in (config or {}).items()
-            if isinstance(k, str) and k.isupper() and v not in (None, "")]
-    cmd = [sys.executable, "-m", "compliance", "audit", str(Path(script).resolve()), "--json"]
-    cmd += [arg for kv in sets for arg in ("--set", kv)]
+def run_audit(script: Path, config: dict | None, auditor: Callable[[Path, dict], dict] = compliance_audit) -> Audit:
+    """Audit ``script`` under the run's settings, as the run saw them (so that reachability is resolved for this
+    run); any failure of the auditor is verdict "error" with the reason in ``note``."""
+    settings = {k: "1" if v is True else "0" if v is False else str(v) for k, v in (config or {}).items()
+                if isinstance(k, str) and k.isupper() and v not in (None, "")}
     try:
-        proc = subprocess.run(cmd, cwd=str(root), capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return Audit("error", [], ran=False, note=f"auditor did not finish: {exc}")
-    obj = _last_json_object(proc.stdout)
-    if obj is None or not isinstance(obj.get("verdict"), str):
-        tail = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
-        return Audit("error", [], ran=False, note=f"auditor exit {proc.returncode}, no JSON verdict: {tail[:200]}")
-    findings = [f for f in obj.get("findings", []) if isinstance(f, dict)] if isinstance(obj.get("findings"), list) else []
-    return Audit(obj["verdict"], findings, ran=True, note=f"python -m compliance audit {Path(script).name} --json",
-                 raw=obj)
-
-
-def _last_json_object(text: str) -> dict | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        obj = json.loads(text)
-        return obj if isinstance(obj, dict) else None
-    except ValueError:
-        pass
-    # Tolerate log lines before the JSON document: take the last line that starts an object.
-    lines = text.splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        if lines[i].lstrip().startswith("{"):
-            try:
-                obj = json.loads("\n".join(lines[i:]))
-            except ValueError:
-                continue
-            return obj if isinstance(obj, dict) else None
-    return None
+        obj = auditor(Path(script), settings)
+    except RecursionError:
+        return Audit("error", [], ran=False, note=f"{Path(script).name} is nested too deeply for the auditor")
+    except Exception as exc:  # noqa: BLE001 - the auditor's failure is a refusal with its reason, never a crash
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return Audit("error", [], ran=False, note=f"{type(exc).__name__}: {first[:200]}")
+    if not isinstance(obj, dict) or not isinstance(obj.get("verdict"), str):
+        return Audit("error", [], ran=False, note="the auditor gave no verdict")
+    findings = [f for f in obj.get("findings") or [] if isinstance(f, dict)] if isinstance(
+        obj.get("findings"), list) else []
+    return Audit(obj["verdict"], findings, ran=True, note=f"compliance audit of {Path(script).name}", raw=obj)

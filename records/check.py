@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from compliance.logparse import RunLog, load_text_log
+from kitlib import stats
 
-from . import stats
 from .common import (
     ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_S, RECORD_WORLD_SIZE, REQUIRED_KEYS, TRAIN_CAP_GRACE_S, TRAIN_LIMIT_S,
-    is_record_track, sha256_bytes,
+    is_record_track, not_a_training_run, sha256_bytes,
 )
 from .wrap import decode_wrapper
 
@@ -48,6 +48,7 @@ class Finding:
 class CheckResult:
     path: str
     verdict: str = "consistent"  # consistent | inconsistent | unreadable
+    submission_file: str | None = None  # the submission*.json that was read
     findings: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
     logs: list = dataclasses.field(default_factory=list)
@@ -66,6 +67,7 @@ class CheckResult:
     def as_dict(self) -> dict:
         return {
             "path": self.path,
+            "submission_file": self.submission_file,
             "verdict": self.verdict,
             "findings": [f.as_dict() for f in self.findings],
             "notes": [n.as_dict() for n in self.notes],
@@ -75,7 +77,8 @@ class CheckResult:
 
     def text(self) -> str:
         lines = [f"records check {self.path}: {self.verdict}"
-                 + (f" ({len(self.findings)} finding{'s' if len(self.findings) != 1 else ''})" if self.findings else "")]
+                 + (f" ({len(self.findings)} finding{'s' if len(self.findings) != 1 else ''})" if self.findings else "")
+                 + (f"; read {self.submission_file}" if self.submission_file else "")]
         for f in self.findings:
             lines.append(f"  finding  {f.field}: {f.message}")
         for n in self.notes:
@@ -148,6 +151,24 @@ def looks_like_record_folder(folder: Path) -> bool:
     return (folder / "train_gpt.py").is_file() and not (folder / "records").is_dir() and not (folder / ".git").exists()
 
 
+def find_submission(folder: Path) -> tuple[Path | None, str]:
+    """The folder's submission file: ``submission.json``, else its single ``submission*.json`` whatever the suffix
+    (upstream has ``submission_ternary.json`` and the like). (None, why) when there is none or no single one."""
+    plain = folder / "submission.json"
+    if plain.is_file():
+        return plain, ""
+    try:
+        found = sorted(p for p in folder.glob("submission*.json") if p.is_file())
+    except OSError as exc:
+        return None, f"cannot list {folder}: {exc.strerror or exc}"
+    if len(found) == 1:
+        return found[0], ""
+    if not found:
+        return None, f"no submission.json (or submission*.json) in {folder}"
+    return None, (f"{len(found)} submission files in {folder} ({', '.join(p.name for p in found)}): "
+                  "give the one to check")
+
+
 def _load_json(path: Path) -> tuple[Any, str | None]:
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
@@ -198,6 +219,11 @@ def read_folder_logs(folder: Path, res: CheckResult | None = None) -> FolderLogs
             if res:
                 res.find(f"log:{rel}", f"final score is not a finite number: {run.final}")
             continue
+        why = not_a_training_run(run)
+        if why:
+            if res:
+                res.find(f"log:{rel}", f"not a seed of this submission: {why}")
+            continue
         if not run.final.exact and res:
             res.note(f"log:{rel}", f"no *_exact score line; using the last '{run.final.metric}' line")
         key = (round(run.final.val_loss, 8), round(run.final.val_bpb, 8), run.seed)
@@ -237,11 +263,13 @@ def _check(path: Path, res: CheckResult) -> None:
         return _unreadable(res, "path", f"{path} does not exist")
     folder: Path | None
     if path.is_dir():
-        folder, sub_path = path, path / "submission.json"
-        if not sub_path.is_file():
-            return _unreadable(res, "submission.json", f"no submission.json in {path}")
+        folder, (sub_path, why) = path, find_submission(path)
+        if sub_path is None:
+            return _unreadable(res, "submission.json", why)
+        res.submission_file = sub_path.name
     else:
         sub_path = path
+        res.submission_file = path.name
         folder = path.parent if looks_like_record_folder(path.parent) else None
     sub, err = _load_json(sub_path)
     if err:
@@ -598,7 +626,7 @@ def reference_scores(path: Path) -> dict:
     """
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    sub_path = folder / "submission.json" if path.is_dir() else path
+    sub_path = find_submission(folder)[0] if path.is_dir() else path
     out = {"bpbs": None, "losses": None, "bpb": None, "loss": None, "source": str(path)}
     if path.is_dir():
         runs = read_folder_logs(folder).runs
@@ -607,7 +635,7 @@ def reference_scores(path: Path) -> dict:
             out["bpbs"] = [r.final.val_bpb for r in runs]
             out["source"] = f"{folder} ({len(runs)} log(s))"
             return out
-    sub, err = _load_json(sub_path) if sub_path.is_file() else (None, "missing")
+    sub, err = _load_json(sub_path) if sub_path is not None and sub_path.is_file() else (None, "missing")
     if not isinstance(sub, dict):
         return out
     sr = _seed_results(sub)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
-from pathlib import Path
 
 ARTIFACT_LIMIT_BYTES = 16_000_000  # decimal bytes: code + compressed model
 TRAIN_LIMIT_S = 600.0
@@ -35,23 +32,6 @@ def slug(name: str) -> str:
     return s or "entry"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def is_record_track(track: str | None) -> bool:
     """True for the 10-minute record track under any of upstream's spellings."""
     if not isinstance(track, str):
@@ -70,3 +50,19 @@ def eval_within_limit(eval_s: float | None) -> bool | None:
     if eval_s is None:
         return None
     return eval_s <= EVAL_LIMIT_S
+
+
+def not_a_training_run(run) -> str | None:
+    """Why a parsed log (compliance.logparse.RunLog) is not a seed of a submission, or None when it is one.
+
+    An ``EVAL_ONLY`` run scores an artifact that an earlier run trained: it has no training in it, its seed is
+    whatever the environment said, and its reproduce command would need that artifact. The training run's own log
+    is the seed."""
+    cfg = run.config if isinstance(run.config, dict) else {}
+    artifact = cfg.get("EVAL_ONLY")
+    if isinstance(artifact, str) and artifact.strip():
+        return (f"an EVAL_ONLY run (it scored the artifact {artifact.strip()}; no training in it): "
+                "give the log of the run that trained it")
+    if not run.has_training_lines and not run.steps and run.final is not None:
+        return "no training steps in it (a scoring-only log): give the log of the run that trained the model"
+    return None

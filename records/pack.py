@@ -1,8 +1,9 @@
 """``python -m records pack``: finished runs -> records/<track>/YYYY-MM-DD_<Name>/.
 
-Everything is validated before anything is written; a refusal prints one line and leaves
-the disk untouched. The folder is built in a temporary directory beside its destination
-and renamed into place.
+Everything is validated before anything is written: first the arguments (``UsageError``: files that are not there,
+an output path that cannot be written, a bad date), then the runs (``Refusal``: the entry is not submittable).
+Either prints one line and leaves the disk untouched. The folder is built in a temporary directory beside its
+destination and renamed into place.
 """
 
 from __future__ import annotations
@@ -16,22 +17,28 @@ import shlex
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from compliance.logparse import RunLog, load_run
+from kitlib import stats
+from kitlib.fileio import unwritable, write_atomic
 
-from . import flags as F
-from . import stats
-from .audit import Audit, describe_finding, run_audit
+from . import settings as F
+from .audit import Audit, compliance_audit, describe_finding, run_audit
 from .check import reference_scores
 from .common import (
     ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_S, NON_RECORD_TRACK, RECORD_DEVICE, RECORD_TRACK, RECORD_WORLD_SIZE,
-    TRAIN_CAP_GRACE_S, TRAIN_LIMIT_S, eval_within_limit, sha256_bytes, slug, train_within_limit, write_atomic,
+    TRAIN_CAP_GRACE_S, TRAIN_LIMIT_S, eval_within_limit, not_a_training_run, sha256_bytes, slug, train_within_limit,
 )
 from .wrap import WrapError, decode_wrapper, make_wrapper
 
 
 class Refusal(Exception):
-    """Why pack will not write this entry (one line)."""
+    """Why pack will not write this entry (one line; exit status 1)."""
+
+
+class UsageError(Refusal):
+    """An argument that cannot be used (one line; exit status 2): checked before any run is read."""
 
 
 @dataclasses.dataclass
@@ -52,7 +59,7 @@ class PackOptions:
     requirements: str | None = None
     force: bool = False
     skip_audit: bool = False
-    audit_search: list | None = None  # where to look for the compliance package (default: cwd, script dir, kit root)
+    auditor: Callable[[Path, dict], dict] | None = None  # (script, settings) -> the auditor's JSON object
 
 
 @dataclasses.dataclass
@@ -67,14 +74,41 @@ class PackResult:
 # Reading and validating the runs
 
 
+def check_arguments(opts: PackOptions) -> _dt.date:
+    """Every argument, before any run is read (UsageError). Returns the entry's date."""
+    if not opts.runs:
+        raise UsageError("no runs given")
+    for p in map(Path, opts.runs):
+        if not p.is_file():
+            raise UsageError(f"{p}: no such file" if not p.exists() else f"{p} is not a file")
+    if not opts.name.strip():
+        raise UsageError("--name is empty")
+    try:
+        date = _dt.date.fromisoformat(opts.date) if opts.date else _dt.datetime.now(_dt.timezone.utc).date()
+    except ValueError:
+        raise UsageError(f"--date {opts.date!r} is not YYYY-MM-DD") from None
+    if not Path(opts.script).is_file():
+        raise UsageError(f"script {opts.script} not found (give --script PATH)")
+    if opts.requirements and not Path(opts.requirements).is_file():
+        raise UsageError(f"--requirements {opts.requirements}: no such file")
+    if opts.reference is not None and not Path(opts.reference).exists():
+        raise UsageError(f"--reference {opts.reference}: no such folder or file")
+    for value, what in ((opts.reference_bpb, "--reference-bpb"), (opts.reference_loss, "--reference-loss")):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{what} {value} is not a positive number")
+    why = unwritable(opts.out_root, folder=True)
+    if why:
+        raise UsageError(f"--out-root {opts.out_root}: {why}")
+    if opts.top_json:
+        why = unwritable(opts.top_json)
+        if why:
+            raise UsageError(f"--top-json {opts.top_json}: {why}")
+    return date
+
+
 def load_runs(paths: list) -> list[RunLog]:
-    if not paths:
-        raise Refusal("no runs given")
     runs = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise Refusal(f"{p}: no such file")
+    for p in map(Path, paths):
         run = load_run(p)
         if run.text_path is None:
             raise Refusal(f"{p}: no text log beside it (expected {p.with_suffix('.txt').name})")
@@ -97,6 +131,9 @@ def load_runs(paths: list) -> list[RunLog]:
             raise Refusal(f"{name}: the log has no code_sha256 line; cannot tie it to a script")
         if run.config is None:
             raise Refusal(f"{name}: the log has no config line")
+        why = not_a_training_run(run)
+        if why:
+            raise Refusal(f"{name} is not a seed of a submission: {why}")
         runs.append(run)
     return runs
 
@@ -170,69 +207,93 @@ def _hardware(runs: list[RunLog]) -> str:
 
 
 def _reference(opts: PackOptions, losses: list, mean_loss: float, mean_bpb: float) -> dict | None:
+    """The record test (kitlib.stats.record_test) against the reference given, with ``reference_source`` (where the
+    reference came from) and ``reference_val_bpb`` added; None without a reference."""
     given = [x is not None for x in (opts.reference_bpb, opts.reference_loss, opts.reference)]
     if sum(given) > 1:
-        raise Refusal("give one of --reference-bpb, --reference-loss, --reference")
+        raise UsageError("give one of --reference-bpb, --reference-loss, --reference")
+    ratio = mean_loss / mean_bpb
     if opts.reference_loss is not None:
-        return stats.record_test(losses, ref_loss=opts.reference_loss, ref_source=f"--reference-loss {opts.reference_loss}")
+        out = stats.record_test(losses, ref_loss=opts.reference_loss)
+        return {"reference_source": f"--reference-loss {opts.reference_loss}", **out}
     if opts.reference_bpb is not None:
         ref = stats.bpb_to_nats(opts.reference_bpb, mean_loss, mean_bpb)
-        out = stats.record_test(losses, ref_loss=ref, ref_source=(
-            f"--reference-bpb {opts.reference_bpb} (= {ref:.8f} nats by this entry's mean loss/bpb ratio "
-            f"{mean_loss / mean_bpb:.6f})"))
-        out["reference_val_bpb"] = opts.reference_bpb
-        return out
-    if opts.reference is not None:
-        p = Path(opts.reference)
-        if not p.exists():
-            raise Refusal(f"--reference {p}: no such folder or file")
-        ref = reference_scores(p)
-        ratio = mean_loss / mean_bpb
-        if ref["bpbs"] or ref["bpb"] is not None:
-            # Compare in bpb, converted to nats with this entry's own loss/bpb ratio: right even when
-            # the reference used another tokenizer (nats per token are not comparable across vocabularies).
-            bpbs = ref["bpbs"] or [ref["bpb"]]
-            conv = [b * ratio for b in bpbs]
-            src = (f"{ref['source']}: val_bpb {'per seed' if ref['bpbs'] else 'mean'} converted to nats by this "
-                   f"entry's loss/bpb ratio {ratio:.6f}")
-            if ref["losses"] and ref["bpbs"]:
-                theirs = stats.mean(ref["losses"]) / stats.mean(ref["bpbs"])
-                if abs(theirs / ratio - 1) > 1e-4:
-                    src += f" (the reference's own ratio is {theirs:.6f}: another tokenizer or validation set)"
-            out = stats.record_test(losses, ref_losses=conv, ref_source=src)
-            out["reference_val_bpb"] = _round(stats.mean(bpbs), 8)
-            return out
-        if ref["losses"]:
-            return stats.record_test(losses, ref_losses=ref["losses"], ref_source=(
-                f"{ref['source']}: per-seed val_loss (no bpb given; assumes the same tokenizer and validation set)"))
-        if ref["loss"] is not None:
-            return stats.record_test(losses, ref_loss=ref["loss"], ref_source=(
-                f"{ref['source']}: val_loss (no bpb given; assumes the same tokenizer and validation set)"))
-        raise Refusal(f"--reference {p}: no score found (no scored logs, val_bpb or val_loss)")
-    return None
+        src = (f"--reference-bpb {opts.reference_bpb} (= {ref:.8f} nats by this entry's mean loss/bpb ratio "
+               f"{ratio:.6f})")
+        return {"reference_source": src, "reference_val_bpb": opts.reference_bpb,
+                **stats.record_test(losses, ref_loss=ref)}
+    if opts.reference is None:
+        return None
+    p = Path(opts.reference)
+    ref = reference_scores(p)
+    if ref["bpbs"] or ref["bpb"] is not None:
+        # Compare in bpb, converted to nats with this entry's own loss/bpb ratio: right even when
+        # the reference used another tokenizer (nats per token are not comparable across vocabularies).
+        bpbs = ref["bpbs"] or [ref["bpb"]]
+        src = (f"{ref['source']}: val_bpb {'per seed' if ref['bpbs'] else 'mean'} converted to nats by this "
+               f"entry's loss/bpb ratio {ratio:.6f}")
+        if ref["losses"] and ref["bpbs"]:
+            theirs = stats.mean(ref["losses"]) / stats.mean(ref["bpbs"])
+            if abs(theirs / ratio - 1) > 1e-4:
+                src += f" (the reference's own ratio is {theirs:.6f}: another tokenizer or validation set)"
+        return {"reference_source": src, "reference_val_bpb": _round(stats.mean(bpbs), 8),
+                **stats.record_test(losses, ref_losses=[b * ratio for b in bpbs])}
+    same = "assumes the same tokenizer and validation set"
+    if ref["losses"]:
+        return {"reference_source": f"{ref['source']}: per-seed val_loss (no bpb given; {same})",
+                **stats.record_test(losses, ref_losses=ref["losses"])}
+    if ref["loss"] is not None:
+        return {"reference_source": f"{ref['source']}: val_loss (no bpb given; {same})",
+                **stats.record_test(losses, ref_loss=ref["loss"])}
+    raise Refusal(f"--reference {p}: no score found (no scored logs, val_bpb or val_loss)")
 
 
-def pack(opts: PackOptions) -> PackResult:
-    runs = load_runs(opts.runs)
-    validate_runs(runs)
-    runs.sort(key=lambda r: r.seed)
-
-    script = Path(opts.script)
-    if not script.is_file():
-        raise Refusal(f"script {script} not found (give --script PATH)")
+def _code(opts: PackOptions, script: Path, runs: list[RunLog]) -> tuple[bytes, bytes | None]:
+    """(the readable source that ran, its self-extracting wrapper with --wrap else None)."""
     source = script.read_bytes()
     sha = sha256_bytes(source)
     if sha != runs[0].code_sha256:
         raise Refusal(f"{script} (sha256 {sha[:12]}...) is not the script that ran "
                       f"(logs: code_sha256 {runs[0].code_sha256[:12]}...)")
-    wrapper = None
-    if opts.wrap:
-        if decode_wrapper(source) is not None:
-            raise Refusal(f"--wrap: {script} is already a self-extracting wrapper")
-        try:
-            wrapper = make_wrapper(source)
-        except WrapError as exc:
-            raise Refusal(f"--wrap: {exc}") from None
+    if not opts.wrap:
+        return source, None
+    if decode_wrapper(source) is not None:
+        raise Refusal(f"--wrap: {script} is already a self-extracting wrapper")
+    try:
+        return source, make_wrapper(source)
+    except WrapError as exc:
+        raise Refusal(f"--wrap: {exc}") from None
+
+
+def _audit(opts: PackOptions, script: Path, config: dict) -> Audit:
+    """The compliance auditor's verdict on the script under the run's settings; refuses a live violation."""
+    if opts.skip_audit:
+        return Audit("not-run", [], ran=False, note="skipped with --skip-audit")
+    audit = run_audit(script, config, opts.auditor or compliance_audit)
+    if audit.verdict == "error":
+        raise Refusal(f"compliance auditor failed: {audit.note}")
+    active = audit.active(config)
+    if active:
+        more = f" (and {len(active) - 1} more)" if len(active) > 1 else ""
+        raise Refusal(f"compliance auditor reports an active violation: {describe_finding(active[0])}{more}")
+    return audit
+
+
+def _summary(runs: list[RunLog]) -> dict:
+    bpbs = [r.final.val_bpb for r in runs]
+    losses = [r.final.val_loss for r in runs]
+    return {"n": len(runs), "val_bpb_mean": stats.mean(bpbs), "val_bpb_std": stats.sample_std(bpbs),
+            "val_loss_mean": stats.mean(losses), "val_loss_std": stats.sample_std(losses), "losses": losses}
+
+
+def pack(opts: PackOptions) -> PackResult:
+    date = check_arguments(opts)
+    runs = load_runs(opts.runs)
+    validate_runs(runs)
+    runs.sort(key=lambda r: r.seed)
+
+    script = Path(opts.script)
+    source, wrapper = _code(opts, script, runs)
     code_submitted = wrapper if wrapper is not None else source
     bytes_code = len(code_submitted)
 
@@ -242,44 +303,22 @@ def pack(opts: PackOptions) -> PackResult:
             raise Refusal(f"{r.name}: artifact {per_seed_total[r.seed]:,} bytes is over the "
                           f"{ARTIFACT_LIMIT_BYTES:,}-byte limit")
 
-    try:
-        date = _dt.date.fromisoformat(opts.date) if opts.date else _dt.datetime.now(_dt.timezone.utc).date()
-    except ValueError:
-        raise Refusal(f"--date {opts.date!r} is not YYYY-MM-DD") from None
-    if not opts.name.strip():
-        raise Refusal("--name is empty")
-
     # Statistics (before the audit: a bad reference refuses quickly).
-    bpbs = [r.final.val_bpb for r in runs]
-    losses = [r.final.val_loss for r in runs]
-    summ = stats.summarize(bpbs, losses)
-    reference = _reference(opts, losses, summ["val_loss_mean"], summ["val_bpb_mean"])
+    summ = _summary(runs)
+    reference = _reference(opts, summ["losses"], summ["val_loss_mean"], summ["val_bpb_mean"])
 
     track, not_record = decide_track(runs)
-    out_root = Path(opts.out_root)
-    folder_name = f"{date.isoformat()}_{slug(opts.name)}"
-    dest = out_root / track / folder_name
+    dest = Path(opts.out_root) / track / f"{date.isoformat()}_{slug(opts.name)}"
     if dest.exists() and not opts.force:
         raise Refusal(f"{dest} already exists (use --force to replace it)")
 
     config = runs[0].config
-    if opts.skip_audit:
-        audit = Audit("not-run", [], ran=False, note="skipped with --skip-audit")
-    else:
-        search = opts.audit_search if opts.audit_search is not None else [
-            Path.cwd(), script.resolve().parent, Path(__file__).resolve().parents[1]]
-        audit = run_audit(script, config, search)
-        if audit.verdict == "error":
-            raise Refusal(f"compliance auditor failed: {audit.note}")
-        active = audit.active(config)
-        if active:
-            more = f" (and {len(active) - 1} more)" if len(active) > 1 else ""
-            raise Refusal(f"compliance auditor reports an active violation: {describe_finding(active[0])}{more}")
+    audit = _audit(opts, script, config)
 
     defaults, defaults_how, meanings = F.script_defaults(script)
     if defaults is None:
-        defaults_note = f"{defaults_how}; compared with the upstream baseline's defaults instead"
-        defaults = dict(F.BUILTIN_DEFAULTS)
+        defaults_note = f"{defaults_how}; no default is known, so every setting is listed"
+        defaults = {}
     else:
         defaults_note = f"defaults read from {defaults_how}"
     changes = F.non_default(config, defaults)
@@ -346,7 +385,8 @@ def pack(opts: PackOptions) -> PackResult:
         "record_path": record_path,
     }
     if reference is not None:
-        submission["reference"] = {k: (_round(v, 10) if isinstance(v, float) else v) for k, v in reference.items()}
+        submission["reference"] = {k: ((_round(v, 10) if math.isfinite(v) else None) if isinstance(v, float) else v)
+                                   for k, v in reference.items() if k != "description"}
 
     ctx = dict(opts=opts, runs=runs, summ=summ, track=track, not_record=not_record, audit=audit, config=config,
                changes=changes, defaults_note=defaults_note, technique=technique, reference=reference,
@@ -376,10 +416,7 @@ def pack(opts: PackOptions) -> PackResult:
 
 def _find_requirements(opts: PackOptions, script: Path) -> Path | None:
     if opts.requirements:
-        p = Path(opts.requirements)
-        if not p.is_file():
-            raise Refusal(f"--requirements {p}: no such file")
-        return p
+        return Path(opts.requirements)
     for d in (script.resolve().parent, Path.cwd()):
         p = d / "requirements.txt"
         if p.is_file():
@@ -498,15 +535,16 @@ def render_readme(ctx: dict) -> str:
         L.append("No reference given (`--reference-bpb`, `--reference-loss` or `--reference`): no record test.")
     else:
         L.append(f"Reference: {ref['reference_source']}; reference mean as compared: "
-                 f"{ref['reference_val_loss']:.8f} nats.")
+                 f"{ref['reference_loss']:.8f} nats.")
         L.append("")
         L.append(f"- Improvement: {ref['improvement_nats']:+.8f} nats (reference minus this entry's mean; "
                  f"the bar is {ref['margin_nats']} nats).")
-        L.append(f"- Test: {ref['test']}.")
+        L.append(f"- Test: {ref['description']}.")
         if ref["p_value"] is None:
             L.append("- p-value: not computable (needs at least two seeds).")
         else:
-            L.append(f"- t = {ref['t']:.4f}, df = {ref['df']:.2f}, p = {ref['p_value']:.3g}.")
+            t = "undefined (no spread, no difference)" if ref["t"] is None else f"{ref['t']:.4f}"
+            L.append(f"- t = {t}, df = {ref['df']:.2f}, p = {ref['p_value']:.3g}.")
         L.append(f"- Meets the record bar (>= {ref['margin_nats']} nats at p < {ref['alpha']}): "
                  f"**{'yes' if ref['meets_record_bar'] else 'no'}**"
                  + ("" if ref["meets_record_bar"] else " (a warning under COMPLIANCE.md's STATS rule, not a refusal)") + ".")

@@ -1,14 +1,16 @@
 """Shared fixtures: the embedded dataset built once per test session, and the kit's train_gpt module."""
-import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from kitlib.scripts import load_script  # noqa: E402
 
 # A model small enough to train in seconds on two CPU cores.
 TINY_ENV = {
@@ -28,14 +30,28 @@ def dataset(tmp_path_factory):
     return out / "datasets" / "wiki_sp1024", out / "tokenizers" / "wiki_1024_bpe.model"
 
 
+def process_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once process `pid` no longer exists (polls until `timeout` seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def gone():
+    """`gone(pid, timeout=10)`: True once the process has ended (for kill tests)."""
+    return process_gone
+
+
 @pytest.fixture(scope="session")
 def tg():
-    """train_gpt.py imported as a module."""
-    spec = importlib.util.spec_from_file_location("train_gpt", ROOT / "train_gpt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_gpt"] = module
-    spec.loader.exec_module(module)
-    return module
+    """train_gpt.py imported as the module `train_gpt`."""
+    return load_script(ROOT / "train_gpt.py", "train_gpt")
 
 
 def run_script(env: dict, cwd: Path, nproc: int = 1, script: Path = ROOT / "train_gpt.py",

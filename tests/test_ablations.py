@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from ablations import report, stats
+from ablations import report
 from ablations.cli import main as cli_main
 from ablations.grid import GridError, load_grid, parse_grid
 from ablations.runner import RESULT_COLUMNS, match_model_dim, resolve_matches, run_grid
@@ -33,66 +32,8 @@ GRIDS = REPO / "ablations" / "grids"
 
 # ---------------------------------------------------------------- statistics
 
-A = [1.0, 2.0, 3.0, 4.0]
-B = [2.0, 4.0, 6.0]
-
-
-def test_welch_df_by_hand():
-    # v1 = var(A)/4 = 5/12, v2 = var(B)/3 = 4/3; df = (7/4)^2 / ((5/12)^2/3 + (4/3)^2/2) = 1323/409
-    assert stats.welch_df(A, B) == pytest.approx(1323 / 409, rel=1e-12)
-    w = stats.welch(A, B)
-    assert w["t"] == pytest.approx(-1.5 / math.sqrt(7 / 4), rel=1e-12)
-    assert w["df"] == pytest.approx(1323 / 409, rel=1e-12)
-    assert w["p"] == pytest.approx(2 * sps.t.sf(1.5 / math.sqrt(7 / 4), 1323 / 409), rel=1e-10)
-
-
-def test_welch_matches_scipy():
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        a = rng.normal(1.2, 0.01, size=3)
-        b = rng.normal(1.19, 0.02, size=5)
-        ref = sps.ttest_ind(a, b, equal_var=False)
-        w = stats.welch(a, b)
-        assert w["t"] == pytest.approx(float(ref.statistic), rel=1e-12)
-        assert w["p"] == pytest.approx(float(ref.pvalue), rel=1e-12)
-        assert w["df"] == pytest.approx(float(ref.df), rel=1e-12)
-
-
-def test_paired_matches_scipy_and_needs_matching_seeds():
-    x = {1: 1.20, 2: 1.25, 3: 1.22}
-    y = {1: 1.21, 2: 1.27, 3: 1.22}
-    ref = sps.ttest_rel([1.20, 1.25, 1.22], [1.21, 1.27, 1.22])
-    p = stats.paired(x, y)
-    assert p["t"] == pytest.approx(float(ref.statistic), rel=1e-12)
-    assert p["p"] == pytest.approx(float(ref.pvalue), rel=1e-12)
-    assert p["df"] == 2
-    assert stats.paired(x, {1: 1.2, 2: 1.2, 4: 1.2}) is None  # seeds differ
-    assert stats.paired({1: 1.0}, {1: 2.0}) is None  # n < 2
-
-
-def test_mean_std_and_undefined_tests():
-    n, m, s = stats.mean_std([1.0, 2.0, 4.0])
-    assert (n, m) == (3, pytest.approx(7 / 3))
-    assert s == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
-    assert stats.mean_std([1.0])[2] is None
-    assert stats.welch([1.0], [1.0, 2.0]) is None
-    assert stats.welch([1.0, 1.0], [2.0, 2.0]) is None  # zero variance on both sides
-
-
-def test_record_test_one_sided_margin():
-    control = [1.000, 1.001, 0.999]
-    new = [0.990, 0.991, 0.989]
-    r = stats.record_test(control, new)
-    se = math.sqrt(np.var(control, ddof=1) / 3 + np.var(new, ddof=1) / 3)
-    t = (np.mean(control) - np.mean(new) - 0.005) / se
-    assert r["t"] == pytest.approx(t, rel=1e-9)
-    assert r["df"] == pytest.approx(4.0)
-    assert r["p"] == pytest.approx(sps.t.sf(t, 4.0), rel=1e-9)
-    assert r["improvement_nats"] == pytest.approx(0.010)
-    assert r["passed"] is True
-    # an improvement smaller than the margin never passes, however tight
-    r2 = stats.record_test(control, [0.9970, 0.9971, 0.9969])
-    assert r2["passed"] is False and r2["p"] > 0.5
+# The statistics themselves (Welch, paired, the record test) are kitlib.stats, tested in test_kitlib.py; here: that
+# the report applies them to the right columns, in the right direction.
 
 
 # ---------------------------------------------------------------- report
@@ -149,9 +90,13 @@ def test_report_json_on_hand_csv(hand_csv, capsys):
     assert small_new["welch_df"] == pytest.approx(float(ref.df))
     assert small_new["welch_p"] == pytest.approx(float(ref.pvalue))
     assert small_new["paired_p"] == pytest.approx(float(sps.ttest_rel(a, b).pvalue))
-    rec = sps.ttest_ind([2.20, 2.23, 2.21], np.array([2.17, 2.19, 2.16]) + 0.005, equal_var=False,
-                        alternative="greater")
-    assert small_new["record_p"] == pytest.approx(float(rec.pvalue))
+    # the record test: the configuration's per-seed nats against the control's minus 0.005, one-sided Welch
+    rec = sps.ttest_ind([2.17, 2.19, 2.16], np.array([2.20, 2.23, 2.21]) - 0.005, equal_var=False, alternative="less")
+    r = small_new["record"]
+    assert r["test"] == "welch" and r["p_value"] == pytest.approx(float(rec.pvalue), rel=1e-9)
+    assert r["t"] == pytest.approx(float(rec.statistic), rel=1e-9) and r["t"] < 0
+    assert r["improvement_nats"] == pytest.approx(np.mean([2.20, 2.23, 2.21]) - np.mean([2.17, 2.19, 2.16]))
+    assert r["meets_record_bar"] is False and rows[0]["record"] is None  # p = 0.024: not below 0.01
     # large: the empty row is skipped; seeds {1,2} vs {1,2} pair up
     large_new = rows[3]
     assert large_new["n"] == 2 and large_new["paired_p"] is not None
@@ -433,6 +378,7 @@ def test_run_fail_then_resume(fake, tmp_path, monkeypatch):
     assert (out / "grid.toml").read_text() == TINY_GRID
     assert any(m.startswith("[ablations] 1/4 done, 1 failed; now tiny_control_s2 (3 of 4 to run)") and "ETA" in m
                for m in msgs), msgs
+    assert any("FAILED tiny_ga_s1 (exit status 1: RuntimeError: fake failure for tiny_ga_s1)" in m for m in msgs), msgs
 
     monkeypatch.delenv("FAKE_FAIL")
     rc = run_grid(grid, out_dir=out, script=script, log=msgs.append)
@@ -704,3 +650,181 @@ def test_committed_results_are_what_the_report_says(name):
     assert proc.stdout == md
     table = md.split("\n\n", 1)[1].strip()
     assert table in (REPO / "README.md").read_text()  # the README quotes it as it is
+
+
+# ---------------------------------------------------------------- results.csv: whole rows, verified on resume
+
+def _finished(fake, tmp_path, monkeypatch):
+    script, grid = fake
+    out = tmp_path / "out"
+    monkeypatch.setenv("FAKE_LEDGER", str(tmp_path / "ledger.txt"))
+    assert run_grid(grid, out_dir=out, script=script, log=lambda m: None) == 0
+    return script, grid, out, (out / "results.csv").read_text()
+
+
+def _cut(text, run_id):
+    """The file as the old appending runner left it when killed inside `run_id`'s row (then one more append)."""
+    head, tail = text.split(run_id, 1)
+    return head + run_id[:6]
+
+
+@pytest.mark.parametrize("damage, dropped", [
+    # a row cut inside its run id (no end of line)
+    (lambda t, rows: _cut(t, "tiny_ga_s2"), ["cut off"]),
+    # the old appender's failure: a cut row with the next row glued onto it
+    (lambda t, rows: _cut(t, "tiny_ga_s2") + t.splitlines(True)[-1], ["fields where the header has"]),
+    # a row whose score is not its run's
+    (lambda t, rows: t.replace(rows[1]["val_bpb"], "1.0"), ["but logs/tiny_ga_s1.json says"]),
+    # a row repeated
+    (lambda t, rows: t + t.splitlines(True)[1], ["a second row for the same run"]),
+    # NUL bytes and a row of another run under this run's key
+    (lambda t, rows: t.replace("tiny_control_s2,", "tiny_control_s9,", 1) + "\x00\x00\n", ["is not the planned",
+                                                                                           "fields where"]),
+])
+def test_resume_verifies_every_row(fake, tmp_path, monkeypatch, damage, dropped):
+    """A damaged results.csv is repaired on resume from the runs' JSON, without rerunning finished runs; every
+    dropped line is named; the report then reads the file."""
+    script, grid, out, text = _finished(fake, tmp_path, monkeypatch)
+    good = _rows(out / "results.csv")
+    (out / "results.csv").write_text(damage(text, good))
+    msgs = []
+    assert run_grid(grid, out_dir=out, script=script, log=msgs.append) == 0
+    assert len(_ledger(tmp_path / "ledger.txt")) == 4, "a finished run was redone"
+    for d in dropped:
+        assert any("results.csv line" in m and d in m and "dropped" in m for m in msgs), (d, msgs)
+    rows = _rows(out / "results.csv")
+    assert sorted((r["run_id"], r["val_bpb"]) for r in rows) == sorted((r["run_id"], r["val_bpb"]) for r in good)
+    assert (out / "results.csv").read_text().endswith("\n") and list(rows[0]) == RESULT_COLUMNS
+    summary = report.summarize(report.read_csv(out / "results.csv"), metric="val_bpb", warn=pytest.fail)
+    assert [s["n"] for s in summary] == [2, 2]
+
+
+def test_runner_killed_with_sigkill_resumes_and_verifies(fake, tmp_path, gone):
+    """kill -9 of the runner in the middle of a run: the training process dies with it, results.csv holds whole
+    rows only, and the next run redoes only the interrupted run."""
+    script, grid = fake
+    out, ledger, pids = tmp_path / "out", tmp_path / "ledger.txt", tmp_path / "pids.txt"
+    env = {**os.environ, "FAKE_LEDGER": str(ledger), "FAKE_PIDS": str(pids), "FAKE_SLEEP_ON": "tiny_control_s2",
+           "FAKE_SLEEP": "120", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ablations", "run", str(grid), "--out", str(out), "--script", str(script)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(_ledger(ledger)) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    assert _ledger(ledger) == ["tiny_control_s1", "tiny_ga_s1", "tiny_control_s2"]
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=30)
+    child = int(pids.read_text().split()[-1])
+    assert gone(child), "the training process outlived the killed runner (it gets SIGTERM when its parent dies)"
+    assert [r["run_id"] for r in _rows(out / "results.csv")] == ["tiny_control_s1", "tiny_ga_s1"]
+    assert not list(out.glob(".results.csv.*"))
+    env.pop("FAKE_SLEEP_ON")
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert _ledger(ledger)[3:] == ["tiny_control_s2", "tiny_ga_s2"]
+    assert [x["run_id"] for x in _rows(out / "results.csv")] == [
+        "tiny_control_s1", "tiny_ga_s1", "tiny_control_s2", "tiny_ga_s2"]
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, before any work
+
+def _grid_file(tmp_path, text):
+    p = tmp_path / "g.toml"
+    p.write_text(text)
+    return p
+
+
+def _a_file(tmp_path):
+    f = tmp_path / "a_file"
+    f.write_text("x\n")
+    return f
+
+
+# (id, argv after `run` given tmp_path and the fake script/grid, expected text of the one stderr line)
+RUN_BAD = [
+    ("python-missing", lambda t, s, g: [g, "--script", s, "--python", "/nonexistent/python"],
+     "ablations run: error: --python /nonexistent/python: no such executable"),
+    ("python-not-python", lambda t, s, g: [g, "--script", s, "--python", "/bin/true"],
+     "ablations run: error: --python /bin/true is not a Python 3 interpreter"),
+    ("out-is-a-file", lambda t, s, g: [g, "--script", s, "--out", _a_file(t)],
+     "ablations run: error: --out"),
+    ("out-under-a-file", lambda t, s, g: [g, "--script", s, "--out", _a_file(t) / "sub"],
+     "is not a folder"),
+    ("script-missing", lambda t, s, g: [g, "--script", t / "nope.py"], "training script not found"),
+    ("script-broken", lambda t, s, g: [g, "--script", _a_file(t)],
+     "ablations run: error: training script: importing"),
+    ("grid-missing", lambda t, s, g: [t / "nope.toml", "--script", s], "grid file not found"),
+    ("grid-not-toml", lambda t, s, g: [_grid_file(t, "seeds = [1,"), "--script", s], "TOML syntax error"),
+    ("max-runs-0", lambda t, s, g: [g, "--script", s, "--max-runs", "0"], "--max-runs 0 must be at least 1"),
+    ("timeout-0", lambda t, s, g: [g, "--script", s, "--timeout", "0"], "--timeout 0.0 must be a positive"),
+    ("timeout-nan", lambda t, s, g: [g, "--script", s, "--timeout", "nan"], "--timeout nan must be a positive"),
+    ("max-runs-text", lambda t, s, g: [g, "--script", s, "--max-runs", "two"],
+     "ablations run: error: argument --max-runs: invalid int value: 'two'"),
+    ("nproc-3-real-script", lambda t, s, g: [_grid_file(t, TINY_GRID.replace("seeds", "nproc = 3\nseeds")),
+                                             "--script", REAL_SCRIPT],
+     "tiny_control_s1 (nproc 3): the training script refuses this configuration: WORLD_SIZE=3 must divide 8"),
+    ("bad-setting-real-script", lambda t, s, g: [_grid_file(t, TINY_GRID.replace("ga = {GATED_ATTENTION = 1}",
+                                                                                 "ga = {NUM_HEADS = 3}")),
+                                                 "--script", REAL_SCRIPT],
+     "tiny_ga_s1 (nproc 1): the training script refuses this configuration: MODEL_DIM=512, NUM_HEADS=3"),
+]
+
+
+@pytest.mark.parametrize("argv", [row[1] for row in RUN_BAD], ids=[row[0] for row in RUN_BAD])
+def test_run_bad_input_is_one_line_before_any_work(fake, tmp_path, capsys, monkeypatch, argv):
+    script, grid = fake
+    expected = {row[1]: row[2] for row in RUN_BAD}[argv]
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = [str(x) for x in argv(tmp_path, script, grid)]
+    made = sorted(p.name for p in tmp_path.iterdir())  # what the row itself set up
+    try:
+        rc = cli_main(["run", *args])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and expected in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == made and "runs" not in made, "bad input must create nothing"
+    assert set(before) <= set(made)
+
+
+REPORT_BAD = [
+    ("plot-dir", lambda t: ["--plot", t], "is a folder; give a file name"),
+    ("plot-no-extension", lambda t: ["--plot", t / "bars"], "no extension; give a file name ending in .png"),
+    ("plot-jpeg", lambda t: ["--plot", t / "bars.jpg"], "extension .jpg; give a file name ending in .png"),
+    ("plot-under-a-file", lambda t: ["--plot", _a_file(t) / "bars.png"], "is not a folder"),
+    ("x-without-plot", lambda t: ["--x", "params"], "--x sets the plot's x axis: give --plot OUT.png too"),
+    ("x-missing-column", lambda t: ["--plot", t / "p.png", "--x", "nope"], "missing x column 'nope'"),
+]
+
+
+@pytest.mark.parametrize("extra", [row[1] for row in REPORT_BAD], ids=[row[0] for row in REPORT_BAD])
+def test_report_bad_input_is_one_line_before_the_table(hand_csv, tmp_path, capsys, extra):
+    expected = {row[1]: row[2] for row in REPORT_BAD}[extra]
+    rc, out, err = _report(capsys, hand_csv, "--metric", "loss", "--group", "size", "--config-column", "cfg",
+                           "--seed-column", "s", *extra(tmp_path))
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert err.startswith("ablations report: error: ") and expected in err, err
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("bars*"))
+
+
+def test_report_plot_is_written_where_it_says(hand_csv, tmp_path, capsys):
+    for name in ("bars.png", "bars.PDF", "bars.svg"):
+        rc, _, err = _report(capsys, hand_csv, "--metric", "loss", "--group", "size", "--config-column", "cfg",
+                             "--seed-column", "s", "--plot", tmp_path / name)
+        assert rc == 0 and f"plot written to {tmp_path / name}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bars.PDF", "bars.png", "bars.svg", "hand.csv"]
+    assert (tmp_path / "bars.PDF").read_bytes()[:4] == b"%PDF" and b"<svg" in (tmp_path / "bars.svg").read_bytes()
+
+
+def test_report_counts_a_repeated_row_once_and_says_so(tmp_path, capsys):
+    p = tmp_path / "dup.csv"
+    p.write_text("config,seed,val_bpb\ncontrol,1,1.20\ncontrol,2,1.22\ncontrol,2,1.22\nga,1,1.19\nga,2,1.18\n"
+                 "ga,2,1.17\n")
+    rc, out, err = _report(capsys, p, "--json")
+    rows = json.loads(out)
+    assert rc == 0 and [r["n"] for r in rows] == [2, 3]
+    assert rows[0]["mean"] == pytest.approx(1.21)
+    assert "1 row(s) repeat an earlier row exactly (line(s) 4): each counted once" in err
+    assert "1 row(s) share a config and seed with an earlier row but differ (e.g. lines 6 and 7)" in err

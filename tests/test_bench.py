@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench import bench_eval, runs
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(BENCH))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,6 @@ def bench(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess
 
 def test_reference_windows_are_the_kits(tg):
     """The reference evaluator scores the same targets with the same contexts as train_gpt.windows."""
-    import bench_eval
     for n in (2, 3, 10, 64, 65, 66, 100, 257):
         for seq_len in (1, 8, 64):
             for stride in sorted({1, max(1, seq_len // 4), seq_len // 2 or 1, seq_len}):
@@ -56,7 +56,6 @@ def test_reference_windows_are_the_kits(tg):
 
 def test_run_once_reads_upstream_log_and_stops_at_peak(tmp_path):
     """Upstream's spelling (peak ... reserved ...) is parsed, and a run is stopped once it logs peak memory."""
-    import bench_train
     fake = tmp_path / "fake_upstream.py"
     fake.write_text(textwrap.dedent("""
         import time
@@ -73,14 +72,14 @@ def test_run_once_reads_upstream_log_and_stops_at_peak(tmp_path):
         print("final_int8_zlib_roundtrip_exact val_loss:6.9 val_bpb:4.0")
     """))
     t0 = time.perf_counter()
-    out = bench_train.run_once([sys.executable, str(fake)], {"PYTHONUNBUFFERED": "1"}, tmp_path / "run", "peak",
+    out = runs.run_once([sys.executable, str(fake)], {"PYTHONUNBUFFERED": "1"}, tmp_path / "run", "peak",
                                60, False)
     assert out["killed"] and not out["timed_out"] and time.perf_counter() - t0 < 50
-    parsed = bench_train.parse_log(out["lines"])
+    parsed = runs.parse_log(out["lines"])
     assert parsed["params"] == 17059912 and parsed["peak_mib"] == 10184 and parsed["peak_reserved_mib"] == 10450
-    ms, a, b = bench_train.steady_ms(parsed["steps"], 10)
+    ms, a, b = runs.steady_ms(parsed["steps"], 10)
     assert (a, b) == (10, 20) and ms == pytest.approx(100.0)
-    assert bench_train.log_every(200) == 10 and 200 % bench_train.log_every(200) == 0
+    assert runs.log_every(200) == 10 and 200 % runs.log_every(200) == 0
 
 
 def test_bench_train_kit_against_itself(small_data, tmp_path):
@@ -234,8 +233,118 @@ def test_bench_ppmc_other_that_is_not_there_or_fails_to_import(tmp_path):
     broken = tmp_path / "train_gpt.py"
     broken.write_text("raise RuntimeError('broken on purpose')\n")
     for other, message in ((tmp_path / "nope.py", "does not exist"),
-                           (broken, "cannot be imported (RuntimeError: broken on purpose)")):
+                           (broken, "failed: RuntimeError: broken on purpose")):
         proc = subprocess.run([sys.executable, str(BENCH / "bench_ppmc.py"), "--tokens", "1000", "--other", str(other)],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr
         assert "run 1" not in proc.stdout
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, before any work
+
+def _file(tmp, name, data=b"x\n"):
+    p = tmp / name
+    p.write_bytes(data)
+    return p
+
+
+def _bad_data(tmp, small_data, val: bytes):
+    """A data folder whose val shard is `val` (the train shard and tokenizer are the good ones)."""
+    data, tok = small_data
+    d = tmp / "bad_data"
+    d.mkdir()
+    for f in data.glob("fineweb_train_*.bin"):
+        (d / f.name).symlink_to(f.resolve())
+    (d / "fineweb_val_000000.bin").write_bytes(val)
+    return ["--data-path", d, "--tokenizer-path", tok]
+
+
+def _zero_token_shard() -> bytes:
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20240520, 1, 0)
+    return header.tobytes()
+
+
+# (script, extra arguments given (tmp, small_data), text of the one stderr line); every row exits 2
+BAD = [
+    ("export", lambda t, d: ["--tiny", "--save", _file(t, "f") / "a.ptz"], "error: --save"),
+    ("export", lambda t, d: ["--tiny", "--save", t], "is a folder"),
+    ("export", lambda t, d: ["--tiny", "--json", _file(t, "f") / "a.json"], "error: --json"),
+    ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, b""), "is 0 bytes, shorter than its 1024-byte header"),
+    ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, _zero_token_shard()), " 0 token"),
+    ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, b"\x01" * 3000), "has magic 16843009"),
+    ("export", lambda t, d: ["--tiny", "--max-tokens", "-1"], "error: --max-tokens -1 must be at least 0"),
+    ("export", lambda t, d: ["--artifact", t / "nope.ptz"], "error: --artifact"),
+    ("export", lambda t, d: ["--artifact", _file(t, "junk.ptz", b"\x00junk" * 100)], "error: "),
+    ("export", lambda t, d: ["--tiny", "--env", "NOTAFLAG=1"], "error: --env: NOTAFLAG is not a setting"),
+    ("export", lambda t, d: ["--random", "--preset", _file(t, "bin.env", b"\x00\xff\xfe" * 50)],
+     "is not a text file of KEY=VALUE lines"),
+    ("export", lambda t, d: ["--random", "--preset", t / "nope.env"], "error: preset"),
+    ("export", lambda t, d: ["--tiny", "--stride", "0"], "error: --stride 0 must be at least 1"),
+    ("export", lambda t, d: ["--tiny", "--rounds", "0"], "error: --rounds 0 must be at least 1"),
+    ("export", lambda t, d: ["--tiny", "--rounds", "x"], "argument --rounds: invalid int value"),
+    ("eval", lambda t, d: ["--tiny", "--tol", "-1"], "error: --tol -1.0 must be at least 0"),
+    ("eval", lambda t, d: ["--tiny", "--batch-seqs", "0"], "error: --batch-seqs 0 must be at least 1"),
+    ("eval", lambda t, d: ["--tiny", "--other-script", t / "nope.py"], "error: --other-script"),
+    ("eval", lambda t, d: ["--tiny", "--stride", "99", "--seq-len", "64"], "--stride 99 must be in 1..--seq-len"),
+    ("eval", lambda t, d: ["--tiny"] + _bad_data(t, d, b""), "is 0 bytes, shorter than its 1024-byte header"),
+    ("train", lambda t, d: ["--tiny", "--other", t / "nope.py"], "error: --other"),
+    ("train", lambda t, d: ["--tiny", "--other", ROOT / "train_gpt.py", "--other-python", "/nonexistent/python"],
+     "error: --other-python /nonexistent/python: no such executable"),
+    ("train", lambda t, d: ["--tiny", "--iterations", "1"], "error: --iterations 1 must be at least 2"),
+    ("train", lambda t, d: ["--tiny", "--nproc", "0"], "error: --nproc 0 must be at least 1"),
+    ("train", lambda t, d: ["--tiny", "--nproc", "3"], "error: the kit rejects this configuration: WORLD_SIZE=3"),
+    ("train", lambda t, d: ["--tiny", "--workdir", _file(t, "f")], "error: --workdir"),
+    ("train", lambda t, d: ["--tiny", "--env", "NUM_LAYER=3"], "NUM_LAYER"),
+    ("train", lambda t, d: ["--tiny", "--record", "--results", _file(t, "f") / "R.md"], "error: --record:"),
+    ("flags", lambda t, d: ["--tiny", "--only", "NOTAFLAG=1"], "configuration 'NOTAFLAG=1': NOTAFLAG is not a setting"),
+    ("flags", lambda t, d: ["--tiny", "--only", "SMEAR_GATE"], "error: --only 'SMEAR_GATE': expected KEY=VALUE"),
+    ("flags", lambda t, d: ["--tiny", "--only", " "], "error: --only '': give at least one KEY=VALUE"),
+    ("flags", lambda t, d: ["--tiny", "--only", "XSA_LAST_N=9"], "configuration 'XSA_LAST_N=9'"),
+    ("flags", lambda t, d: ["--tiny", "--timeout", "0"], "error: --timeout 0.0 must be at least 1"),
+    ("ppmc", lambda t, d: ["--tokens", "0"], "error: --tokens 0 must be at least 2"),
+    ("ppmc", lambda t, d: ["--tokens", "-5"], "error: --tokens -5 must be at least 2"),
+    ("ppmc", lambda t, d: ["--order", "-1"], "error: --order -1 must be at least 0"),
+    ("ppmc", lambda t, d: ["--vocab", "0"], "error: --vocab 0 must be in 3..65536"),
+    ("ppmc", lambda t, d: ["--repeat", "0"], "error: --repeat 0 must be at least 1"),
+    ("ppmc", lambda t, d: ["--shard", t / "nope.bin"], "error: --shard"),
+    ("ppmc", lambda t, d: ["--shard", _file(t, "empty.bin", b"")], "is 0 bytes, shorter than its 1024-byte header"),
+    ("ppmc", lambda t, d: ["--shard", ROOT / "README.md"], "has magic"),
+    ("ppmc", lambda t, d: ["--shard", _file(t, "zero.bin", _zero_token_shard())], " 0 token"),
+    ("ppmc", lambda t, d: ["--shard", d[0] / "fineweb_val_000000.bin", "--vocab", "3"], ">= --vocab 3"),
+    ("ppmc", lambda t, d: ["--script", t / "nope.py"], "error: --script"),
+]
+
+
+@pytest.mark.parametrize("script,extra,expected", BAD, ids=[f"{r[0]}-{i}" for i, r in enumerate(BAD)])
+def test_bench_bad_input_is_one_line_before_any_work(small_data, tmp_path, capsys, script, extra, expected):
+    import importlib
+    mod = importlib.import_module(f"bench.bench_{script}")
+    data, tok = small_data
+    args = [str(x) for x in extra(tmp_path, small_data)]
+    if script != "ppmc" and "--data-path" not in args:
+        args += ["--data-path", str(data), "--tokenizer-path", str(tok)]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        rc = mod.main(args)
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert (rc, len(lines)) == (2, 1), (out, err)
+    assert expected in lines[0], lines[0]
+    assert "[round" not in out and "run 1" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "bad input must write nothing"
+
+
+def test_bench_runs_as_a_module_and_as_a_file_from_anywhere(tmp_path):
+    """`python -m bench.X` from the root and `python bench/X.py` from another folder both work (one bootstrap)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
+    as_module = subprocess.run([sys.executable, "-m", "bench.bench_ppmc", "--tokens", "3000"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120, env=env)
+    as_file = subprocess.run([sys.executable, str(BENCH / "bench_ppmc.py"), "--tokens", "3000"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120, env=env)
+    for proc in (as_module, as_file):
+        assert proc.returncode == 0, proc.stderr
+        assert "run 1" in proc.stdout and "peak resident memory" in proc.stdout

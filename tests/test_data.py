@@ -1,4 +1,5 @@
-"""Tests of the data/ package: shards, byte accounting, tokenizer builds, sources, fineweb selection."""
+"""Tests of the data/ package: shards, byte accounting, tokenizer builds, sources (FineWeb downloads:
+test_data_fineweb.py; CaseOps: test_data_caseops.py; locking and interrupted builds: test_data_lock.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from data import fineweb, prepare
-from data.bytes import byte_table_from_sentencepiece, count_bytes, load_byte_table, token_bytes
-from data.errors import UserError
+from data import prepare
+from data.bytes import byte_table_from_sentencepiece, count_bytes, token_bytes
+from data.manifest import display_path
 from data.shards import HEADER_BYTES, ShardError, read_header, read_shard, write_shard
 from data.sources import load_txt_dir, load_wiki, split_docs, trainer_pieces, wiki_summaries_path
 from data.tokenizer import MAX_SENTENCE_LENGTH
@@ -258,7 +258,7 @@ def test_two_builds_identical_and_rerun_up_to_date(wiki, tmp_path, capsys):
     every = [p for p in out2.rglob("*") if p.is_file()]
     before = {p: p.stat().st_mtime_ns for p in every}
     rc, stdout, _ = run_main(["--out-dir", out2], capsys)
-    assert rc == 0 and stdout.strip() == f"up to date: {prepare.display_path(out2 / 'datasets/wiki_sp1024/manifest.json')}"
+    assert rc == 0 and stdout.strip() == f"up to date: {display_path(out2 / 'datasets/wiki_sp1024/manifest.json')}"
     assert {p: p.stat().st_mtime_ns for p in out2.rglob("*") if p.is_file()} == before
 
 
@@ -446,154 +446,3 @@ def test_cli_subprocess_no_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "data", "--vocab-size", "x"], cwd=REPO, env=env,
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
-
-
-# ----------------------------------------------------------------------------- fineweb
-
-
-def make_fake_repo(root: Path, model: Path) -> list[str]:
-    """A local folder laid out like willdepueoai/parameter-golf (tiny shards)."""
-    base = root / "datasets"
-    rng = np.random.default_rng(1)
-    for variant, vocab, n_val, n_train in (("sp1024", 1024, 2, 5), ("sp4096", 4096, 1, 3), ("byte260", 260, 1, 2)):
-        d = base / "datasets" / f"fineweb10B_{variant}"
-        for split, n in (("val", n_val), ("train", n_train)):
-            for i in range(n):
-                toks = rng.integers(4, vocab, size=50 + i)
-                toks[::10] = BOS
-                write_shard(d / f"fineweb_{split}_{i:06d}.bin", toks)
-    tok = base / "tokenizers"
-    tok.mkdir(parents=True)
-    shutil.copy(model, tok / "fineweb_1024_bpe.model")
-    shutil.copy(model.with_suffix(".vocab"), tok / "fineweb_1024_bpe.vocab")
-    (tok / "fineweb_4096_bpe.model").write_bytes(b"x")
-    (tok / "fineweb_pure_byte_260.json").write_text(json.dumps(
-        {"tokenizer_type": "pure_byte", "config": {"byte_offset": 4, "byte_count": 256}, "vocab_size": 260}))
-    manifest = {
-        "datasets": [{"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024",
-                      "stats": {"files_val": 2, "files_train": 5}},
-                     {"name": "fineweb10B_sp4096", "tokenizer_name": "sp_bpe_4096",
-                      "stats": {"files_val": 1, "files_train": 3}}],
-        "tokenizers": [{"name": "sp_bpe_1024", "model_path": "tokenizers/fineweb_1024_bpe.model",
-                        "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"},
-                       {"name": "sp_bpe_4096", "model_path": "tokenizers/fineweb_4096_bpe.model"}],
-    }
-    (base / "manifest.json").write_text(json.dumps(manifest))
-    (root / "README.md").write_text("fake")
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-
-
-def test_fineweb_selection(wiki, tmp_path):
-    files = make_fake_repo(tmp_path / "remote", wiki["model"])
-    manifest = json.loads((tmp_path / "remote/datasets/manifest.json").read_text())
-    pre = "datasets/datasets/fineweb10B_sp1024/"
-    for man in (manifest, None):
-        sel = fineweb.select_fineweb_files(list(reversed(files)), "sp1024", 3, man)
-        assert sel.val == [pre + "fineweb_val_000000.bin", pre + "fineweb_val_000001.bin"]
-        assert sel.train == [pre + f"fineweb_train_00000{i}.bin" for i in range(3)]
-        assert sel.tokenizer == ["datasets/tokenizers/fineweb_1024_bpe.model", "datasets/tokenizers/fineweb_1024_bpe.vocab"]
-        assert sel.available_train == 5
-    assert fineweb.select_fineweb_files(files, "sp1024", 0).train == []
-    assert len(fineweb.select_fineweb_files(files, "sp1024", 5).train) == 5
-    sel = fineweb.select_fineweb_files(files, "sp4096", 2, manifest)
-    assert sel.tokenizer == ["datasets/tokenizers/fineweb_4096_bpe.model"] and len(sel.val) == 1
-    sel = fineweb.select_fineweb_files(files, "byte260", 2, manifest)  # not in the manifest: standard names
-    assert sel.tokenizer == ["datasets/tokenizers/fineweb_pure_byte_260.json"] and len(sel.train) == 2
-    with pytest.raises(UserError, match="only 5 train shards"):
-        fineweb.select_fineweb_files(files, "sp1024", 6, manifest)
-    with pytest.raises(UserError, match="no shards for variant sp8192.*found: fineweb10B_byte260, fineweb10B_sp1024, fineweb10B_sp4096"):
-        fineweb.select_fineweb_files(files, "sp8192", 1)
-    with pytest.raises(UserError, match="lists 4 of the 5 train shards"):
-        fineweb.select_fineweb_files([f for f in files if not f.endswith("train_000004.bin")], "sp1024", 1, manifest)
-    with pytest.raises(ValueError):
-        fineweb.select_fineweb_files(files, "gpt2", 1)
-    assert fineweb.local_path_for_remote(pre + "fineweb_val_000000.bin", Path("/d")) == \
-        Path("/d/datasets/fineweb10B_sp1024/fineweb_val_000000.bin")
-    assert fineweb.local_path_for_remote("datasets/tokenizers/a.model", Path("/d")) == Path("/d/tokenizers/a.model")
-
-
-class FakeHub:
-    def __init__(self, root: Path):
-        self.root, self.calls = root, []
-
-    def check_reachable(self):
-        self.calls.append("check")
-
-    def list_files(self):
-        self.calls.append("list")
-        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-
-    def download(self, remote):
-        self.calls.append(remote)
-        return self.root / remote
-
-
-def test_fineweb_build_from_fake_repo(wiki, tmp_path, capsys):
-    remote = tmp_path / "remote"
-    make_fake_repo(remote, wiki["model"])
-    out = tmp_path / "data"
-    (out / "tokenizers").mkdir(parents=True)
-    (out / "tokenizers/fineweb_1024_bpe.model").write_bytes(b"a stale file of the same name")
-    args = prepare.parse_args(["--source", "fineweb", "--train-shards", "2", "--out-dir", str(out)])
-    hub = FakeHub(remote)
-    assert fineweb.build_from_fineweb(args, client=hub) == 0
-    folder = out / "datasets/fineweb10B_sp1024"
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin",
-        "fineweb_val_000001.bin", "hf_manifest.json", "manifest.json"]
-    assert (out / "tokenizers/fineweb_1024_bpe.model").read_bytes() == wiki["model"].read_bytes()
-    m = json.loads((folder / "manifest.json").read_text())
-    val = np.concatenate([read_shard(folder / f"fineweb_val_00000{i}.bin") for i in range(2)])
-    assert m["val_tokens"] == val.size and m["docs_val"] == int((val == BOS).sum())
-    assert m["val_bytes"] == count_bytes(val, load_byte_table(out / "tokenizers/fineweb_1024_bpe.model"))
-    assert m["tokenizer"]["file"] == "tokenizers/fineweb_1024_bpe.model"
-    assert all(sha(folder / n) == d for n, d in m["shards"].items())
-    # re-run: up to date without touching the network
-    offline = FakeHub(remote)
-    offline.check_reachable = lambda: pytest.fail("network used for an up-to-date dataset")
-    capsys.readouterr()
-    assert fineweb.build_from_fineweb(args, client=offline) == 0
-    assert capsys.readouterr().out.startswith("up to date: ")
-    # fewer shards asked: the extra train shard goes away
-    args1 = prepare.parse_args(["--source", "fineweb", "--train-shards", "1", "--out-dir", str(out)])
-    assert fineweb.build_from_fineweb(args1, client=FakeHub(remote)) == 0
-    assert not (folder / "fineweb_train_000001.bin").exists()
-    # byte260 uses the pure-byte JSON tokenizer: every byte token is 1 byte, specials 0
-    args_b = prepare.parse_args(["--source", "fineweb", "--variant", "byte260", "--train-shards", "1",
-                                 "--out-dir", str(out)])
-    assert fineweb.build_from_fineweb(args_b, client=FakeHub(remote)) == 0
-    mb = json.loads((out / "datasets/fineweb10B_byte260/manifest.json").read_text())
-    vb = read_shard(out / "datasets/fineweb10B_byte260/fineweb_val_000000.bin")
-    assert mb["val_bytes"] == int((vb >= 4).sum()) and mb["tokenizer"]["vocab_size"] == 260
-    # a tokenizer that does not load is one clear error
-    args_b = prepare.parse_args(["--source", "fineweb", "--variant", "sp4096", "--train-shards", "1",
-                                 "--out-dir", str(tmp_path / "d2")])
-    with pytest.raises(UserError, match="cannot load tokenizer"):
-        fineweb.build_from_fineweb(args_b, client=FakeHub(remote))
-
-
-def test_fineweb_offline_one_line(tmp_path, capsys, monkeypatch):
-    import socket
-
-    import huggingface_hub
-
-    def no_dns(*a, **k):
-        raise socket.gaierror(-2, "Name or service not known")
-
-    monkeypatch.setattr(socket, "create_connection", no_dns)
-    rc, stdout, stderr = run_main(["--source", "fineweb", "--out-dir", tmp_path], capsys)
-    assert rc == 1
-    assert stderr == ("error: cannot reach huggingface.co to download willdepueoai/parameter-golf: "
-                      "Name or service not known; check network or use the embedded default\n")
-    # reachable host, but the hub call itself fails with a connection error
-    monkeypatch.setattr(fineweb.HubClient, "check_reachable", lambda self: None)
-
-    def refuse(*a, **k):
-        raise ConnectionError("[Errno 111] Connection refused")
-
-    monkeypatch.setattr(huggingface_hub, "list_repo_files", refuse)
-    rc, stdout, stderr = run_main(["--source", "fineweb", "--variant", "sp4096", "--out-dir", tmp_path], capsys)
-    assert rc == 1 and stderr.count("\n") == 1
-    assert stderr.startswith("error: cannot reach huggingface.co to download willdepueoai/parameter-golf: "
-                             "ConnectionError: [Errno 111] Connection refused;")
-    assert not any(p.is_file() for p in tmp_path.rglob("*"))

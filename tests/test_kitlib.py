@@ -1,7 +1,6 @@
 """kitlib: the atomic writer, the record-significance test and seed statistics, process groups, scripts by path."""
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -161,7 +160,7 @@ def test_bpb_to_nats_uses_the_entrys_ratio():
 
 # ---------------------------------------------------------------- procs
 
-def test_stop_ends_the_whole_group(tmp_path):
+def test_stop_ends_the_whole_group(tmp_path, gone):
     """A launcher whose child ignores nothing special: stop() ends both (a torchrun and its workers)."""
     code = ("import subprocess, sys, time\n"
             "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
@@ -170,15 +169,7 @@ def test_stop_ends_the_whole_group(tmp_path):
     proc = procs.start([sys.executable, "-c", code], cwd=tmp_path)
     child = int(proc.stdout.readline())
     procs.stop(proc, grace=5)
-    assert proc.poll() is not None
-    for _ in range(50):
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the launcher's child survived stop()")
+    assert proc.poll() is not None and gone(child), "the launcher's child survived stop()"
     procs.stop(proc)  # twice is harmless
 
 
@@ -230,3 +221,20 @@ def test_load_script_registers_imports_siblings_and_caches(tmp_path):
     named = scripts.load_script(p, "kitlib_test_named")
     assert named is not mod and sys.modules["kitlib_test_named"] is named
     assert scripts.module_name(p) != scripts.module_name(tmp_path / "other" / "train_gpt.py")
+    bare = tmp_path / "train_gpt"  # any file name: a wrapper or a record's script need not end in .py
+    bare.write_text("VALUE = 7\n")
+    assert scripts.load_script(bare).VALUE == 7
+
+
+# ---------------------------------------------------------------- cli
+
+def test_argument_errors_are_one_line(capsys):
+    from kitlib.cli import ArgumentParser
+    ap = ArgumentParser(prog="python -m tool")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=ArgumentParser)
+    sub.add_parser("run").add_argument("--n", type=int)
+    with pytest.raises(SystemExit) as e:
+        ap.parse_args(["run", "--n", "x"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err == "tool run: error: argument --n: invalid int value: 'x' (see python -m tool run --help)\n"

@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compliance.logparse import load_run, parse_text_log  # noqa: E402
-from records import stats  # noqa: E402
 from records.__main__ import main as records_main  # noqa: E402
 from records.check import check_path  # noqa: E402
 from records.pack import PackOptions, Refusal, pack  # noqa: E402
@@ -50,26 +49,20 @@ def run_paths(root, kind="json"):
 def options(root, **over):
     base = dict(runs=run_paths(root), name="Value Residual + Gated Attention", author="Kit Tester",
                 github_id="kit-tester", date="2026-05-02", script=str(root / "train_gpt.py"),
-                out_root=str(root / "records"), top_json=str(root / "submission.json"),
-                audit_search=[root / "no-auditor-here"])
+                out_root=str(root / "records"), top_json=str(root / "submission.json"), skip_audit=True)
     base.update(over)
     return PackOptions(**base)
 
 
-def fake_auditor(root, report=None, crash=False):
-    """A stand-in `compliance` package that prints `report` as its --json verdict."""
-    pkg = root / "fakeaudit" / "compliance"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    if crash:
-        (pkg / "__main__.py").write_text("raise SystemExit('boom: auditor crashed')\n")
-    else:
-        (pkg / "__main__.py").write_text(
-            "import json, sys\n"
-            "assert sys.argv[1:2] == ['audit'] and '--json' in sys.argv, sys.argv\n"
-            f"print(json.dumps({json.dumps(report)}))\n"
-            "sys.exit(0 if json.loads(" + repr(json.dumps(report)) + ")['verdict'] == 'clean' else 1)\n")
-    return pkg.parent
+def fake_auditor(report=None, crash=False):
+    """A stand-in for the compliance auditor: (script, settings) -> `report`; it records what it was asked."""
+    def auditor(script, settings):
+        auditor.calls.append((Path(script), dict(settings)))
+        if crash:
+            raise RuntimeError("boom: auditor crashed")
+        return report
+    auditor.calls = []
+    return auditor
 
 
 def written(root):
@@ -82,19 +75,32 @@ def written(root):
     return out
 
 
-def refuse(root, capsys, argv_extra=(), runs=None):
-    """Run the CLI expecting a refusal; return its one-line reason."""
-    argv = ["pack", "--name", "X", "--author", "A", "--github-id", "g", "--date", "2026-05-02",
-            "--script", str(root / "train_gpt.py"), "--out-root", str(root / "records"),
-            "--top-json", str(root / "submission.json"), "--skip-audit", *argv_extra,
-            *(runs if runs is not None else run_paths(root))]
-    rc = records_main(argv)
-    out, err = capsys.readouterr()
-    assert rc == 1, (out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("records pack: refused: "), err
-    assert written(root) == [], "a refusal must write nothing"
-    return lines[0]
+def cli(argv) -> int:
+    """records' command line in process; argparse's own exits become the return value."""
+    try:
+        return records_main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def eval_only_log(root, seed=2025):
+    """The seed's logs rewritten as an EVAL_ONLY run of its artifact: no step lines, EVAL_ONLY in the config."""
+    txt, js = root / "logs" / f"vr_ga_seed{seed}.txt", root / "logs" / f"vr_ga_seed{seed}.json"
+    art = f"artifacts/vr_ga_seed{seed}.ptz"
+    lines = []
+    for line in txt.read_text().splitlines(True):
+        if line.startswith("config:"):
+            cfg = json.loads(line[len("config:"):])
+            line = "config:" + json.dumps({**cfg, "EVAL_ONLY": art}) + "\n"
+        if not line.startswith(("step:", "stopping_early")):
+            lines.append(line)
+    txt.write_text("".join(lines))
+    obj = json.loads(js.read_text())
+    obj["config"]["EVAL_ONLY"] = art
+    for k in ("steps", "train_time_ms", "step_avg_ms", "stopped_early"):
+        obj.pop(k, None)
+    js.write_text(json.dumps(obj))
+    return js
 
 
 def edit_text(path: Path, old: str, new: str, count: int = 1):
@@ -137,12 +143,29 @@ def test_parse_contract_text_log():
     assert run.config["VALUE_RESIDUAL"] == 1 and run.config["SEED"] == 42
 
 
-def test_parse_never_crashes_on_garbage():
-    for text in ["", "\x00\xff" * 50, "final_int6_sliding_window_exact val_loss:abc val_bpb:",
-                 "config:{not json", "config:[1,2]", "step:x/y train_loss:1", "Total submission size: many bytes",
-                 "device:cuda gpu: world_size:", "final_x_exact val_loss:nan val_bpb:nan\n" * 3]:
-        run = parse_text_log(text)
-        assert run.final is None or run.final.exact
+# (log text, the problem the parser reports): a malformed line gives no value at all, never a made-up one
+GARBAGE = [
+    ("", None), ("\x00\xff" * 50, "hold binary data"),
+    ("final_int6_sliding_window_exact val_loss:abc val_bpb:", None), ("config:{not json", None),
+    ("config:[1,2]", None), ("step:x/y train_loss:1", None), ("Total submission size: many bytes", None),
+    ("device:cuda gpu: world_size:", None), ("seed:forty-two\nrun_id:\n", None),
+]
+
+
+@pytest.mark.parametrize("text,problem", GARBAGE)
+def test_parse_takes_no_value_from_garbage(text, problem):
+    run = parse_text_log(text)
+    fields = ("final", "config", "steps", "artifact_bytes", "model_bytes", "device", "world_size", "seed", "run_id",
+              "code_sha256", "train_time_ms")
+    assert {f: getattr(run, f) for f in fields} == dict.fromkeys(fields)
+    assert not run.recognised and not run.has_training_lines and not run.complete
+    assert [p for p in run.problems if problem and problem in p] or (problem is None and run.problems == [])
+
+
+def test_parse_keeps_a_non_finite_score_for_the_refusal():
+    """A final line that says nan is read as nan (so that pack and check can say so), never as a number."""
+    run = parse_text_log("final_x_exact val_loss:nan val_bpb:nan\n" * 3)
+    assert run.final.metric == "final_x_exact" and math.isnan(run.final.val_loss) and math.isnan(run.final.val_bpb)
 
 
 # ---------------------------------------------------------------- statistics
@@ -151,56 +174,8 @@ LOSSES = [2.03814236, 2.03981507, 2.03702995]
 REF = [2.0727, 2.0719, 2.0741, 2.0733]
 
 
-def test_std_is_sample_std_ddof1():
-    assert stats.sample_std(LOSSES) == pytest.approx(np.std(LOSSES, ddof=1), rel=1e-12)
-    assert stats.sample_std(LOSSES) != pytest.approx(np.std(LOSSES, ddof=0), rel=1e-6)
-    assert stats.sample_std([1.0]) is None
-    assert stats.mean(LOSSES) == pytest.approx(np.mean(LOSSES), rel=1e-15)
-
-
-def test_one_sample_test_agrees_with_scipy():
-    ref = 2.0427
-    got = stats.ttest_1samp_less(LOSSES, ref - 0.005)
-    want = sps.ttest_1samp(LOSSES, ref - 0.005, alternative="less")
-    assert got["t"] == pytest.approx(want.statistic, rel=1e-10)
-    assert got["p"] == pytest.approx(want.pvalue, rel=1e-9)
-    assert got["df"] == 2
-
-
-def test_welch_test_agrees_with_scipy():
-    got = stats.welch_less(LOSSES, [r - 0.005 for r in REF])
-    want = sps.ttest_ind(LOSSES, np.array(REF) - 0.005, equal_var=False, alternative="less")
-    assert got["t"] == pytest.approx(want.statistic, rel=1e-10)
-    assert got["p"] == pytest.approx(want.pvalue, rel=1e-9)
-    assert got["df"] == pytest.approx(want.df, rel=1e-10)
-
-
-def test_tests_are_one_sided_below_and_degenerate_cases():
-    """H1 is "mean below": an entry above the bar gets p > 0.5; the t statistic is the textbook one; no spread at
-    all decides by the sign alone (scipy alone would give nan)."""
-    n, m, s = len(LOSSES), np.mean(LOSSES), np.std(LOSSES, ddof=1)
-    got = stats.ttest_1samp_less(LOSSES, 2.0)
-    assert got["t"] == pytest.approx((m - 2.0) / (s / np.sqrt(n)), rel=1e-12) and got["p"] > 0.5
-    assert stats.ttest_1samp_less(LOSSES, 2.1)["p"] < 0.01
-    assert stats.ttest_1samp_less([2.0, 2.0, 2.0], 2.1) == {"t": -math.inf, "df": 2.0, "p": 0.0}
-    assert stats.ttest_1samp_less([2.0, 2.0], 1.9)["p"] == 1.0
-    assert stats.welch_less([2.0, 2.0], [2.1, 2.1])["p"] == 0.0
-    assert stats.ttest_1samp_less([2.0], 2.1) == {"t": None, "df": None, "p": None}
-
-
-def test_record_test_and_bpb_conversion():
-    mean_loss, mean_bpb = stats.mean(LOSSES), 1.20406287
-    ref_nats = stats.bpb_to_nats(1.2243657, mean_loss, mean_bpb)
-    assert ref_nats == pytest.approx(1.2243657 * mean_loss / mean_bpb)
-    r = stats.record_test(LOSSES, ref_loss=ref_nats)
-    assert r["improvement_nats"] == pytest.approx(ref_nats - mean_loss)
-    assert r["p_value"] == pytest.approx(sps.ttest_1samp(LOSSES, ref_nats - 0.005, alternative="less").pvalue, rel=1e-9)
-    assert r["meets_record_bar"] and r["test_kind"] == "one-sample"
-    # 0.003 nats better is not a record whatever the p-value
-    close = stats.record_test(LOSSES, ref_loss=mean_loss + 0.003)
-    assert not close["meets_record_bar"] and close["p_value"] > 0.5
-    w = stats.record_test(LOSSES, ref_losses=REF)
-    assert w["test_kind"] == "welch" and w["reference_val_loss"] == pytest.approx(np.mean(REF))
+# The statistics themselves (sample std, the one-sample and Welch record tests against scipy, the degenerate cases)
+# are kitlib.stats, tested in test_kitlib.py; here: that pack uses them as documented.
 
 
 # ---------------------------------------------------------------- pack
@@ -271,16 +246,32 @@ def test_pack_from_text_only_logs(kit):
     assert check_path(folder).verdict == "consistent"
 
 
-def test_pack_without_compliance_package_says_so(kit):
+def test_pack_skip_audit_leaves_the_rule_fields_open(kit):
     res, folder = packed(kit)
-    assert res.submission["compliance"]["auditor_verdict"] == "not-run"
-    assert "compliance package is not installed" in res.readme
+    c = res.submission["compliance"]
+    assert c["auditor_verdict"] == "not-run" and c["no_slot"] is None and c["score_first_ttt"] is None
+    assert "skipped with --skip-audit" in res.readme
+
+
+def test_pack_runs_the_real_auditor_in_process_with_the_runs_settings(kit, monkeypatch):
+    """Without --skip-audit, pack calls compliance.audit.audit on the script with the run's config as settings
+    (no subprocess: records imports compliance, as it does for the log parser)."""
+    import compliance.audit
+
+    seen = []
+    real = compliance.audit.audit
+    monkeypatch.setattr(compliance.audit, "audit", lambda path, **kw: seen.append((path, kw)) or real(path, **kw))
+    res, _ = packed(kit, skip_audit=False)
+    assert len(seen) == 1 and seen[0][0] == kit / "train_gpt.py"
+    settings = seen[0][1]["settings"]
+    assert settings["VALUE_RESIDUAL"] == "1" and settings["NUM_LAYERS"] == "10" and settings["SEED"] == "42"
+    assert res.submission["compliance"]["auditor_verdict"] in ("clean", "needs-ruling")
 
 
 def test_pack_with_a_clean_audit(kit):
-    aud = fake_auditor(kit, {"verdict": "clean", "findings": [
+    aud = fake_auditor({"verdict": "clean", "findings": [
         {"rule": "TTT-PRE", "status": "dormant", "flag": "TTT", "message": "behind TTT=0"}]})
-    res, folder = packed(kit, audit_search=[aud])
+    res, folder = packed(kit, auditor=aud, skip_audit=False)
     c = res.submission["compliance"]
     assert c["auditor_verdict"] == "clean"
     assert c["no_slot"] is True and c["no_pre_quant_ttt"] is True and c["no_ngram_cache"] is True
@@ -288,98 +279,156 @@ def test_pack_with_a_clean_audit(kit):
 
 
 def test_pack_needs_ruling_leaves_the_field_open(kit):
-    aud = fake_auditor(kit, {"verdict": "needs-ruling", "findings": [
+    aud = fake_auditor({"verdict": "needs-ruling", "findings": [
         {"rule": "SLOT", "status": "needs-ruling", "message": "context-only delta"}]})
-    res, _ = packed(kit, audit_search=[aud])
+    res, _ = packed(kit, auditor=aud, skip_audit=False)
     assert res.submission["compliance"]["no_slot"] is None
     assert res.submission["compliance"]["auditor_verdict"] == "needs-ruling"
 
 
 def test_refuse_active_violation(kit, capsys):
-    aud = fake_auditor(kit, {"verdict": "flagged", "findings": [
+    aud = fake_auditor({"verdict": "flagged", "findings": [
         {"rule": "SLOT", "status": "active", "message": "delta optimised on scored targets"}]})
     with pytest.raises(Refusal, match="active violation: SLOT"):
-        pack(options(kit, audit_search=[aud]))
+        pack(options(kit, auditor=aud, skip_audit=False))
     assert written(kit) == []
 
 
 @pytest.mark.parametrize("flag", ["VALUE_RESIDUAL", "VALUE_RESIDUAL=1", "NUM_LAYERS=10"])
 def test_refuse_dormant_violation_that_the_run_enabled(kit, flag):
-    aud = fake_auditor(kit, {"verdict": "clean", "findings": [
+    aud = fake_auditor({"verdict": "clean", "findings": [
         {"rule": "NGRAM-TARGET", "status": "dormant", "flag": flag, "file": "train_gpt.py", "line": 12,
          "explanation": "key built from the target"}]})
     with pytest.raises(Refusal, match=r"NGRAM-TARGET .*train_gpt.py:12: key built from the target"):
-        pack(options(kit, audit_search=[aud]))
+        pack(options(kit, auditor=aud, skip_audit=False))
     assert written(kit) == []
 
 
 @pytest.mark.parametrize("flag", ["PPMC", "PPMC=1", "NUM_LAYERS=11"])
 def test_dormant_violation_the_run_did_not_enable(kit, flag):
-    aud = fake_auditor(kit, {"verdict": "clean", "findings": [
+    aud = fake_auditor({"verdict": "clean", "findings": [
         {"rule": "NGRAM-TARGET", "status": "dormant", "flag": flag, "explanation": "behind a flag"}]})
-    res, _ = packed(kit, audit_search=[aud])
+    res, _ = packed(kit, auditor=aud, skip_audit=False)
     assert res.submission["compliance"]["no_ngram_cache"] is True
 
 
 def test_refuse_when_the_auditor_crashes(kit):
-    aud = fake_auditor(kit, crash=True)
+    aud = fake_auditor(crash=True)
     with pytest.raises(Refusal, match="auditor failed"):
-        pack(options(kit, audit_search=[aud]))
+        pack(options(kit, auditor=aud, skip_audit=False))
     assert written(kit) == []
 
 
-def test_refuse_artifact_over_16mb(kit, capsys):
-    log = text_only(kit, 42)
+def _over_16mb(root):
+    log = text_only(root, 42)
     edit_text(log, "Serialized model int6+zstd: 15788467 bytes", "Serialized model int6+zstd: 15997700 bytes")
     edit_text(log, "Total submission size int6+zstd: 15790795 bytes", "Total submission size int6+zstd: 16000028 bytes")
-    line = refuse(kit, capsys, runs=[str(log)] + run_paths(kit)[1:])
-    assert "16,000,028 bytes is over the 16,000,000-byte limit" in line
+    return [], [str(log)] + run_paths(root)[1:]
 
 
-def test_refuse_runs_with_different_config(kit, capsys):
-    log = text_only(kit, 2025)
+def _other_config(root):
+    log = text_only(root, 2025)
     edit_text(log, '"NUM_LAYERS": 10', '"NUM_LAYERS": 11')
-    line = refuse(kit, capsys, runs=run_paths(kit)[:2] + [str(log)])
-    assert "disagree on config" in line and "NUM_LAYERS" in line
+    return [], run_paths(root)[:2] + [str(log)]
 
 
-def test_refuse_runs_with_different_code(kit, capsys):
-    log = text_only(kit, 2025)
-    text = log.read_text()
-    log.write_text(re.sub(r"code_sha256:[0-9a-f]{64}", "code_sha256:" + "ab" * 32, text))
-    line = refuse(kit, capsys, runs=run_paths(kit)[:2] + [str(log)])
-    assert "runs disagree" in line and "code" in line
+def _other_code(root):
+    log = text_only(root, 2025)
+    log.write_text(re.sub(r"code_sha256:[0-9a-f]{64}", "code_sha256:" + "ab" * 32, log.read_text()))
+    return [], run_paths(root)[:2] + [str(log)]
 
 
-def test_refuse_incomplete_log(kit, capsys):
-    log = text_only(kit, 1337)
+def _incomplete_log(root):
+    log = text_only(root, 1337)
     text = log.read_text()
     log.write_text(text[: text.index("final_float_sliding_window_exact")])
-    line = refuse(kit, capsys, runs=[run_paths(kit)[0], str(log), run_paths(kit)[2]])
-    assert "incomplete log" in line and "vr_ga_seed1337.txt" in line
+    return [], [run_paths(root)[0], str(log), run_paths(root)[2]]
 
 
-def test_refuse_incomplete_json_status(kit, capsys):
-    js = kit / "logs" / "vr_ga_seed1337.json"
-    obj = json.loads(js.read_text())
-    obj["status"] = "running"
-    js.write_text(json.dumps(obj))
-    line = refuse(kit, capsys)
-    assert "status is 'running'" in line
+def _json_status(root):
+    js = root / "logs" / "vr_ga_seed1337.json"
+    js.write_text(json.dumps({**json.loads(js.read_text()), "status": "running"}))
+    return [], None
 
 
-def test_refuse_shared_seed(kit, capsys):
-    src = kit / "logs" / "vr_ga_seed42.txt"
-    twin = kit / "logs" / "vr_ga_seed42_again.txt"
+def _nan_score(root):
+    log = text_only(root, 1337)
+    log.write_text(re.sub(r"(final_int6_sliding_window_exact) val_loss:\S+ val_bpb:\S+", r"\1 val_loss:nan val_bpb:nan",
+                          log.read_text()))
+    return [], [run_paths(root)[0], str(log), run_paths(root)[2]]
+
+
+def _shared_seed(root):
+    src, twin = root / "logs" / "vr_ga_seed42.txt", root / "logs" / "vr_ga_seed42_again.txt"
     twin.write_text(src.read_text().replace("run_id:vr_ga_seed42", "run_id:vr_ga_seed42_again"))
-    line = refuse(kit, capsys, runs=run_paths(kit) + [str(twin)])
-    assert "share seed 42" in line
+    return [], run_paths(root) + [str(twin)]
 
 
-def test_refuse_script_that_did_not_run(kit, capsys):
-    (kit / "train_gpt.py").write_bytes((kit / "train_gpt.py").read_bytes() + b"# edited after the runs\n")
-    line = refuse(kit, capsys)
-    assert "is not the script that ran" in line
+def _edited_script(root):
+    (root / "train_gpt.py").write_bytes((root / "train_gpt.py").read_bytes() + b"# edited after the runs\n")
+    return [], None
+
+
+def _double_wrap(root):
+    (root / "train_gpt.py").write_bytes(make_wrapper((root / "train_gpt.py").read_bytes()))
+    sha = hashlib.sha256((root / "train_gpt.py").read_bytes()).hexdigest()
+    for s in SEEDS:
+        log = text_only(root, s)
+        log.write_text(re.sub(r"code_sha256:[0-9a-f]{64}", f"code_sha256:{sha}", log.read_text()))
+    return ["--wrap"], run_paths(root, "txt")
+
+
+def _file_at(root, name):
+    (root / name).write_text("a file, not a folder\n")
+    return root / name
+
+
+# (id, setup(root) -> (extra arguments, runs or None for the three fixture runs), text of the one stderr line, exit)
+PACK_BAD = [
+    ("over-16mb", _over_16mb, "refused: vr_ga_seed42.txt: artifact 16,000,028 bytes is over the 16,000,000-byte", 1),
+    ("other-config", _other_config, "refused: runs disagree on config apart from SEED/RUN_ID", 1),
+    ("other-code", _other_code, "refused: runs disagree: vr_ga_seed2025.txt ran code abababababab", 1),
+    ("incomplete-log", _incomplete_log, "refused: vr_ga_seed1337.txt: incomplete log", 1),
+    ("json-status", _json_status, "refused: vr_ga_seed1337.txt: incomplete run (JSON status is 'running'", 1),
+    ("nan-score", _nan_score, "refused: vr_ga_seed1337.txt: final score is not a finite number", 1),
+    ("shared-seed", _shared_seed, "refused: two runs share seed 42", 1),
+    ("edited-script", _edited_script, "is not the script that ran", 1),
+    ("double-wrap", _double_wrap, "refused: --wrap:", 1),
+    ("eval-only", lambda r: (eval_only_log(r), [], None)[1:],
+     "refused: vr_ga_seed2025.txt is not a seed of a submission: an EVAL_ONLY run (it scored the artifact "
+     "artifacts/vr_ga_seed2025.ptz; no training in it)", 1),
+    ("bad-date", lambda r: (["--date", "02/05/2026"], None), "error: --date '02/05/2026' is not YYYY-MM-DD", 2),
+    ("empty-name", lambda r: (["--name", " "], None), "error: --name is empty", 2),
+    ("missing-run", lambda r: ([], run_paths(r)[:2] + [str(r / "logs" / "nope.json")]), "nope.json: no such file", 2),
+    ("run-is-folder", lambda r: ([], run_paths(r)[:2] + [str(r / "logs")]), "logs is not a file", 2),
+    ("missing-script", lambda r: (["--script", str(r / "nope.py")], None), "error: script", 2),
+    ("missing-requirements", lambda r: (["--requirements", "nope.txt"], None), "error: --requirements nope.txt", 2),
+    ("missing-reference", lambda r: (["--reference", "nope"], None), "error: --reference nope: no such", 2),
+    ("zero-reference-bpb", lambda r: (["--reference-bpb", "0"], None), "--reference-bpb 0.0 is not a positive", 2),
+    ("nan-reference-loss", lambda r: (["--reference-loss", "nan"], None), "error: --reference-loss nan is not", 2),
+    ("out-root-is-a-file", lambda r: (["--out-root", str(_file_at(r, "records_file"))], None),
+     "error: --out-root", 2),
+    ("top-json-in-a-file", lambda r: (["--top-json", str(_file_at(r, "f") / "s.json")], None),
+     "error: --top-json", 2),
+    ("two-references", lambda r: (["--reference-bpb", "1.2", "--reference-loss", "2.0"], None),
+     "error: argument --reference-loss: not allowed with argument --reference-bpb", 2),
+    ("unknown-option", lambda r: (["--nproc", "8"], None), "error: unrecognized arguments: --nproc", 2),
+]
+
+
+@pytest.mark.parametrize("setup,expected,code", [row[1:] for row in PACK_BAD], ids=[row[0] for row in PACK_BAD])
+def test_pack_bad_input_is_one_line_and_writes_nothing(kit, capsys, setup, expected, code):
+    extra, runs = setup(kit)
+    argv = ["pack", "--name", "X", "--author", "A", "--github-id", "g", "--date", "2026-05-02",
+            "--script", str(kit / "train_gpt.py"), "--out-root", str(kit / "records"),
+            "--top-json", str(kit / "submission.json"), "--skip-audit", *extra,
+            *(runs if runs is not None else run_paths(kit))]
+    rc = cli(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert (rc, len(lines)) == (code, 1), (out, err)
+    assert lines[0].startswith("records") and expected in lines[0], lines[0]
+    assert written(kit) == [], "bad input must write nothing"
 
 
 def test_refuse_existing_destination_and_force_replaces(kit, capsys):
@@ -392,18 +441,6 @@ def test_refuse_existing_destination_and_force_replaces(kit, capsys):
     res2 = pack(options(kit, force=True, blurb="second"))
     assert json.loads((folder / "submission.json").read_text())["blurb"] == "second"
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
-
-
-def test_refuse_bad_date_and_double_wrap(kit, capsys):
-    assert "is not YYYY-MM-DD" in refuse(kit, capsys, argv_extra=("--date", "02/05/2026"))
-    (kit / "train_gpt.py").write_bytes(make_wrapper((kit / "train_gpt.py").read_bytes()))
-    for s in SEEDS:
-        log = text_only(kit, s)
-        text = log.read_text()
-        sha = hashlib.sha256((kit / "train_gpt.py").read_bytes()).hexdigest()
-        log.write_text(re.sub(r"code_sha256:[0-9a-f]{64}", f"code_sha256:{sha}", text))
-    assert "already a self-extracting wrapper" in refuse(kit, capsys, argv_extra=("--wrap",),
-                                                         runs=run_paths(kit, "txt"))
 
 
 def test_non_record_track_says_why(kit):
@@ -439,7 +476,7 @@ def test_reference_folder_uses_welch(kit):
     res, _ = packed(kit, reference=str(ref))
     r = res.submission["reference"]
     want = sps.ttest_ind(LOSSES, np.array(REF) - 0.005, equal_var=False, alternative="less")
-    assert r["test_kind"] == "welch" and r["p_value"] == pytest.approx(want.pvalue, rel=1e-6)
+    assert r["test"] == "welch" and r["p_value"] == pytest.approx(want.pvalue, rel=1e-6)
     assert "Welch" in res.readme
 
 
@@ -451,7 +488,7 @@ def test_reference_record_folder_compares_bpb_in_our_nats(kit):
     ratio = np.mean(LOSSES) / np.mean(bpbs)
     ref = np.array([1.21691234, 1.21809494]) * ratio  # the reference's per-seed bpb in this entry's nats
     want = sps.ttest_ind(LOSSES, ref - 0.005, equal_var=False, alternative="less")
-    assert r["test_kind"] == "welch" and r["p_value"] == pytest.approx(want.pvalue, rel=1e-6)
+    assert r["test"] == "welch" and r["p_value"] == pytest.approx(want.pvalue, rel=1e-6)
     assert r["improvement_nats"] == pytest.approx(ref.mean() - np.mean(LOSSES), abs=1e-9)
     assert "converted to nats" in r["reference_source"]
 
@@ -669,3 +706,60 @@ def test_cli_as_module(good):
     out = subprocess.run([sys.executable, "-m", "records", "check", str(good)], cwd=ROOT, capture_output=True,
                          text=True)
     assert out.returncode == 0 and "consistent" in out.stdout
+
+
+def test_check_flags_an_eval_only_log_as_a_seed(good):
+    """A folder whose seed log is an EVAL_ONLY run (no training in it) is not consistent."""
+    tmp = good.parent.parent.parent / "logs"
+    eval_only_log(tmp.parent, 2025)
+    (good / "train_seed2025.log").write_bytes((tmp / "vr_ga_seed2025.txt").read_bytes())
+    res = check_path(good)
+    f = findings(res)
+    assert res.exit_code == 1 and "not a seed of this submission: an EVAL_ONLY run" in f["log:train_seed2025.log"]
+    assert "no log for seed(s) [2025]" in f["seeds"]
+
+
+def test_check_reads_a_single_submission_file_whatever_its_suffix(good, capsys):
+    (good / "submission.json").rename(good / "submission_ternary.json")
+    assert records_main(["check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith(": consistent; read submission_ternary.json")
+    assert check_path(good).as_dict()["submission_file"] == "submission_ternary.json"
+    (good / "submission_binary.json").write_text("{}")
+    res = check_path(good)
+    assert res.exit_code == 2 and "2 submission files" in findings(res)["submission.json"]
+    assert "submission_binary.json, submission_ternary.json" in findings(res)["submission.json"]
+
+
+def _finished_json(root):
+    return json.loads((root / "logs" / "vr_ga_seed42.json").read_text())
+
+
+# (id, what RUN.json holds (None: no such file; bytes: raw), text of the one stderr line): all exit 2, nothing written
+DEMO_BAD = [
+    ("missing", None, "records demo: error: cannot read"),
+    ("not-json", b"{oops", "records demo: error: cannot read"),
+    ("binary", b"\x00\xff\xfe", "records demo: error: cannot read"),
+    ("a-list", [1, 2], "records demo: error: RUN.json holds a JSON list, not a run's logs/<RUN_ID>.json object"),
+    ("eval-only", lambda r: {**_finished_json(r), "config": {**_finished_json(r)["config"], "EVAL_ONLY": "a.ptz"}},
+     "records demo: error: RUN.json is an EVAL_ONLY run (it scored a.ptz)"),
+    ("running", lambda r: {**_finished_json(r), "status": "running"}, "status is 'running', not 'complete'"),
+    ("no-final", lambda r: {k: v for k, v in _finished_json(r).items() if k != "final"},
+     "is not a finished training run's JSON (missing or wrong: final)"),
+    ("string-steps", lambda r: {**_finished_json(r), "steps": "many"}, "(missing or wrong: steps)"),
+]
+
+
+@pytest.mark.parametrize("content,expected", [row[1:] for row in DEMO_BAD], ids=[row[0] for row in DEMO_BAD])
+def test_demo_bad_input_is_one_line(kit, capsys, content, expected):
+    run = kit / "RUN.json"
+    if callable(content):
+        content = content(kit)
+    if isinstance(content, bytes):
+        run.write_bytes(content)
+    elif content is not None:
+        run.write_text(json.dumps(content))
+    assert cli(["demo", run.name]) == 2  # cwd is the kit root
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and expected in err and out == ""
+    assert written(kit) == []

@@ -169,16 +169,32 @@ def test_real_wrapped_script_runs_like_the_readable_one(real_runs):
     assert got["final"]["val_bpb"] == pytest.approx(readable["final"]["val_bpb"], abs=1e-6)
 
 
+def test_real_eval_only_run_is_not_a_seed(real_runs):
+    """A real EVAL_ONLY run of seed 3's artifact (no training in it) is refused as a seed of the submission."""
+    rr = real_runs
+    work = rr["work"]
+    env = _run_env(3, rr["data_path"], rr["tokenizer_path"], "rec_eval_seed3",
+                   {"EVAL_ONLY": str(work / "artifacts" / "rec_seed3.ptz")})
+    proc = subprocess.run([sys.executable, str(rr["script"])], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    evaluated = sorted((work / "logs").glob("*eval*seed3*.json"))
+    assert len(evaluated) == 1, sorted(p.name for p in (work / "logs").iterdir())
+    with pytest.raises(Refusal, match=r"is not a seed of a submission: an EVAL_ONLY run \(it scored the artifact "):
+        pack(_options(rr, runs=[str(p) for p in rr["runs"][:2]] + [str(evaluated[0])], name="Eval only",
+                      top_json=None, skip_audit=True))
+    assert not (work / "records" / "track_non_record_16mb" / "2026-05-02_Eval_only").exists()
+
+
 def test_real_runs_pass_the_compliance_auditor(real_runs):
-    """pack runs `python -m compliance audit train_gpt.py --json` on the kit's script (when the package
-    is there) and refuses on an active violation: the kit's own default configuration must pass."""
+    """pack calls the compliance auditor (in process) on the kit's script under each run's settings and refuses on
+    an active violation: the kit's own default configuration must pass."""
     rr = real_runs
     try:
         res = pack(_options(rr, name="Tiny CPU audited", top_json=None))
     except Refusal as exc:
         pytest.fail(f"pack refused the kit's own runs: {exc}")
     verdict = res.submission["compliance"]["auditor_verdict"]
-    assert verdict in ("clean", "needs-ruling", "not-run"), verdict
-    if verdict != "not-run":
-        assert res.submission["compliance"]["no_slot"] in (True, None)
+    assert verdict in ("clean", "needs-ruling"), verdict
+    assert res.submission["compliance"]["no_slot"] in (True, None)
 
