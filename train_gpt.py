@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -143,7 +143,10 @@ class Hyperparameters:
     # ---- techniques (TECHNIQUES.md): all off by default
     value_residual: int = S(0, "mix layer 0's values into every later layer (two scalars per layer, 0.5/0.5)",
                             **TECH)
-    gated_attention: int = S(0, "sigmoid gate on the attention output, W = 0, b = GATED_ATTENTION_BIAS", **TECH)
+    gated_attention: int = S(0, "sigmoid gate on the attention output: 1 = W = 0, b = GATED_ATTENTION_BIAS; 2 = the "
+                             "1.0611 record's sparse gate sigma(SPARSE_ATTN_GATE_SCALE * W a[:GATE_WINDOW]), per head",
+                             choices=(0, 1, 2), arch=True, on=(1, 2),
+                             aliases=(("SPARSE_ATTN_GATE_ENABLED", {"0": "0", "1": "2"}),))
     gated_attention_bias: float = S(4.0, "gate bias init (4: sigma = 0.982, near no-op)", rng="(-inf, inf)")
     gated_attention_mode: str = S("head", "head: one gate per head; element: one per channel",
                                   choices=("head", "element"), arch=True, on=("element",),
@@ -156,8 +159,10 @@ class Hyperparameters:
     review_rank: int = S(16, "rank of the lowrank gate", rng="[1, inf)", arch=True)
     review_bias_init: float = S(0.0, "gate bias init: 0 gives 0.5 (published), 4 gives ~1 (plain-like)",
                                 rng="(-inf, inf)")
-    smear_gate: int = S(0, "blend each position with the previous one (gate 0.5 at init; never across a BOS)",
-                        **TECH)
+    smear_gate: int = S(0, "blend each position with the previous one, never across a BOS: 1 = (1-g) x_t + g x_t-1 "
+                        "after the norm (g = 0.5 at init); 2 = the 1.0611 record's x_t + lam sigma(W x_t[:GATE_WINDOW]) "
+                        "x_t-1 before it (identity at init)", choices=(0, 1, 2), arch=True, on=(1, 2),
+                        aliases=(("SMEAR_GATE_ENABLED", {"0": "0", "1": "2"}),))
     bigram_hash: int = S(0, "add a hashed embedding of (previous, current) input token", **TECH)
     bigram_buckets: int = S(2048, "hash buckets of BIGRAM_HASH", rng="[2, inf)", arch=True)
     bigram_dim: int = S(128, "embedding width of BIGRAM_HASH before its projection", rng="[1, inf)", arch=True)
@@ -173,11 +178,32 @@ class Hyperparameters:
                        on=(0.04,))
     mlp_act: str = S("relu2", "MLP activation", choices=("relu2", "leaky_relu2"), arch=True, on=("leaky_relu2",))
     mlp_leaky_slope: float = S(0.5, "negative slope of leaky_relu2", rng="(-inf, inf)", arch=True)
+    # ---- the 1.0611 record's model (FRONTIER.md section 1): all off by default
+    skip_gates: int = S(0, "U-Net skips as lerp(w * skip, x, sigma(g)), g per channel from 0", **TECH,
+                        aliases=("SKIP_GATES_ENABLED",))
+    num_loops: int = S(0, "depth recurrence: once looping is on, blocks LOOP_START..LOOP_END run 1 + NUM_LOOPS "
+                       "times in a row", rng="[0, inf)", arch=True, on=(1,), requires="LOOP_START=1 LOOP_END=2")
+    loop_start: int = S(3, "first looped block", rng="[0, inf)", arch=True)
+    loop_end: int = S(5, "last looped block", rng="[0, inf)", arch=True)
+    enable_looping_at: float = S(0.35, "fraction of training (of the wallclock cap, else of ITERATIONS) at which "
+                                 "looping switches on; evaluation always loops", rng="[0, 1]")
+    parallel_start_layer: int = S(0, "two residual lanes from the first decoder block with this index (0: off)",
+                                  rng="[0, inf)", arch=True, on=(3,))
+    parallel_final_lane: str = S("mean", "what leaves the two lanes", choices=("mean", "attn", "mlp"), arch=True,
+                                 on=("attn",), requires="PARALLEL_START_LAYER=3")
+    gate_window: int = S(12, "input channels of SMEAR_GATE=2 and GATED_ATTENTION=2", rng="[1, inf)", arch=True)
+    sparse_attn_gate_scale: float = S(1.0, "GATED_ATTENTION=2: the scale inside the sigmoid", rng="(-inf, inf)",
+                                      arch=True)
+    varlen_attn: int = S(0, "attention never crosses a BOS (FlashAttention varlen on CUDA, else SDPA with a "
+                         "block-diagonal mask); a training micro-batch is one packed row", **TECH)
     # ---- training length and batch
     iterations: int = S(20000, "training steps (the wallclock cap may stop earlier)", rng="[0, inf)")
     warmup_steps: int = S(20, "compile warm-up steps, then weights and optimisers are reset", rng="[0, inf)")
     warmdown_iters: int = S(1200, "linear LR warmdown length in steps (estimated from wallclock under a cap)",
                             rng="[0, inf)")
+    warmdown_frac: float = S(0.0, "linear LR warmdown over this last fraction of training (of the wallclock cap, "
+                             "else of ITERATIONS); 0: WARMDOWN_ITERS", rng="[0, 1]", on=(0.85,))
+    min_lr: float = S(0.0, "floor of the LR multiplier", rng="[0, 1]", on=(0.1,))
     train_batch_tokens: int = S(524288, "tokens per optimiser step, all ranks together", rng="[1, inf)")
     train_seq_len: int = S(1024, "training sequence length", rng="[1, inf)")
     max_wallclock_seconds: float = S(600.0, "training time cap, validation excluded (0: none)", rng="[0, inf)")
@@ -193,12 +219,18 @@ class Hyperparameters:
     scalar_lr: float = S(0.04, "Adam LR of vectors, scalars and control tensors", rng="[0, inf)")
     muon_momentum: float = S(0.95, "Muon momentum after warm-up", rng="[0, 1)")
     muon_backend_steps: int = S(5, "Newton-Schulz iterations", rng="[1, inf)")
+    muon_ns: str = S("classic", "Newton-Schulz coefficients: classic (3.4445, -4.775, 2.0315) or polar (the "
+                     "Polar-Express tuple of each step; at most 5 steps)", choices=("classic", "polar"), on=("polar",))
+    muon_row_normalize: int = S(0, "MuonEq-R: every row of the update to unit norm before Newton-Schulz",
+                                choices=(0, 1), on=(1,))
     muon_momentum_warmup_start: float = S(0.85, "Muon momentum at step 0", rng="[0, 1)")
     muon_momentum_warmup_steps: int = S(500, "steps of the momentum warm-up", rng="[0, inf)")
     beta1: float = S(0.9, "Adam beta1", rng="[0, 1)")
     beta2: float = S(0.95, "Adam beta2", rng="[0, 1)")
     adam_eps: float = S(1e-8, "Adam epsilon", rng="(0, inf)")
     grad_clip_norm: float = S(0.0, "global gradient clip (0: off)", rng="[0, inf)")
+    embed_wd: float = S(-1.0, "AdamW weight decay of the token embeddings (< 0: ADAM_WD)", rng="[-1, inf)",
+                        on=(0.085,))
     control_tensor_name_patterns: str = S("", "upstream's: comma-separated name parts of extra control tensors "
                                           "(Adam at SCALAR_LR, fp32 in the artifact)")
     # ---- export and evaluation
@@ -302,19 +334,19 @@ ALIASES = {(a if isinstance(a, str) else a[0]): (s, None if isinstance(a, str) e
 
 def read_setting(s: Setting, env) -> Any:
     """The setting's value from its own name or an alias (two different values for one setting are refused)."""
-    given = [(s.name, env[s.name])] if env.get(s.name, "") != "" else []
+    given = [(s.name, env[s.name], env[s.name])] if env.get(s.name, "") != "" else []
     for alias, (target, mapping) in ALIASES.items():
         if target is s and env.get(alias, "") != "":
             raw = env[alias] if mapping is None else mapping.get(env[alias])
             if raw is None:
                 raise ConfigError(f"{alias}={env[alias]!r}: use one of {', '.join(mapping)}")
-            given.append((alias, raw))
+            given.append((alias, env[alias], raw))
     if not given:
         return s.default
-    values = {s.parse(raw, name) for name, raw in given}
+    values = {s.parse(raw, name if raw == typed else f"{name}={typed!r}, i.e. {s.name}") for name, typed, raw in given}
     if len(values) > 1:
-        raise ConfigError(f"{' and '.join(f'{n}={r!r}' for n, r in given)} set the same setting to different "
-                          "values; set one")
+        raise ConfigError(f"{' and '.join(f'{n}={t!r}' for n, t, _ in given)} set {s.name} to different values; "
+                          "set one")
     return values.pop()
 
 
@@ -360,6 +392,14 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
         (a.rope_dims % 2 == 0 and a.rope_dims <= head_dim, f"ROPE_DIMS={a.rope_dims} must be even and at most "
          f"the head dim {head_dim}"),
         (not (a.review_residual and a.highway), "REVIEW_RESIDUAL=1 and HIGHWAY=1 are alternatives: set one"),
+        (not a.num_loops or a.loop_start <= a.loop_end < a.num_layers, f"LOOP_START={a.loop_start}, LOOP_END="
+         f"{a.loop_end}: the looped blocks must satisfy LOOP_START <= LOOP_END < NUM_LAYERS={a.num_layers}"),
+        (a.parallel_start_layer < a.num_layers and (not a.num_loops or not a.parallel_start_layer or
+                                                    a.parallel_start_layer > a.loop_end),
+         f"PARALLEL_START_LAYER={a.parallel_start_layer} must be below NUM_LAYERS={a.num_layers} and, with "
+         f"NUM_LOOPS, after the looped blocks (> LOOP_END={a.loop_end}), or 0"),
+        (a.gate_window <= a.model_dim or not (a.smear_gate == 2 or a.gated_attention == 2),
+         f"GATE_WINDOW={a.gate_window} must be at most MODEL_DIM={a.model_dim}"),
         (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", a.run_id) is not None, f"RUN_ID={a.run_id!r} must be "
          "a name (letters, digits, '.', '_', '-'; no path)"),
         (a.device != "cuda" or torch.cuda.is_available(), "DEVICE=cuda but no CUDA device is visible; use "
@@ -551,25 +591,64 @@ def param_roles(model: nn.Module, patterns: str = "") -> dict[str, str]:
 BOS_ID = 1  # every document starts with this token
 
 
-def attention_kernel(device: torch.device):
-    """flash-attn 3, then 2, on CUDA; PyTorch SDPA otherwise. Returns (name, fn taking (B,T,H,D) tensors)."""
+class Kernel(NamedTuple):
+    """Causal attention over (B, T, H, D) tensors: attend(q, k, v, docs). docs is None (dense), or, for
+    VARLEN_ATTN, what docs(cu_seqlens, (B, T), max_len) made of the documents: the rows laid end to end are cut at
+    cu_seqlens, and no position attends across a cut."""
+    name: str
+    attend: Callable
+    docs: Callable
+
+
+def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, docs: Tensor | None = None) -> Tensor:
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=docs,
+                                       is_causal=docs is None, enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+
+
+def sdpa_docs(cu_seqlens: Tensor, shape: tuple, max_len: int) -> Tensor:
+    """The block-diagonal causal mask (B, 1, T, T): i sees j iff j <= i in the same segment."""
+    B, T = shape
+    seg = torch.searchsorted(cu_seqlens.long(), torch.arange(B * T, device=cu_seqlens.device), right=True)
+    seg = seg.view(B, 1, T)
+    return (seg[..., :, None] == seg[..., None, :]) & torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
+
+
+def flash_kernel(name: str, dense: Callable, varlen: Callable) -> Kernel:
+    def attend(q: Tensor, k: Tensor, v: Tensor, docs: tuple | None = None) -> Tensor:
+        q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        if docs is None:
+            out = dense(q16, k16, v16, causal=True)
+        else:  # the rows as one flat sequence of documents
+            (cu, L), flat = docs, [t.flatten(0, 1) for t in (q16, k16, v16)]
+            out = varlen(*flat, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=L, max_seqlen_k=L, causal=True)
+        return (out[0] if isinstance(out, tuple) else out).view_as(q).to(q.dtype)
+    return Kernel(name, attend, lambda cu_seqlens, shape, max_len: (cu_seqlens, max_len))
+
+
+def attention_kernel(device: torch.device) -> Kernel:
+    """flash-attn 3, then 2, on CUDA; PyTorch SDPA otherwise."""
     if device.type == "cuda":
         for module, name in (("flash_attn_interface", "flash_attn_3"), ("flash_attn", "flash_attn_2")):
             try:
-                fa = __import__(module).flash_attn_func
+                mod = __import__(module)
+                return flash_kernel(name, mod.flash_attn_func, mod.flash_attn_varlen_func)
             except (ImportError, AttributeError):
                 continue
+    return Kernel("sdpa", sdpa_attend, sdpa_docs)
 
-            def flash(q, k, v, fa=fa):
-                out = fa(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True)
-                return (out[0] if isinstance(out, tuple) else out).to(q.dtype)
-            return name, flash
 
-    def sdpa(q, k, v):
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, enable_gqa=k.size(2) != q.size(2))
-        return y.transpose(1, 2)
-    return "sdpa", sdpa
+def doc_bounds(idx: Tensor, max_len: int, bucket: int = 64) -> Tensor:
+    """cu_seqlens (int32) of the rows of idx laid end to end, as the 1.0611 record packs documents: a segment
+    starts at each row start and each BOS, and a document longer than max_len is cut every max_len tokens from its
+    start. Padded with the total length to a multiple of `bucket` entries (few shapes for compiled code)."""
+    B, T = idx.shape
+    pos = torch.arange(T, device=idx.device).expand(B, T)
+    start = (idx == BOS_ID) | (pos == 0)
+    doc_start = torch.cummax(torch.where(start, pos, 0), dim=1).values
+    cuts = torch.nonzero((start | ((pos - doc_start) % max_len == 0)).flatten()).flatten()
+    padded = -(-(cuts.numel() + 1) // bucket) * bucket
+    return F.pad(cuts, (0, padded - cuts.numel()), value=B * T).to(torch.int32)
 
 
 class CastedLinear(nn.Linear):
@@ -674,11 +753,34 @@ def exclusive(y: Tensor, v: Tensor) -> Tensor:
     return y - (y * v_hat).sum(-1, keepdim=True) * v_hat
 
 
+class SparseGate(nn.Module):
+    """GATED_ATTENTION=2 (the 1.0611 record's sparse gate): head h's output times sigma(s * W_h . a[:GATE_WINDOW]),
+    s = SPARSE_ATTN_GATE_SCALE, W (heads x GATE_WINDOW) from 0, no bias: 0.5 at init."""
+
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        self.w = role(nn.Parameter(torch.zeros(args.num_heads, args.gate_window)), "control")
+        self.window, self.scale, self.expand = args.gate_window, args.sparse_attn_gate_scale, args.model_dim // \
+            args.num_heads
+
+    def forward(self, a: Tensor) -> Tensor:
+        g = torch.sigmoid(self.scale * F.linear(a[..., :self.window], self.w.to(a.dtype)))
+        return g.repeat_interleave(self.expand, dim=-1)
+
+
+def out_gate(args: Hyperparameters) -> nn.Module | None:
+    if args.gated_attention == 2:
+        return SparseGate(args)
+    mode = {"head": "head", "element": "full"}[args.gated_attention_mode]
+    return Gate(args.model_dim, args.model_dim, mode, 0, args.num_heads, args.gated_attention_bias) \
+        if args.gated_attention else None
+
+
 class Attention(nn.Module):
     def __init__(self, args: Hyperparameters, layer: int, max_len: int, kernel):
         super().__init__()
         d, self.h, self.kv = args.model_dim, args.num_heads, args.num_kv_heads
-        self.hd, self.attend = d // self.h, kernel
+        self.hd, self.kernel = d // self.h, kernel
         self.c_q = CastedLinear(d, d)
         self.c_k = CastedLinear(d, self.kv * self.hd)
         self.c_v = CastedLinear(d, self.kv * self.hd)
@@ -687,10 +789,9 @@ class Attention(nn.Module):
         self.rotary = Rotary(args.rope_dims or self.hd, args.rope_base, max_len)
         self.values = ValueResidual() if args.value_residual else None
         self.xsa = layer >= args.num_layers - args.xsa_last_n
-        mode = {"head": "head", "element": "full"}[args.gated_attention_mode]
-        self.out_gate = Gate(d, d, mode, 0, self.h, args.gated_attention_bias) if args.gated_attention else None
+        self.out_gate = out_gate(args)
 
-    def forward(self, a: Tensor, v0: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, a: Tensor, v0: Tensor | None, docs=None) -> tuple[Tensor, Tensor]:
         """a: the normalised sublayer input. Returns the projected output and this layer's raw values."""
         B, T, _ = a.shape
         q = rms(self.c_q(a).view(B, T, self.h, self.hd))
@@ -698,7 +799,7 @@ class Attention(nn.Module):
         raw_v = self.c_v(a).view(B, T, self.kv, self.hd)
         v = raw_v if self.values is None else self.values(raw_v, v0)
         q = self.rotary(q) * self.q_gain.to(a.dtype)[:, None]
-        y = self.attend[1](q, self.rotary(k), v)
+        y = self.kernel.attend(q, self.rotary(k), v, docs)
         if self.xsa:
             y = exclusive(y, v)
         y = y.reshape(B, T, -1)
@@ -735,21 +836,54 @@ class Block(nn.Module):
         self.attn_res, self.mlp_res = residual_rule(args), residual_rule(args)
         self.ln = 1 / math.sqrt(layer + 1) if args.ln_scale else 1.0  # LN_SCALE
 
-    def forward(self, x: Tensor, x0: Tensor, v0: Tensor | None) -> tuple[Tensor, Tensor]:
+    def attend(self, x: Tensor, x0: Tensor, v0: Tensor | None, docs) -> tuple[Tensor, Tensor, Tensor]:
+        """(the input mixed with x0, the scaled attention update, this layer's raw values)."""
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        u, v = self.attn(rms(x) * self.ln, v0)
-        x = residual(self.attn_res, x, self.attn_scale.to(x.dtype) * u)
-        return residual(self.mlp_res, x, self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.ln)), v
+        u, v = self.attn(rms(x) * self.ln, v0, docs)
+        return x, self.attn_scale.to(x.dtype) * u, v
+
+    def feed(self, x: Tensor) -> Tensor:
+        return self.mlp_scale.to(x.dtype) * self.mlp(rms(x) * self.ln)
+
+    def forward(self, x: Tensor, x0: Tensor, v0: Tensor | None, docs=None) -> tuple[Tensor, Tensor]:
+        x, u, v = self.attend(x, x0, v0, docs)
+        x = residual(self.attn_res, x, u)
+        return residual(self.mlp_res, x, self.feed(x)), v
+
+
+class Lanes(nn.Module):
+    """PARALLEL_START_LAYER (the 1.0611 record's parallel residuals): from the first decoder block with index >=
+    start, two lanes. Attention reads lane 0 (mixed with x0), the MLP lane 1, and both write to both:
+    lane_k <- r[i,k] lane_k + P[i,0,k] a + P[i,1,k] f, r from 1.1, P from 1 (a REVIEW_RESIDUAL/HIGHWAY rule gates
+    each lane's update: attn_res lane 0, mlp_res lane 1). The output is PARALLEL_FINAL_LANE: the mean, lane 0
+    (attn) or lane 1 (mlp). One (r, P) per block, as the record counts them; blocks before `start` leave theirs."""
+
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        self.start, self.final = args.parallel_start_layer, args.parallel_final_lane
+        self.post = role(nn.Parameter(torch.ones(args.num_layers, 2, 2)), "control")
+        self.resid = role(nn.Parameter(torch.full((args.num_layers, 2), 1.1)), "control")
+
+    def forward(self, block: Block, i: int, lanes: tuple, x0: Tensor, v0: Tensor | None, docs):
+        _, a, v = block.attend(lanes[0], x0, v0, docs)
+        f = block.feed(lanes[1])
+        r, p = self.resid[i].to(a.dtype), self.post[i].to(a.dtype)
+        return (residual(block.attn_res, r[0] * lanes[0], p[0, 0] * a + p[1, 0] * f),
+                residual(block.mlp_res, r[1] * lanes[1], p[0, 1] * a + p[1, 1] * f)), v
+
+    def merge(self, lanes: tuple) -> Tensor:
+        return lanes[0] if self.final == "attn" else lanes[1] if self.final == "mlp" else 0.5 * (lanes[0] + lanes[1])
 
 
 class BigramHash(nn.Module):
     """BIGRAM_HASH: bucket (36313 t_i XOR 27191 t_{i-1}) mod (B-1) (position 0: B-1) -> Embedding(B, dim), zero
-    init -> Linear(dim, d) -> times a learned scale (init 0.05), added to the token embedding. Inputs only."""
+    init -> Linear(dim, d) -> times a learned scale (init 0.05), added to the token embedding. Inputs only. With
+    VARLEN_ATTN a BOS is hashed like position 0 (no previous token across a document start)."""
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
-        self.buckets = args.bigram_buckets
+        self.buckets, self.isolate = args.bigram_buckets, bool(args.varlen_attn)
         self.embed = nn.Embedding(self.buckets, args.bigram_dim)
         nn.init.zeros_(self.embed.weight)
         role(self.embed.weight, "embed")
@@ -759,6 +893,8 @@ class BigramHash(nn.Module):
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
         h = torch.bitwise_xor(36313 * idx[:, 1:], 27191 * idx[:, :-1]) % (self.buckets - 1)
         h = torch.cat((torch.full_like(idx[:, :1], self.buckets - 1), h), dim=1)
+        if self.isolate:
+            h = torch.where(idx == BOS_ID, self.buckets - 1, h)
         return x + self.scale.to(x.dtype) * self.proj(self.embed(h).to(x.dtype))
 
 
@@ -777,19 +913,50 @@ class SmearGate(nn.Module):
         return (1 - g) * x + g * prev
 
 
+class ContentSmear(nn.Module):
+    """SMEAR_GATE=2 (the 1.0611 record's SmearGate), on the raw embedding before the first norm: for t >= 1,
+    x_t += lam * sigma(W x_t[:GATE_WINDOW]) * x_{t-1}, except where token t is a BOS. W (1 x GATE_WINDOW) and lam
+    start at 0: identity at init."""
+
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        self.window, self.gate = args.gate_window, CastedLinear(args.gate_window, 1, zero_init=True)
+        role(self.gate.weight, "control")
+        self.lam = role(nn.Parameter(torch.zeros(1)), "control")
+
+    def forward(self, x: Tensor, idx: Tensor) -> Tensor:
+        g = self.lam.to(x.dtype) * torch.sigmoid(self.gate(x[:, 1:, :self.window]))
+        keep = (idx[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)
+        return torch.cat((x[:, :1], x[:, 1:] + g * x[:, :-1] * keep), dim=1)
+
+
+def layer_order(args: Hyperparameters, looped: bool) -> tuple[list[int], list[int]]:
+    """Block indices of the encoder half (pushes U-Net skips) and the decoder half (pops them). Looped (NUM_LOOPS):
+    blocks LOOP_START..LOOP_END run 1 + NUM_LOOPS times in a row, and the sequence is split in the middle."""
+    L, s, e = args.num_layers, args.loop_start, args.loop_end
+    order = [*range(s), *list(range(s, e + 1)) * (args.num_loops + 1), *range(e + 1, L)] if looped else [*range(L)]
+    return order[:len(order) // 2], order[len(order) // 2:]
+
+
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters, kernel=None):
         super().__init__()
-        max_len, kernel = max(args.train_seq_len, args.eval_seq_len), kernel or attention_kernel(torch.device("cpu"))
-        self.softcap = args.logit_softcap
+        max_len = max(args.train_seq_len, args.eval_seq_len, args.train_batch_tokens // 8 if args.varlen_attn else 0)
+        self.kernel = kernel or attention_kernel(torch.device("cpu"))
+        self.softcap, self.seq_len, self.varlen = args.logit_softcap, args.train_seq_len, bool(args.varlen_attn)
         self.tok_emb = nn.Embedding(args.vocab_size, args.model_dim)
         role(self.tok_emb.weight, "embed")
         self.bigram = BigramHash(args) if args.bigram_hash else None
-        self.smear = SmearGate(args) if args.smear_gate else None
-        self.blocks = nn.ModuleList(Block(args, i, max_len, kernel) for i in range(args.num_layers))
-        self.num_enc = args.num_layers // 2
-        self.skip_weights = role(nn.Parameter(torch.ones(min(self.num_enc, args.num_layers - self.num_enc),
-                                                         args.model_dim)), "control")
+        self.content_smear = ContentSmear(args) if args.smear_gate == 2 else None
+        self.smear = SmearGate(args) if args.smear_gate == 1 else None
+        self.blocks = nn.ModuleList(Block(args, i, max_len, self.kernel) for i in range(args.num_layers))
+        self.orders = {False: layer_order(args, False), True: layer_order(args, args.num_loops > 0)}
+        self.looping = False  # switched on at ENABLE_LOOPING_AT in training, and for evaluation
+        n_skip = min(map(len, self.orders[True]))
+        self.skip_weights = role(nn.Parameter(torch.ones(n_skip, args.model_dim)), "control")
+        self.skip_gates = role(nn.Parameter(torch.zeros(n_skip, args.model_dim)), "control") \
+            if args.skip_gates else None
+        self.lanes = Lanes(args) if args.parallel_start_layer else None
         self.lm_head = None if args.tie_embeddings else CastedLinear(args.model_dim, args.vocab_size, True)
         if self.lm_head is not None:
             role(self.lm_head.weight, "head")
@@ -801,26 +968,49 @@ class GPT(nn.Module):
             elif isinstance(m, CastedLinear) and args.ortho_init and min(m.weight.shape) >= 64:
                 nn.init.orthogonal_(m.weight)  # output projections are zero-initialised: no 1/sqrt(2L) needed
 
-    def hidden(self, idx: Tensor) -> Tensor:
+    def hidden(self, idx: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Final normalised hidden states (B, T, d); the head is applied separately so that evaluation can
-        send only the scored positions through it."""
+        send only the scored positions through it. VARLEN_ATTN: attention stays inside the documents, cut at
+        cu_seqlens (the rows laid end to end; by default each row's documents, uncut)."""
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # bf16 residual stream under autocast (fp32 master weights)
             x = x.to(torch.get_autocast_dtype(x.device.type))
         if self.bigram is not None:
             x = self.bigram(x, idx)
+        if self.content_smear is not None:
+            x = self.content_smear(x, idx)
         x = rms(x)
         if self.smear is not None:
             x = self.smear(x, idx)
-        x0, skips, v0 = x, [], None
-        for i, block in enumerate(self.blocks):
-            if i >= self.num_enc and skips:
-                x = x + self.skip_weights[i - self.num_enc].to(x.dtype) * skips.pop()
-            x, v = block(x, x0, v0)
+        docs = None
+        if self.varlen:
+            docs = self.kernel.docs(doc_bounds(idx, idx.size(1)) if cu_seqlens is None else cu_seqlens, idx.shape,
+                                    idx.size(1) if cu_seqlens is None else self.seq_len)
+        encoder, decoder = self.orders[self.looping]
+        x0, skips, v0, lanes = x, [], None, None
+        for i in encoder:
+            x, v = self.blocks[i](x, x0, v0, docs)
             v0 = v if v0 is None else v0
-            if i < self.num_enc:
-                skips.append(x)
-        return rms(x)
+            skips.append(x)
+        for j, i in enumerate(decoder):
+            if self.lanes is not None and lanes is None and i >= self.lanes.start:
+                lanes = (x, x)
+            if skips and lanes is None:
+                x = self.skip(x, j, skips.pop())
+            elif skips:
+                lanes = (self.skip(lanes[0], j, skips.pop()), lanes[1])
+            if lanes is None:
+                x, v = self.blocks[i](x, x0, v0, docs)
+            else:
+                lanes, v = self.lanes(self.blocks[i], i, lanes, x0, v0, docs)
+            v0 = v if v0 is None else v0
+        return rms(x if lanes is None else self.lanes.merge(lanes))
+
+    def skip(self, x: Tensor, j: int, s: Tensor) -> Tensor:
+        """U-Net skip j: x + w_j s, or with SKIP_GATES lerp(w_j s, x, sigma(g_j)) (the mean at init)."""
+        w = self.skip_weights[j].to(x.dtype)
+        return x + w * s if self.skip_gates is None else torch.lerp(w * s, x, torch.sigmoid(self.skip_gates[j].to(
+            x.dtype)))
 
     def logits(self, h: Tensor, extra: Tensor | None = None) -> Tensor:
         """Softcapped logits; `extra` (TTT's head adapter) is added before the softcap."""
@@ -829,8 +1019,8 @@ class GPT(nn.Module):
         z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z  # float64 stays float64 (probes)
         return self.softcap * torch.tanh(z / self.softcap)
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None) -> Tensor:
-        logits = self.logits(self.hidden(idx))
+    def forward(self, idx: Tensor, targets: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
+        logits = self.logits(self.hidden(idx, cu_seqlens))
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
@@ -852,14 +1042,26 @@ def count_params(env) -> int:
 # Optimiser: Muon (Newton-Schulz orthogonalised Nesterov momentum) for block matrices, Adam for the rest.
 # ----------------------------------------------------------------------------------------------------------------
 
-def newton_schulz(G: Tensor, steps: int) -> Tensor:
-    a, b, c = 3.4445, -4.7750, 2.0315
+POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),  # (a, b, c) of steps 1..5
+                 (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                 (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                 (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                 (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+
+
+def ns_coefficients(kind: str, steps: int) -> tuple:
+    """MUON_NS: classic, the fixed quintic `steps` times; polar, the Polar-Express tuples (more than 5 steps run
+    the 5, as the record does)."""
+    return ((3.4445, -4.7750, 2.0315),) * steps if kind == "classic" else POLAR_EXPRESS[:steps]
+
+
+def newton_schulz(G: Tensor, coeffs: tuple) -> Tensor:
     X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
     X = X / (X.norm() + 1e-7)
     transposed = X.size(0) > X.size(1)
     if transposed:
         X = X.T
-    for _ in range(steps):
+    for a, b, c in coeffs:
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return X.T if transposed else X
@@ -868,8 +1070,8 @@ def newton_schulz(G: Tensor, steps: int) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Each rank orthogonalises every WORLD_SIZE-th matrix; one all-reduce shares the updates."""
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, wd: float = 0.0):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, wd=wd))
+    def __init__(self, params, lr: float, momentum: float, coeffs: tuple, wd: float = 0.0, row_norm: bool = False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, coeffs=coeffs, wd=wd, row_norm=row_norm))
 
     @torch.no_grad()
     def step(self):
@@ -884,7 +1086,10 @@ class Muon(torch.optim.Optimizer):
                 if i % world == rank and p.grad is not None:
                     buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                     buf.mul_(group["momentum"]).add_(p.grad)
-                    g = newton_schulz(p.grad.add(buf, alpha=group["momentum"]), group["backend_steps"])
+                    u = p.grad.add(buf, alpha=group["momentum"])
+                    if group["row_norm"]:  # MUON_ROW_NORMALIZE (MuonEq-R): unit rows before Newton-Schulz
+                        u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
+                    g = newton_schulz(u, group["coeffs"])
                     flat[offset:offset + p.numel()] = g.flatten() * max(1, p.size(0) / p.size(1)) ** 0.5
                 offset += p.numel()
             if distributed:
@@ -905,13 +1110,15 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.opti
         groups[roles[name]].append(p)
     fused = next(model.parameters()).is_cuda
 
-    def adam(params, lr):
+    def adam(params, lr, wd=args.adam_wd):
         return torch.optim.AdamW([dict(params=params, lr=lr, base_lr=lr)], betas=(args.beta1, args.beta2),
-                                 eps=args.adam_eps, weight_decay=args.adam_wd, fused=fused)
-    muon = Muon(groups["matrix"], args.matrix_lr, args.muon_momentum, args.muon_backend_steps, args.muon_wd)
+                                 eps=args.adam_eps, weight_decay=wd, fused=fused)
+    muon = Muon(groups["matrix"], args.matrix_lr, args.muon_momentum,
+                ns_coefficients(args.muon_ns, args.muon_backend_steps), args.muon_wd, bool(args.muon_row_normalize))
     for g in muon.param_groups:
         g["base_lr"] = args.matrix_lr
-    opts = [adam(groups["embed"], args.tied_embed_lr if args.tie_embeddings else args.embed_lr), muon,
+    embed_wd = args.adam_wd if args.embed_wd < 0 else args.embed_wd
+    opts = [adam(groups["embed"], args.tied_embed_lr if args.tie_embeddings else args.embed_lr, embed_wd), muon,
             adam(groups["control"], args.scalar_lr)]
     if groups["head"]:
         opts.append(adam(groups["head"], args.head_lr))
@@ -1022,16 +1229,18 @@ class TTTLedger:
 
 
 def sgd_step(model: GPT, params: list, opt: torch.optim.Optimizer, tokens: Tensor, rows: list, n_targets: int,
-             clip: float, ledger: TTTLedger) -> None:
+             clip: float, ledger: TTTLedger, packed: int = 0) -> None:
     """One optimiser step of full-model TTT on `rows`, (input positions, target positions) pairs of (n, T) tensors
     into the val stream: the loss summed over the targets / n_targets (every rank's together), the gradients summed
-    over the ranks in one all-reduce. Position 0 is never a target (it is never scored)."""
+    over the ranks in one all-reduce. Position 0 is never a target (it is never scored). packed > 0 (VARLEN_ATTN):
+    a pair's rows as one row, documents cut at each BOS and every `packed` tokens (the record's layout)."""
     opt.zero_grad(set_to_none=False)
     for inp, tgt in rows:
         if tgt.numel() == 0:
             continue
+        x = tokens[inp].view(1, -1) if packed else tokens[inp]
         with autocast(tokens.device):
-            logits = model(tokens[inp])
+            logits = model(x, cu_seqlens=doc_bounds(x, packed)) if packed else model(x)
         y = torch.where(tgt > 0, tokens[tgt], -100)
         (F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / n_targets).backward()
         ledger.trained(tgt[tgt > 0])
@@ -1298,7 +1507,8 @@ def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyper
     """A phase: all weights trained by SGD with momentum on documents laid end to end (src: their stream positions;
     tgt: the same with 0, no target, where a document starts), in chunks of GLOBAL_TTT_CHUNK_TOKENS (the last one
     skipped) of sequences of EVAL_SEQ_LEN, GLOBAL_TTT_BATCH_SEQS per step (all ranks together); LR: linear warm-up,
-    then cosine over the chunks."""
+    then cosine over the chunks. VARLEN_ATTN: a rank's sequences of a step as one row, documents cut at BOS and
+    every min(EVAL_SEQ_LEN, TRAIN_SEQ_LEN) tokens (the record's layout, within the model's varlen bound)."""
     params, opt = full_model_sgd(model, args.global_ttt_lr, args.global_ttt_momentum)
     L, T, total, a = args.eval_seq_len, args.global_ttt_chunk_tokens, src.numel() - 1, args
     n_chunks = max(-(-total // T), 0)
@@ -1316,7 +1526,7 @@ def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyper
                     * L + ar  # inputs at j, targets at j + 1 of the laid-out documents
                 mine = j[rank::world_size]
                 sgd_step(model, params, opt, tokens, [(src[mine], tgt[mine + 1])], int((tgt[j + 1] > 0).sum()),
-                         a.global_ttt_grad_clip, ledger)
+                         a.global_ttt_grad_clip, ledger, min(L, model.seq_len) if model.varlen else 0)
     model.eval()
 
 
@@ -1783,6 +1993,33 @@ class Run:
         return bool(t.item())
 
 
+def training_frac(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """How much of training is done: elapsed / MAX_WALLCLOCK_SECONDS under a cap, else step / ITERATIONS."""
+    cap_ms = 1000.0 * args.max_wallclock_seconds
+    return elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
+
+
+def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
+    """The LR scale of every optimiser, at least MIN_LR. WARMDOWN_FRAC: 1, then linear to 0 over that last fraction
+    of training_frac. Else WARMDOWN_ITERS steps, under a cap estimated from the mean step time so far."""
+    a, cap_ms = args, 1000.0 * args.max_wallclock_seconds
+    if a.warmdown_frac > 0:
+        frac = training_frac(a, step, elapsed_ms)
+        scale = 1.0 if frac < 1 - a.warmdown_frac else (1 - frac) / a.warmdown_frac
+    elif a.warmdown_iters <= 0:
+        scale = 1.0
+    elif cap_ms <= 0:
+        scale = min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
+    else:
+        warmdown_ms, remaining_ms = a.warmdown_iters * elapsed_ms / max(step, 1), max(cap_ms - elapsed_ms, 0.0)
+        scale = remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+    return max(scale, a.min_lr)
+
+
+def looping_due(args: Hyperparameters, step: int, elapsed_ms: float) -> bool:
+    return args.num_loops > 0 and training_frac(args, step, elapsed_ms) >= args.enable_looping_at
+
+
 class Trainer:
     """Owns the optimisers, the data stream, the schedule and the EMA of one training run."""
 
@@ -1802,9 +2039,14 @@ class Trainer:
         total = torch.zeros((), device=self.run.device)
         for micro in range(self.grad_accum):
             x, y = loader.next_batch(self.args.train_batch_tokens, self.args.train_seq_len, self.grad_accum)
+            cu = None
+            if self.args.varlen_attn:  # one packed row, its documents cut as the record cuts them
+                x, y = x.reshape(1, -1), y.reshape(1, -1)
+                cu = doc_bounds(x, self.args.train_seq_len)
+                torch._dynamo.mark_dynamic(cu, 0)  # one compiled graph for any number of documents
             last = not self.run.distributed or micro == self.grad_accum - 1
             with autocast(self.run.device), (contextlib.nullcontext() if last else self.model.no_sync()):
-                loss = self.model(x, y)
+                loss = self.model(x, y, cu)
                 (loss / self.grad_accum).backward()
             total += loss.detach()
         return total / self.grad_accum
@@ -1821,28 +2063,24 @@ class Trainer:
         init_state = copy.deepcopy(self.base_model.state_dict())
         init_opt = [copy.deepcopy(o.state_dict()) for o in self.optimizers]
         loader = self.loader()
-        for _ in range(self.args.warmup_steps):
-            self.micro_steps(loader)
-            self.optimizer_step()
+        for looping in (False, True) if self.args.num_loops else (False,):  # both graphs compiled before the clock
+            self.base_model.looping = looping
+            for _ in range(self.args.warmup_steps):
+                self.micro_steps(loader)
+                self.optimizer_step()
+        self.base_model.looping = False
         self.base_model.load_state_dict(init_state)
         for opt, state in zip(self.optimizers, init_opt):
             opt.load_state_dict(state)
         self.run.log(f"warmup_steps:{self.args.warmup_steps} done; weights and optimisers reset")
 
-    def lr_scale(self, step: int, elapsed_ms: float) -> float:
-        """Linear warmdown over the last WARMDOWN_ITERS steps, estimated from the step time under a cap. Read every
-        step: nothing here is frozen by compile."""
-        a = self.args
-        if a.warmdown_iters <= 0:
-            return 1.0
-        if self.cap_ms is None:
-            return min(1.0, max(a.iterations - step, 0) / a.warmdown_iters)
-        warmdown_ms = a.warmdown_iters * elapsed_ms / max(step, 1)
-        remaining_ms = max(self.cap_ms - elapsed_ms, 0.0)
-        return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
-
     def set_schedule(self, step: int, elapsed_ms: float) -> None:
-        a, scale = self.args, self.lr_scale(step, elapsed_ms)
+        """Depth recurrence on when due, the momentum warm-up and the LR multiplier: read every step, nothing here
+        is frozen by compile (the looping switch is a module attribute compiled code is guarded on)."""
+        a, scale = self.args, lr_multiplier(self.args, step, elapsed_ms)
+        if not self.base_model.looping and looping_due(a, step, elapsed_ms):
+            self.base_model.looping = True
+            self.run.log(f"layer_loop:enabled step:{step} frac:{training_frac(a, step, elapsed_ms):.3f}")
         frac = min(step / a.muon_momentum_warmup_steps, 1.0) if a.muon_momentum_warmup_steps > 0 else 1.0
         for g in self.muon.param_groups:
             g["momentum"] = (1 - frac) * a.muon_momentum_warmup_start + frac * a.muon_momentum
@@ -1900,6 +2138,7 @@ class Trainer:
             with torch.no_grad():
                 torch._foreach_copy_(params, ema)
             run.log(f"ema: swapped in the EMA weights (decay {a.ema_decay})")
+        self.base_model.looping = bool(a.num_loops)  # evaluation (and export) always loop
         peak_mib = torch.cuda.max_memory_allocated() / 2**20 if run.device.type == "cuda" else 0.0
         run.log(f"peak memory allocated: {peak_mib:.0f} MiB")
         return {"steps": step, "iterations": a.iterations, "stopped_early": stopped_early, "train_time_ms": train_ms,
@@ -2063,6 +2302,7 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
 def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict, scores: Scores, read_ms: float) -> tuple:
     _, ms = timed(run.device, lambda: base_model.load_state_dict(state))
     scores.phase("deserialize", read_ms + ms)
+    base_model.looping = bool(run.args.num_loops)
     made_by = meta.get("code_sha256")
     if made_by != hashlib.sha256(run.code).hexdigest():
         run.log(f"warning: {run.args.eval_only} was made by a different train_gpt.py (code_sha256 "

@@ -49,12 +49,17 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--stride", type=int, default=8)
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("env", nargs="*", metavar="NAME=VALUE", help="settings for Hyperparameters.from_env (win over the tiny defaults)")
+    from .runcli import add_parser as _add_run
+    _add_run(sub)
     args = p.parse_args(argv)
     if args.cmd is None:
         p.print_help(sys.stderr)
         return 2
     if args.cmd == "audit":
         return _audit(args)
+    if args.cmd == "run":
+        from .runcli import main as _run
+        return _run(args)
     return _probe(args)
 
 

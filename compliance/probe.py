@@ -19,8 +19,6 @@ cannot run in float64 it runs in float32 and the stated tolerance applies.
 from __future__ import annotations
 
 import copy
-import hashlib
-import importlib.util
 import math
 import sys
 import traceback
@@ -49,23 +47,12 @@ def find_script(script: str | None) -> Path:
 
 
 def load_module(path: Path):
-    name = "_compliance_probe_" + hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    spec = importlib.util.spec_from_file_location(name, str(path))
-    if spec is None or spec.loader is None:
-        raise ProbeError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
+    """The script imported by path (kitlib's one loader); a failure is a ProbeError (exit status 2)."""
+    from kitlib.scripts import ScriptError, load_script
     try:
-        spec.loader.exec_module(module)
-    except SystemExit as exc:
-        raise ProbeError(f"importing {path} called sys.exit({exc.code}); main() must only run under "
-                         "`if __name__ == \"__main__\":`") from None
-    except Exception as exc:  # noqa: BLE001 - any import failure is one line for the user
-        raise ProbeError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
-    finally:
-        if sys.path and sys.path[0] == str(path.parent):
-            sys.path.pop(0)
-    return module
+        return load_script(path)
+    except ScriptError as exc:
+        raise ProbeError(str(exc)) from None
 
 
 class Ledger:
@@ -128,8 +115,21 @@ def _ints(positions) -> list[int]:
         return [int(positions)]
 
 
+def check_sizes(n_tokens: int, seq_len: int, stride: int, seed: int = 0) -> None:
+    """Refuses sizes the probes cannot work with (ProbeError: a usage error, exit 2, before any work)."""
+    if seq_len < 2:
+        raise ProbeError(f"--seq-len must be at least 2, got {seq_len}")
+    if not 1 <= stride <= seq_len:
+        raise ProbeError(f"--stride must be between 1 and --seq-len ({seq_len}), got {stride}")
+    if not 4 <= n_tokens <= 1_000_000:
+        raise ProbeError(f"--tokens must be between 4 and 1000000, got {n_tokens}")
+    if seed < 0:
+        raise ProbeError(f"--seed must be >= 0, got {seed}")
+
+
 def run_probes(script: str | None = None, env: dict | None = None, n_tokens: int = 96, seq_len: int = 32,
                stride: int = 8, seed: int = 0) -> dict:
+    check_sizes(n_tokens, seq_len, stride, seed)
     import numpy as np
     import torch
 

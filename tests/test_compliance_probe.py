@@ -87,3 +87,19 @@ def test_kit_train_gpt_passes_every_probe(env):
     res = run_probes(str(ROOT / "train_gpt.py"), env)
     assert res["verdict"] == "pass", [r for r in res["probes"] if r["status"] != "pass"]
     assert {"TTT ledger", "normalisation (mixture)", "future-suffix invariance (TTT)"} <= set(statuses(res))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stride", "0"], "--stride must be between 1 and --seq-len"),
+    (["--stride", "33"], "--stride must be between 1 and --seq-len"),
+    (["--tokens", "0"], "--tokens must be between 4"),
+    (["--tokens", "1"], "--tokens must be between 4"),
+    (["--tokens", "-5"], "--tokens must be between 4"),
+    (["--seq-len", "0"], "--seq-len must be at least 2"),
+    (["--seq-len", "1", "--stride", "1"], "--seq-len must be at least 2"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+])
+def test_probe_refuses_bad_sizes_as_usage_errors(args, message, capsys):
+    assert cli(["probe", "--script", str(HONEST), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1

@@ -490,7 +490,7 @@ def test_unet_skips_adapt_to_depth(tg, layers):
     model = randomise(tg.build_model(args)).double()
     enc = layers // 2
     n_skip = min(enc, layers - enc)
-    assert model.num_enc == enc and model.skip_weights.shape == (n_skip, 32)
+    assert len(model.orders[False][0]) == enc and model.skip_weights.shape == (n_skip, 32)
     ins, outs = {}, {}
 
     def record(i):
