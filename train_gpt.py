@@ -1312,16 +1312,13 @@ def split_docs(tokens: Tensor) -> tuple[Tensor, Tensor]:
     return starts[lengths >= 2], lengths[lengths >= 2]
 
 
-def doc_windows(tokens: Tensor, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
-    """EVAL_MODE=doc: sliding windows inside each document; a target sees only its own document, from its BOS."""
-    return [(s0 + s, s0 + a, s0 + e) for s0, n in zip(*(t.tolist() for t in split_docs(tokens)))
-            for s, a, e in windows(n, seq_len, stride)]
-
-
 def eval_windows(tokens: Tensor, args: Hyperparameters) -> list[tuple[int, int, int]]:
-    if args.eval_mode == "doc":
-        return doc_windows(tokens, args.eval_seq_len, args.eval_stride)
-    return windows(tokens.numel(), args.eval_seq_len, args.eval_stride)
+    """The stream's sliding windows, or with EVAL_MODE=doc each document's: a target sees only its own document."""
+    L, stride = args.eval_seq_len, args.eval_stride
+    if args.eval_mode == "stream":
+        return windows(tokens.numel(), L, stride)
+    return [(s0 + s, s0 + a, s0 + e) for s0, n in zip(*(t.tolist() for t in split_docs(tokens)))
+            for s, a, e in windows(n, L, stride)]
 
 
 def short_chunks(text: str) -> list[tuple[int, int]] | None:
@@ -1369,18 +1366,6 @@ def lora_generator(seed: int, key: int, device: torch.device) -> torch.Generator
     return torch.Generator(device).manual_seed(hash((seed, key)) & (2 ** 62 - 1))
 
 
-def block_passes(model: GPT) -> int:
-    """Attention sublayer calls in one forward pass (a looped block counts once per pass)."""
-    calls = []
-    hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in model.modules()
-             if isinstance(m, Attention)]
-    with torch.no_grad():
-        type(model).hidden(model, torch.zeros(1, 1, dtype=torch.long, device=model.tok_emb.weight.device))
-    for h in hooks:
-        h.remove()
-    return len(calls)
-
-
 class Adapters:
     """lora_phased's per-document low-rank adapters, (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank for document b of a
     batch, A ~ U(+-1/sqrt(d)), B = 0: on Q, K, V, the attention output and the MLP output of every block pass (a
@@ -1388,7 +1373,8 @@ class Adapters:
     One set per batch size; `use` picks the next batch's, `hooked(model)` adds it to the model's forward passes."""
 
     def __init__(self, model: GPT, args: Hyperparameters):
-        attn, P = next(m for m in model.modules() if isinstance(m, Attention)), block_passes(model)
+        attn = next(m for m in model.modules() if isinstance(m, Attention))
+        P = sum(map(len, model.orders[model.looping]))  # block passes: a looped block once per pass
         d, kv, a = attn.c_q.weight.size(1), attn.c_k.weight.size(0), args
         sizes = {"head": model.tok_emb.num_embeddings, "q": d, "v": kv, "k": kv * a.ttt_k_lora,
                  "mlp": d * a.ttt_mlp_lora, "o": d * a.ttt_o_lora}  # the record's order of draws

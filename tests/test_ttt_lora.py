@@ -3,6 +3,7 @@ EVAL_MODE=doc: the document split, batching and phase plan, a ledger of every sc
 (TTT_DOC_ORDER=stream) and its absence in the record's length order, the auditor on the kit and on a deliberately
 broken copy (train before score), and the settings. End-to-end runs (two processes, PPMC) are in
 test_eval_methods.py. Tiny float64 models on a few hundred tokens: each test takes seconds."""
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,8 @@ sys.path.insert(0, str(ROOT))
 from compliance.audit import audit  # noqa: E402
 from compliance.probe import run_probes  # noqa: E402
 
+FRONTIER = dict(NUM_LAYERS=5, NUM_LOOPS=1, LOOP_START=1, LOOP_END=2, PARALLEL_START_LAYER=3, SKIP_GATES=1,
+                VARLEN_ATTN=1, SMEAR_GATE=2, GATED_ATTENTION=2, GATE_WINDOW=8)  # loops, lanes, varlen phases
 LORA = dict(VOCAB_SIZE=512, EVAL_SEQ_LEN=32, EVAL_STRIDE=8, TTT=1, TTT_MODE="lora_phased", TTT_CHUNK_SIZE=8,
             TTT_BATCH_SIZE=3, TTT_LORA_RANK=4, TTT_LORA_LR=0.01, PHASED_TTT_PREFIX_DOCS=5, PHASED_TTT_NUM_PHASES=2,
             GLOBAL_TTT_CHUNK_TOKENS=64, GLOBAL_TTT_BATCH_SEQS=2, GLOBAL_TTT_LR=0.01)
@@ -47,8 +50,10 @@ def stream(n=400, docs=14, seed=0, vocab=512):
 
 
 def model_of(tg, args, seed=0):
-    """A float64 model with every parameter random (zero-initialised projections would hide context use)."""
+    """A float64 model with every parameter random (zero-initialised projections would hide context use), looping as
+    at evaluation."""
     model = tg.build_model(args).double()
+    model.looping = bool(args.num_loops)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -104,6 +109,27 @@ def test_phase_plan(tg):
     assert tg.phase_plan(batches, lora_args(tg, PHASED_TTT_PREFIX_DOCS=100, PHASED_TTT_NUM_PHASES=1)) == \
         [(5, 13), (5, 0)]
     assert tg.phase_plan(batches, lora_args(tg, PHASED_TTT_PREFIX_DOCS=0)) == [(5, 0)]
+
+
+def test_adapters_reach_every_block_pass_through_loops_and_lanes(tg):
+    """With depth recurrence and two residual lanes, one forward pass calls every pass's adapters once (a looped
+    block has its own per pass, in both lanes' blocks): each slot of Q, K, V, O and the MLP, and the head, gets a
+    gradient of its own."""
+    args = lora_args(tg, NUM_LAYERS=5, NUM_LOOPS=1, LOOP_START=1, LOOP_END=2, PARALLEL_START_LAYER=3, SKIP_GATES=1)
+    model = model_of(tg, args).float()
+    ad, g = tg.Adapters(model, args), torch.Generator().manual_seed(0)
+    ad.fresh(2, g)
+    with torch.no_grad():
+        for _, B in ad.cur.values():
+            B.normal_(generator=g)
+    with ad.hooked(model):
+        ad.begin()
+        h = model.hidden(torch.randint(0, 512, (2, 12), generator=g))
+        model.logits(h, ad("head", 0, h)).square().sum().backward()
+    assert ad.at == {"attn": 6, "mlp": 6}  # 7 block passes: 0, 1, 2, 1, 2, 3, 4
+    for kind, (A, B) in ad.cur.items():
+        assert A.shape[0] == (1 if kind == "head" else 7)
+        assert (B.grad.flatten(1).abs().sum(1) > 0).all(), kind  # every pass's adapter moved the output
 
 
 # ---------------------------------------------------------------- scoring: documents alone, score first
@@ -162,11 +188,12 @@ class Recorder:
         self.hook.remove()
 
 
-def test_lora_ledger_score_first(tg):
+@pytest.mark.parametrize("model", ["plain", "frontier"])
+def test_lora_ledger_score_first(tg, model):
     """Every target 1..N-1 is scored exactly once; no step trains on a target not scored before it; each LoRA step
     (AdamW) trains on one chunk of the documents with a later chunk, every chunk but a document's last exactly
     TTT_GRAD_STEPS times; each phase step (SGD) only on documents whose every target is already scored."""
-    args = lora_args(tg, TTT_GRAD_STEPS=2)
+    args = lora_args(tg, TTT_GRAD_STEPS=2, **(FRONTIER if model == "frontier" else {}))
     tokens = stream(seed=5)
     doc_of = targets_of(tg, tokens)
     starts, lengths = tg.split_docs(tokens)
@@ -198,12 +225,12 @@ def test_lora_ledger_score_first(tg):
     assert steps["AdamW"] > 0 and steps["SGD"] > 0  # both kinds ran (two phases)
 
 
-@pytest.mark.parametrize("order", ["stream", "length"])
+@pytest.mark.parametrize("order", ["stream", "length", "stream frontier"])
 def test_stream_order_is_causal_the_records_length_order_is_not(tg, order):
     """Future-suffix invariance with warm-started A and two phases: in stream order no score before a cut moves
     when the tokens after it change; in the record's order (longest documents first, phases on them) scores of
     earlier documents depend on later ones."""
-    args = lora_args(tg, TTT_DOC_ORDER=order)
+    args = lora_args(tg, TTT_DOC_ORDER=order.split()[0], **(FRONTIER if "frontier" in order else {}))
     tokens = stream(seed=6)
     ref = tg.ttt_score_nll(model_of(tg, args), tokens, args)
     worst = 0.0
@@ -211,7 +238,7 @@ def test_stream_order_is_causal_the_records_length_order_is_not(tg, order):
         t = tokens.clone()
         t[c:] = stream(tokens.numel() - c, 4, seed=c)
         worst = max(worst, float((tg.ttt_score_nll(model_of(tg, args), t, args)[:c - 1] - ref[:c - 1]).abs().max()))
-    assert worst <= 1e-9 if order == "stream" else worst > 1e-4
+    assert worst <= 1e-9 if order.startswith("stream") else worst > 1e-4
 
 
 def test_a_rank_that_claims_no_batch_returns_nothing(tg, monkeypatch):
@@ -290,3 +317,20 @@ def test_short_document_chunks(tg):
             c = 1 if int(n.max()) <= 4 and short else chunk if int(n.max()) <= longest else 8
             want += int((n - 2).max()) // c
         assert sum(k == "step" for k, _ in rec.log) == want, short
+
+
+# ---------------------------------------------------------------- bench/bench_equiv_ttt.py (the record's script is not here)
+
+def test_bench_equiv_ttt_without_the_record_is_one_error_line(tmp_path):
+    import subprocess
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_equiv_ttt.py"), "--other",
+                          str(tmp_path / "missing.py")], capture_output=True, text=True, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "does not exist" in lines[0], lines
+
+
+@pytest.mark.skipif(not os.environ.get("PG_RECORD_1_0611"), reason="set PG_RECORD_1_0611 to the record's train_gpt.py")
+def test_bench_equiv_ttt_against_the_record():
+    """~1 minute on 2 cores: per-document NLLs through LoRA TTT and one phase, within tolerance (exit 0)."""
+    from bench import bench_equiv_ttt
+    assert bench_equiv_ttt.main(["--other", os.environ["PG_RECORD_1_0611"]]) == 0
