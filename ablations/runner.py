@@ -376,8 +376,8 @@ def row_from_json(js: dict, run: RunSpec, out: Path, wall_seconds: float | None 
     scores = js.get("scores") or {}
     for key, prefix in SCORE_COLUMNS.items():
         s = scores.get(key) or {}
-        row[f"{prefix}_val_bpb"] = s.get("val_bpb")
-        row[f"{prefix}_val_loss"] = s.get("val_loss")
+        if s or f"{prefix}_val_bpb" not in row:  # (two names share a column: the one present wins)
+            row[f"{prefix}_val_bpb"], row[f"{prefix}_val_loss"] = s.get("val_bpb"), s.get("val_loss")
     if row["val_bpb"] is None and scores:  # no "final" block: the last score present
         for key in reversed(list(SCORE_COLUMNS)):
             if key in scores:

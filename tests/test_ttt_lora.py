@@ -334,3 +334,16 @@ def test_bench_equiv_ttt_against_the_record():
     """~1 minute on 2 cores: per-document NLLs through LoRA TTT and one phase, within tolerance (exit 0)."""
     from bench import bench_equiv_ttt
     assert bench_equiv_ttt.main(["--other", os.environ["PG_RECORD_1_0611"]]) == 0
+
+
+def test_ablation_rows_read_doc_window_scores():
+    """ablations' results columns: EVAL_MODE=doc's doc_window scores fill sw_*/ppmc_*/float_* like the stream's."""
+    from ablations.grid import RunSpec
+    from ablations.runner import row_from_json
+    run = RunSpec(group="", config="c", seed=1, run_id="r", env={})
+    for win in ("sliding_window", "doc_window"):
+        js = {"status": "complete", "final": {"metric": f"{win}_ppmc", "val_bpb": 2.0, "val_loss": 3.0},
+              "scores": {f"float_{win}": {"val_bpb": 2.3, "val_loss": 3.3}, win: {"val_bpb": 2.2, "val_loss": 3.2},
+                         f"{win}_ppmc": {"val_bpb": 2.0, "val_loss": 3.0}}}
+        row = row_from_json(js, run, Path("."))
+        assert (row["float_val_bpb"], row["sw_val_bpb"], row["ppmc_val_bpb"]) == (2.3, 2.2, 2.0), win
