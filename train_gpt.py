@@ -7,12 +7,14 @@ Sections follow the data: hyperparameters, data, model, optimiser, evaluation, e
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import difflib
 import glob
 import hashlib
 import json
+import lzma
 import math
 import os
 import platform
@@ -234,10 +236,35 @@ class Hyperparameters:
     control_tensor_name_patterns: str = S("", "upstream's: comma-separated name parts of extra control tensors "
                                           "(Adam at SCALAR_LR, fp32 in the artifact)")
     # ---- export and evaluation
-    quant_bits: int = S(6, "bits per weight of large matrices", choices=(5, 6, 8))
-    quant_embed_bits: int = S(8, "bits per weight of the token embedding", choices=(5, 6, 8))
-    quant_mlp_bits: int = S(0, "bits per weight of MLP matrices (0: QUANT_BITS)", choices=(0, 5, 6, 8))
-    zstd_level: int = S(22, "zstd compression level of the artifact", rng="[1, 22]")
+    quant_bits: int = S(6, "bits per weight of large matrices", choices=(5, 6, 7, 8), aliases=("MATRIX_BITS",))
+    quant_embed_bits: int = S(8, "bits per weight of the token embedding", choices=(5, 6, 7, 8),
+                              aliases=("EMBED_BITS",), on=(7,))
+    quant_mlp_bits: int = S(0, "bits per weight of MLP matrices (0: QUANT_BITS)", choices=(0, 5, 6, 7, 8))
+    quant_method: str = S("rtn", "large matrices: rtn (per-row clip search) | gptq (full-Hessian GPTQ, SD clip)",
+                          choices=("rtn", "gptq"), on=("gptq",))
+    gptq_calibration_batches: int = S(16, "GPTQ: training batches of TRAIN_BATCH_TOKENS for the Hessians",
+                                      rng="[1, inf)")
+    gptq_reserve_seconds: float = S(8.0, "GPTQ: seconds of MAX_WALLCLOCK_SECONDS kept from the training loop for "
+                                    "the calibration", rng="[0, inf)")
+    matrix_clip_sigmas: float = S(12.85, "GPTQ: row scale k * std(row) / q_max, k of other matrices",
+                                  rng="(0, inf)")
+    attn_clip_sigmas: float = S(13.0, "GPTQ: k of attention matrices", rng="(0, inf)")
+    mlp_clip_sigmas: float = S(11.5, "GPTQ: k of MLP matrices", rng="(0, inf)")
+    embed_clip_sigmas: float = S(14.0, "GPTQ: k of the token embedding", rng="(0, inf)")
+    lqer_enabled: int = S(0, "LQER: low-rank correction of the LQER_TOP_K largest quantisation errors",
+                          choices=(0, 1), on=(1,))
+    lqer_rank: int = S(4, "LQER: rank of the correction", rng="[1, inf)")
+    lqer_top_k: int = S(3, "LQER: tensors corrected", rng="[1, inf)")
+    lqer_factor_bits: int = S(4, "LQER: bits of both factors when not asymmetric", rng="[2, 8]")
+    lqer_asym_enabled: int = S(1, "LQER: A at 2 bits with one scale, B at 4 bits with a scale per group", **BOOL)
+    lqer_asym_group: int = S(64, "LQER: group size of B's scales", rng="[1, inf)")
+    gated_attn_quant_gate: int = S(0, "2-D gate weights of 32..8192 elements int8 per row instead of fp32",
+                                   choices=(0, 1), on=(1,))
+    compressor: str = S("brotli", "artifact compressor (streams per matrix group, codes column-major)",
+                        choices=("brotli", "zstd", "lzma"), on=("zstd", "lzma"))
+    zstd_level: int = S(22, "zstd compression level of the artifact (COMPRESSOR=zstd)", rng="[1, 22]")
+    code_form: str = S("raw", "code counted and shipped: raw | wrapped (lzma + base85 self-extractor) | minified "
+                       "(python-minifier, then wrapped)", choices=("raw", "wrapped", "minified"))
     int8_keep_float_fp32_name_patterns: str = S("", "upstream's: comma-separated name parts of small tensors "
                                                 "stored fp32 (not fp16) in the artifact")
     eval_seq_len: int = S(0, "sliding-window length, and the longest context of TTT_MODE=lora_phased (0: "
@@ -1830,17 +1857,23 @@ def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Export: int6 per-row quantisation with a clip search (GPTQ-lite), small and control tensors in fp16/fp32, zstd-22.
-# File: b"PGKIT001" + zstd( u32 header length + JSON header + raw little-endian arrays ). No pickle.
+# Export: large matrices as int8 codes + fp16 row scales, by QUANT_METHOD: rtn (per-row clip search) or gptq
+# (full-Hessian GPTQ with SD clipping, Hessians from training shards inside the time cap); optional LQER low-rank
+# correction and int8 gates; control and small tensors fp32/fp16. File: b"PGKIT002", compressor id, 8 bytes of
+# sha256 of the rest, stream lengths, then the compressed streams (the header and small arrays; the codes of each
+# matrix group, column-major); their concatenation is u32 header length + JSON header + raw arrays. No pickle.
 # ----------------------------------------------------------------------------------------------------------------
 
-ARTIFACT_MAGIC = b"PGKIT001"
+ARTIFACT_MAGIC = b"PGKIT002"
+COMPRESSORS = ("zstd", "brotli", "lzma")
 CLIP_PERCENTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 SMALL_TENSOR = 65_536
+STREAMS = ("tok_emb", "attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")  # int8 codes by group
+LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
 def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """Per-row symmetric quantisation; for each row keep the clip percentile with the lowest squared error."""
+    """QUANT_METHOD=rtn: per-row symmetric quantisation; each row keeps the clip percentile of least squared error."""
     qmax, w = 2 ** (bits - 1) - 1, w.float()
     clips = torch.quantile(w.abs(), torch.tensor(CLIP_PERCENTILES, device=w.device), dim=1)  # one sort per row
     best_q, best_scale, best_err = None, None, None
@@ -1855,63 +1888,197 @@ def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     return best_q.to(torch.int8), best_scale
 
 
-def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters) -> dict[str, np.ndarray]:
-    """How one tensor is stored: large 2-D tensors quantised per row (the token embedding at QUANT_EMBED_BITS, MLP
-    matrices at QUANT_MLP_BITS), control tensors and tensors of <= 4096 elements fp32, the rest fp16."""
+def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128) -> tuple[Tensor, Tensor]:
+    """QUANT_METHOD=gptq: SD clipping, row scale s = fp16(k * std(row) / q_max), then full-Hessian GPTQ: columns in
+    descending diag(H) order, each rounded and its error spread over the columns not yet rounded through the upper
+    Cholesky factor of H^-1, in blocks of `block` columns. Dead columns (H_ii = 0) are zeroed; damping 1% of the
+    mean of diag(H). H None: plain rounding at the same scale."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = (k * w.float().std(dim=1) / qmax).clamp_min(1e-7).half()
+    s, W = scale.float(), w.float().clone()
+    if H is None:
+        return torch.clamp(torch.round(W / s[:, None]), -qmax, qmax).to(torch.int8), scale
+    H = H.float().clone()
+    dead = H.diag() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H.diagonal().add_(0.01 * H.diag().mean())
+    perm = torch.argsort(H.diag(), descending=True)
+    W, H = W[:, perm], H[perm][:, perm]
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q, n = torch.empty_like(W), W.shape[1]
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        err = torch.empty_like(W[:, i:j])
+        for c in range(i, j):
+            Q[:, c] = torch.clamp(torch.round(W[:, c] / s), -qmax, qmax)
+            err[:, c - i] = e = (W[:, c] - Q[:, c] * s) / U[c, c]
+            W[:, c:j] -= e[:, None] * U[c, c:j]
+        W[:, j:] -= err @ U[i:j, j:]
+    return Q[:, torch.argsort(perm)].to(torch.int8), scale
+
+
+def lqer_factors(E: Tensor, args: Hyperparameters) -> dict[str, Tensor]:
+    """LQER: the error E = W - W_hat ~ A B from its rank-LQER_RANK SVD (A = U S, B = V^T). Asymmetric
+    (LQER_ASYM_ENABLED, B.numel divisible by LQER_ASYM_GROUP): A in [-2, 1] with one fp16 scale max|A| / 1.5, B in
+    [-8, 7] with an fp16 scale max|B_g| / 7.5 per group; otherwise both per row at LQER_FACTOR_BITS."""
+    U, S, Vh = torch.linalg.svd(E.float(), full_matrices=False)
+    r = min(args.lqer_rank, S.numel())
+    A, B, g = U[:, :r] * S[:r], Vh[:r], args.lqer_asym_group
+    if args.lqer_asym_enabled and B.numel() % g == 0:
+        sA = (A.abs().amax().clamp_min(1e-10) / 1.5).half().reshape(1)
+        qA = torch.clamp(torch.round(A / sA.float()), -2, 1)
+        sB = (B.reshape(-1, g).abs().amax(dim=1).clamp_min(1e-10) / 7.5).half()
+        qB = torch.clamp(torch.round(B.reshape(-1, g) / sB.float()[:, None]), -8, 7).reshape(B.shape)
+    else:
+        m = 2 ** (args.lqer_factor_bits - 1) - 1
+        sA, sB = ((X.abs().amax(dim=1).clamp_min(1e-10) / m).half() for X in (A, B))
+        qA, qB = (torch.clamp(torch.round(X / s.float()[:, None]), -m, m) for X, s in ((A, sA), (B, sB)))
+    return {"lqA": qA.to(torch.int8), "lqAs": sA, "lqB": qB.to(torch.int8), "lqBs": sB}
+
+
+def dequantize(a: dict[str, Tensor]) -> Tensor:
+    """One tensor in float32 from its stored arrays: data, or q * scale per row plus the LQER product."""
+    if "q" not in a:
+        return a["data"].float()
+    W = a["q"].float() * a["scale"].float()[:, None]
+    if "lqA" in a:
+        A = a["lqA"].float() * a["lqAs"].float()[:, None]
+        B = (a["lqB"].float().reshape(a["lqBs"].numel(), -1) * a["lqBs"].float()[:, None]).reshape(a["lqB"].shape)
+        W = W + A @ B
+    return W
+
+
+def quantised_names(state: dict[str, Tensor]) -> set[str]:
+    return {n for n, t in state.items() if t.ndim == 2 and t.numel() > SMALL_TENSOR}
+
+
+def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
+                  H: Tensor | None = None) -> dict[str, Tensor]:
+    """How one tensor is stored: large 2-D tensors as codes + row scales (the token embedding at QUANT_EMBED_BITS,
+    MLP matrices at QUANT_MLP_BITS; GPTQ clip k by group), 2-D gates int8 per row (GATED_ATTN_QUANT_GATE), control
+    tensors and tensors of <= 4096 elements fp32, the rest fp16."""
     if t.ndim == 2 and t.numel() > SMALL_TENSOR:
-        bits = (args.quant_embed_bits if name == "tok_emb.weight" else args.quant_mlp_bits or args.quant_bits
-                if ".mlp." in name else args.quant_bits)
-        q, scale = quantize_rows(t, bits)
-        return {"q": q.numpy(), "scale": scale.numpy()}
+        emb, mlp = name == "tok_emb.weight", ".mlp." in name
+        bits = args.quant_embed_bits if emb else args.quant_mlp_bits or args.quant_bits if mlp else args.quant_bits
+        k = (args.embed_clip_sigmas if emb else args.mlp_clip_sigmas if mlp else args.attn_clip_sigmas
+             if ".attn." in name else args.matrix_clip_sigmas)
+        q, scale = gptq_rows(t, H, k, bits) if args.quant_method == "gptq" else quantize_rows(t, bits)
+        return {"q": q, "scale": scale}
+    if args.gated_attn_quant_gate and "gate" in name and t.ndim == 2 and 32 <= t.numel() <= 8192:
+        s = (t.abs().amax(dim=1).clamp_min(1e-7) / 127).half()
+        return {"q": torch.clamp(torch.round(t / s.float()[:, None]), -127, 127).to(torch.int8), "scale": s}
     keep = [x for x in args.int8_keep_float_fp32_name_patterns.split(",") if x]
     keep32 = role_ == "control" or t.numel() <= 4096 or any(x in name for x in keep)
-    return {"data": t.float().numpy() if keep32 else t.half().numpy()}
+    return {"data": t.float() if keep32 else t.half()}
 
 
-def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict,
-                  roles: dict[str, str] | None = None) -> bytes:
-    """The artifact of a state dict; `roles` (param_roles of the model) default to those of build_model(args)."""
+def quantize_state(state: dict[str, Tensor], roles: dict[str, str], args: Hyperparameters,
+                   hessians: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """{name: {array: tensor}} of every tensor; with LQER_ENABLED the LQER_TOP_K quantised tensors of largest error
+    norm get LQER factors."""
+    out = {n: export_arrays(n, t.detach().cpu().float(), roles.get(n, "control"), args, hessians.get(n))
+           for n, t in state.items()}
+    if args.lqer_enabled:
+        errs = {n: state[n].detach().cpu().float() - dequantize(out[n]) for n in quantised_names(state)}
+        for n in sorted(errs, key=lambda n: -float(errs[n].norm()))[:args.lqer_top_k]:
+            out[n].update(lqer_factors(errs[n], args))
+    return out
+
+
+def compress(data: bytes, name: str, level: int = 22) -> bytes:
+    if name == "zstd":
+        return zstandard.ZstdCompressor(level=level).compress(data)
+    if name == "brotli":
+        import brotli
+        return brotli.compress(data, quality=11, lgwin=24)
+    return lzma.compress(data, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+
+
+def decompress(data: bytes, name: str) -> bytes:
+    if name == "zstd":
+        dec = zstandard.ZstdDecompressor().decompressobj()
+        out = dec.decompress(data)
+        if not dec.eof or dec.unused_data:
+            raise ValueError("a zstd frame is incomplete or followed by other bytes")
+        return out
+    if name == "brotli":
+        import brotli
+        return brotli.decompress(data)
+    return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+
+
+def encode_artifact(entries: dict[str, dict], meta: dict, compressor: str, level: int = 22) -> bytes:
+    """The file of `entries` (see the section's header). Stream 0: the header and the small arrays; stream 1 + i:
+    the int8 codes of matrix group STREAMS[i] (all layers), each matrix transposed (column-major)."""
+    streams, records = [[] for _ in range(1 + len(STREAMS))], []
+    for name, arrays in entries.items():
+        rec = {"name": name, "arrays": {}}
+        for key, t in arrays.items():
+            arr = t.numpy() if key != "q" else t.numpy().T
+            info = rec["arrays"][key] = {"dtype": arr.dtype.str, "shape": list(t.shape), "T": key == "q"}
+            s = next((1 + i for i, g in enumerate(STREAMS) if g in name), 0) if key == "q" else 0
+            streams[s].append((info, np.ascontiguousarray(arr).tobytes()))
+        records.append(rec)
+    offset = 0
+    for info, raw in (x for s in streams for x in s):
+        info.update(offset=offset, nbytes=len(raw))
+        offset += len(raw)
+    header = json.dumps({"format": 2, "meta": meta, "tensors": records}).encode()
+    raws = [struct.pack("<I", len(header)) + header] + [b""] * len(STREAMS)
+    raws = [r + b"".join(raw for _, raw in s) for r, s in zip(raws, streams)]
+    packed = [compress(r, compressor, level) if r else b"" for r in raws]
+    body = struct.pack(f"<B{len(packed)}I", len(packed), *map(len, packed)) + b"".join(packed)
+    return ARTIFACT_MAGIC + bytes([COMPRESSORS.index(compressor)]) + hashlib.sha256(body).digest()[:8] + body
+
+
+def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict, roles: dict[str, str] | None = None,
+                  hessians: dict[str, Tensor] | None = None) -> bytes:
+    """The artifact of a state dict; `roles` (param_roles of the model) default to those of build_model(args);
+    `hessians` (collect_hessians) feed QUANT_METHOD=gptq (a matrix without one is rounded at the GPTQ scale)."""
     if roles is None:
         with torch.device("meta"):
             roles = param_roles(GPT(args), args.control_tensor_name_patterns)
-    entries, blobs, offset = [], [], 0
-    for name, t in state.items():
-        arrays = export_arrays(name, t.detach().cpu(), roles.get(name, "control"), args)
-        entry = {"name": name, "shape": list(t.shape), "arrays": {}}
-        for key, arr in arrays.items():
-            raw = np.ascontiguousarray(arr).tobytes()
-            entry["arrays"][key] = {"dtype": arr.dtype.str, "offset": offset, "nbytes": len(raw)}
-            blobs.append(raw)
-            offset += len(raw)
-        entries.append(entry)
-    header = json.dumps({"format": 1, "meta": meta, "tensors": entries}).encode()
-    payload = struct.pack("<I", len(header)) + header + b"".join(blobs)
-    return ARTIFACT_MAGIC + zstandard.ZstdCompressor(level=args.zstd_level, write_checksum=True).compress(payload)
+    entries = quantize_state(state, roles, args, hessians or {})
+    return encode_artifact(entries, meta, args.compressor, args.zstd_level)
+
+
+def artifact_payload(blob: bytes) -> bytes:
+    """The streams of an artifact, checked against its checksum, decompressed and concatenated."""
+    if blob[:8] != ARTIFACT_MAGIC:
+        raise ValueError(f"bad magic {blob[:8]!r}")
+    comp, check, body = COMPRESSORS[blob[8]], blob[9:17], blob[17:]
+    if hashlib.sha256(body).digest()[:8] != check:
+        raise ValueError("checksum mismatch")
+    lengths, pos, parts = struct.unpack_from(f"<{body[0]}I", body, 1), 1 + 4 * body[0], []
+    for length in lengths:
+        parts.append(decompress(body[pos:pos + length], comp) if length else b"")
+        pos += length
+    if pos != len(body):
+        raise ValueError(f"{len(body) - pos} bytes follow the last stream")
+    return b"".join(parts)
 
 
 def decode_tensor(payload: bytes, base: int, e: dict) -> Tensor:
-    arrs = {}
+    arrays = {}
     for key, a in e["arrays"].items():
         if base + a["offset"] + a["nbytes"] > len(payload):
             raise ValueError(f"tensor {e['name']} runs past the end of the payload")
-        arrs[key] = np.frombuffer(payload, dtype=a["dtype"], count=a["nbytes"] // np.dtype(a["dtype"]).itemsize,
-                                  offset=base + a["offset"])
-    if "q" in arrs:
-        t = torch.from_numpy(arrs["q"].astype(np.float32)).view(e["shape"])
-        return t * torch.from_numpy(arrs["scale"].astype(np.float32))[:, None]
-    return torch.from_numpy(arrs["data"].astype(np.float32)).view(e["shape"])
+        dt = np.dtype(a["dtype"])
+        arr = np.frombuffer(payload, dtype=dt, count=a["nbytes"] // dt.itemsize, offset=base + a["offset"])
+        arr = arr.reshape(a["shape"][::-1]).T if a["T"] else arr.reshape(a["shape"])
+        arrays[key] = torch.from_numpy(np.array(arr))
+    return dequantize(arrays)
 
 
 def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Tensor], dict]:
-    """Inverse of pack_artifact (dequantised float32 tensors, meta). Any damage raises ConfigError: a wrong magic,
-    a broken or truncated zstd frame, bytes after it, a payload longer or shorter than its header says."""
+    """Inverse of pack_artifact (dequantised float32 tensors, meta). Any damage raises ConfigError: a wrong magic
+    or checksum, a broken or truncated stream, bytes after it, a payload longer or shorter than its header says."""
     if blob[:8] != ARTIFACT_MAGIC:
-        raise ConfigError(f"{where} is not a train_gpt.py artifact (bad magic {blob[:8]!r})")
+        old = " (made by an older train_gpt.py: score it with that version)" if blob[:8] == b"PGKIT001" else ""
+        raise ConfigError(f"{where} is not a train_gpt.py artifact (bad magic {blob[:8]!r}){old}")
     try:
-        dec = zstandard.ZstdDecompressor().decompressobj()
-        payload = dec.decompress(blob[8:])
-        if not dec.eof or dec.unused_data:
-            raise ValueError("the zstd frame is incomplete" if not dec.eof else "bytes follow the zstd frame")
+        payload = artifact_payload(blob)
         (hlen,) = struct.unpack_from("<I", payload)
         header = json.loads(payload[4:4 + hlen])
         sizes = sum(a["nbytes"] for e in header["tensors"] for a in e["arrays"].values())
@@ -1919,8 +2086,138 @@ def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Ten
             raise ValueError(f"payload is {len(payload)} bytes, its header describes {4 + hlen + sizes}")
         state = {e["name"]: decode_tensor(payload, 4 + hlen, e) for e in header["tensors"]}
         return state, header["meta"]
-    except Exception as exc:  # zstd, struct, json and shape errors all mean a damaged file
+    except Exception as exc:  # checksum, decompression, struct, json and shape errors all mean a damaged file
         raise ConfigError(f"{where} is truncated or corrupted ({type(exc).__name__}: {exc})") from None
+
+
+def collect_hessians(model: GPT, names: set[str], loader: TokenLoader, args: Hyperparameters, grad_accum: int,
+                     budget_s: float | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
+    """GPTQ calibration on training batches (never validation): H = sum of X^T X over the inputs of every
+    CastedLinear whose weight is in `names` and, for the tied embedding, over the final hidden states (the head's
+    input); summed over ranks. A batch is one training step's tokens. Stops before a batch that would end past
+    `budget_s` seconds. Returns (Hessians, batches)."""
+    hs, hooks = {}, []
+
+    def add(key: str, x: Tensor) -> None:
+        x = x.detach().float().reshape(-1, x.size(-1))
+        hs[key] = hs[key].addmm_(x.T, x) if key in hs else x.T @ x
+    for mname, m in model.named_modules():
+        if isinstance(m, CastedLinear) and f"{mname}.weight" in names:
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, k=f"{mname}.weight": add(k, inp[0])))
+    was_training, t0, n = model.training, time.perf_counter(), 0
+    model.eval()
+    with torch.no_grad(), autocast(device):
+        while n < args.gptq_calibration_batches:
+            for _ in range(grad_accum):
+                h = model.hidden(loader.next_batch(args.train_batch_tokens, args.train_seq_len, grad_accum)[0])
+                if model.lm_head is not None:
+                    model.logits(h)  # the untied head's input reaches its hook
+                elif "tok_emb.weight" in names:
+                    add("tok_emb.weight", h)
+            n += 1
+            sync(device)
+            if budget_s is not None and (time.perf_counter() - t0) * (n + 1) / n > budget_s:
+                break
+    for hook in hooks:
+        hook.remove()
+    model.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        for key in sorted(hs):
+            dist.all_reduce(hs[key])
+    return hs, n
+
+
+def train_cap_seconds(args: Hyperparameters) -> float:
+    """The training loop's cap: MAX_WALLCLOCK_SECONDS less GPTQ_RESERVE_SECONDS with QUANT_METHOD=gptq (0: none)."""
+    if args.max_wallclock_seconds <= 0:
+        return 0.0
+    return args.max_wallclock_seconds - (args.gptq_reserve_seconds if args.quant_method == "gptq" else 0.0)
+
+
+def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[str, float]:
+    """Model bytes predicted from the shapes alone, by group: the codes of each quantised tensor priced by
+    quantising and compressing Gaussian rows of its width with the configured method, bits, clip and compressor
+    (trained weights are heavier-tailed and compress better, so this errs high); row scales, LQER factors, small
+    tensors (fp32: pessimistic) and the header records at their raw size."""
+    price, out, gen = {}, {}, torch.Generator().manual_seed(0)
+    for name, t in state.items():
+        group = next((g for g in STREAMS if g in name), "other")
+        if t.ndim == 2 and t.numel() > SMALL_TENSOR:
+            key = (name == "tok_emb.weight", ".mlp." in name, ".attn." in name, t.shape[1])
+            if key not in price:
+                w = torch.randn(max(1, (1 << 18) // t.shape[1]), t.shape[1], generator=gen)
+                q = export_arrays(name, w, "matrix", args, None)["q"]
+                price[key] = len(compress(q.T.contiguous().numpy().tobytes(), args.compressor, args.zstd_level))
+                price[key] /= q.numel()
+            nbytes = t.numel() * price[key] + 2 * t.shape[0]
+        else:
+            nbytes = 4 * t.numel()
+        out[group] = out.get(group, 0) + nbytes + 120
+    if args.lqer_enabled:  # the LQER_TOP_K largest factor pairs: int8 codes and fp16 scales
+        sizes = sorted((1.1 * args.lqer_rank * sum(t.shape) for n, t in state.items() if n in quantised_names(state)),
+                       reverse=True)
+        out["lqer"] = sum(sizes[:args.lqer_top_k])
+    return out
+
+
+CODE_WRAPPER = (  # what `records pack` ships for CODE_FORM wrapped/minified: runs the lzma'd source as __main__
+    "import lzma as L,base64 as B,linecache as C\n"
+    's=L.decompress(B.b85decode("{payload}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}])\n'
+    'f=globals().get("__file__","train_gpt.py")+"#inner"\n'
+    "C.cache[f]=(len(s),None,s.decode().splitlines(True),f)\n"
+    'c=compile(s,f,"exec");del L,B,C,s,f\n'
+    'exec(globals().pop("c"))\n')
+
+
+def shipped_code(source: bytes, form: str) -> bytes:
+    """The code bytes counted and shipped for CODE_FORM: raw (the file), wrapped (CODE_WRAPPER around the source,
+    byte for byte what `records pack --wrap` writes) or minified (python-minifier: docstrings dropped, names kept;
+    then wrapped). A file that is already such a wrapper ships as it is."""
+    if form == "raw" or source.startswith(CODE_WRAPPER[:43].encode()):
+        return source
+    if form == "minified":
+        import python_minifier
+        source = python_minifier.minify(source.decode(), rename_locals=False, hoist_literals=False,
+                                        remove_literal_statements=True, prefer_single_line=True).encode()
+    payload = base64.b85encode(lzma.compress(source, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)).decode()
+    return CODE_WRAPPER.format(payload=payload).encode()
+
+
+def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
+    """(report lines, predicted model bytes, counted code bytes) of the configuration, before any training."""
+    with torch.device("meta"):
+        model = GPT(args)
+    groups = plan_model_bytes(args, model.state_dict())
+    model_b, code_b = int(sum(groups.values())), len(shipped_code(code, args.code_form))
+    lines = [f"plan: {sum(p.numel() for p in model.parameters()):,} parameters, QUANT_METHOD={args.quant_method} "
+             f"bits {args.quant_bits} (MLP {args.quant_mlp_bits or args.quant_bits}, embedding "
+             f"{args.quant_embed_bits}), COMPRESSOR={args.compressor}, CODE_FORM={args.code_form}"]
+    lines += [f"plan: {g:<9} {b:>12,.0f} bytes" for g, b in groups.items()] + [f"plan: code      {code_b:>12,} bytes"]
+    over = model_b + code_b - ARTIFACT_LIMIT
+    lines.append(f"plan: {model_b + code_b:,} bytes predicted (Gaussian weights; trained ones come out smaller), "
+                 + (f"over the {ARTIFACT_LIMIT}-byte limit by {over:,}" if over > 0 else f"{-over:,} under the limit"))
+    return lines, model_b, code_b
+
+
+def calibrate(run: Run, model: GPT, train_files: list[Path], train_ms: float) -> dict[str, Tensor]:
+    """QUANT_METHOD=gptq: the Hessians, collected from the training shards in the time MAX_WALLCLOCK_SECONDS leaves
+    after the training loop (GPTQ_RESERVE_SECONDS were kept back). Its log line shows training + calibration."""
+    a = run.args
+    if a.quant_method != "gptq":
+        return {}
+    cap_ms = 1000.0 * a.max_wallclock_seconds
+    loader = TokenLoader(train_files, run.rank, run.world_size, run.device, a.vocab_size)
+    t0 = time.perf_counter()
+    hs, n = collect_hessians(model, quantised_names(model.state_dict()), loader, a, 8 // run.world_size,
+                             (cap_ms - train_ms) / 1000 if cap_ms > 0 else None, run.device)
+    ms = 1000 * (time.perf_counter() - t0)
+    run.log(f"gptq_calibration batches:{n}/{a.gptq_calibration_batches} hessians:{len(hs)} time:{ms:.0f}ms "
+            f"train_time:{train_ms:.0f}ms train_plus_calibration:{train_ms + ms:.0f}ms cap:{cap_ms:.0f}ms "
+            f"train_cap:{1000 * train_cap_seconds(a):.0f}ms")
+    if 0 < cap_ms < train_ms + ms:
+        run.log(f"warning: training + calibration took {train_ms + ms:.0f}ms, past MAX_WALLCLOCK_SECONDS="
+                f"{a.max_wallclock_seconds:g}; raise GPTQ_RESERVE_SECONDS")
+    return {k: v.cpu() for k, v in hs.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1980,15 +2277,16 @@ class Run:
 
 
 def training_frac(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    """How much of training is done: elapsed / MAX_WALLCLOCK_SECONDS under a cap, else step / ITERATIONS."""
-    cap_ms = 1000.0 * args.max_wallclock_seconds
+    """How much of training is done: elapsed / the training loop's cap (MAX_WALLCLOCK_SECONDS less a GPTQ reserve,
+    as the record's 599.5 s), else step / ITERATIONS."""
+    cap_ms = 1000.0 * train_cap_seconds(args)
     return elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
 
 
 def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """The LR scale of every optimiser, at least MIN_LR. WARMDOWN_FRAC: 1, then linear to 0 over that last fraction
     of training_frac. Else WARMDOWN_ITERS steps, under a cap estimated from the mean step time so far."""
-    a, cap_ms = args, 1000.0 * args.max_wallclock_seconds
+    a, cap_ms = args, 1000.0 * train_cap_seconds(args)
     if a.warmdown_frac > 0:
         frac = training_frac(a, step, elapsed_ms)
         scale = 1.0 if frac < 1 - a.warmdown_frac else (1 - frac) / a.warmdown_frac
@@ -2013,7 +2311,7 @@ class Trainer:
         self.run, self.args, self.base_model, self.model = run, run.args, base_model, model
         self.train_files, self.validate, self.grad_accum = train_files, validate, 8 // run.world_size
         self.optimizers, self.muon = build_optimizers(base_model, run.args)
-        cap = run.args.max_wallclock_seconds
+        cap = train_cap_seconds(run.args)
         self.cap_ms = 1000.0 * cap if cap > 0 else None
 
     def loader(self) -> TokenLoader:
@@ -2214,6 +2512,12 @@ def start_run(args: Hyperparameters, world_size: int) -> Run:
     gpu = torch.cuda.get_device_name(device).replace(" ", "_") if use_cuda else "none"
     run.log(f"run_id:{args.run_id}")
     run.log(f"code_sha256:{hashlib.sha256(run.code).hexdigest()} code_bytes:{len(run.code)}")
+    run.shipped = shipped_code(run.code, args.code_form)
+    run.log(f"code_form:{args.code_form} counted_bytes:{len(run.shipped)} "
+            f"counted_sha256:{hashlib.sha256(run.shipped).hexdigest()}")
+    lines, model_b, code_b = plan(args, run.code)
+    if model_b + code_b > ARTIFACT_LIMIT:
+        run.log(f"warning: {lines[-1][6:]}")
     run.log("versions: " + " ".join(f"{k}:{v}" for k, v in versions().items()))
     run.log(f"device:{device.type} gpu:{gpu} world_size:{world_size} grad_accum_steps:{8 // world_size} "
             f"attention:{attention_kernel(device)[0]} compile:{compile_mode}")
@@ -2268,6 +2572,7 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
         pos, nll = sliding_eval(base_model, val_tokens, a, run.rank, run.world_size, L, L, val_seqs)
         return reduce_score(pos, nll, scores.val_bytes)
     stats = Trainer(run, base_model, model, train_files, validate).train()
+    hessians = calibrate(run, base_model, train_files, stats["train_time_ms"])
     compile_hidden(run, base_model)
     if a.float_eval:
         (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
@@ -2275,7 +2580,8 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
         scores.add(f"float_{win}", f"final_float_{win}_exact", pos, nll, ms)
     path = Path("artifacts") / f"{a.run_id}.ptz"
     meta = {"config": a.as_dict(), "code_sha256": hashlib.sha256(run.code).hexdigest()}
-    blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns))
+    blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns),
+                         hessians)
     if run.master:
         write_atomic(path, blob)
     if run.distributed:
@@ -2393,14 +2699,17 @@ def main() -> int:
     else:
         stats, model_bytes, path = train_and_export(run, base_model, train_files, val_tokens, scores)
     qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
-    total = model_bytes + len(run.code)
-    run.log(f"Serialized model {qname}+zstd: {model_bytes} bytes")
-    run.log(f"Code size: {len(run.code)} bytes")
-    run.log(f"Total submission size {qname}+zstd: {total} bytes")
+    total, cname = model_bytes + len(run.shipped), f"{qname}+{args.compressor}"
+    run.log(f"Serialized model {cname}: {model_bytes} bytes")
+    run.log(f"Code size: {len(run.code)} bytes" if args.code_form == "raw" else f"Code size (uncompressed): "
+            f"{len(run.code)} bytes\nCode size (compressed, CODE_FORM={args.code_form}): {len(run.shipped)} bytes")
+    run.log(f"Total submission size {cname}: {total} bytes")
     final_evaluation(run, base_model, val_np, val_tokens, scores, qname)
     gpu = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None
     summary = {"run_id": args.run_id, "seed": args.seed, "code_sha256": hashlib.sha256(run.code).hexdigest(),
-               "code_bytes": len(run.code), "model_bytes": model_bytes, "artifact_bytes": total,
+               "code_bytes": len(run.code), "counted_code_bytes": len(run.shipped),
+               "counted_code_sha256": hashlib.sha256(run.shipped).hexdigest(), "model_bytes": model_bytes,
+               "artifact_bytes": total,
                "artifact_path": str(path), "eval_only": bool(args.eval_only), "config": args.as_dict(),
                "world_size": world_size, "device": run.device.type, "gpu_name": gpu, "versions": versions(),
                "attention_kernel": attention_kernel(run.device)[0], "compile_mode": run.compile_mode,
@@ -2421,13 +2730,19 @@ def cli(argv: list[str]) -> int:
         if argv == ["--count-params"]:
             print(count_params(os.environ))
             return 0
+        if argv == ["--plan"]:
+            args = Hyperparameters.from_env()
+            check_config(args, int(os.environ.get("WORLD_SIZE", "1")))
+            lines, model_b, code_b = plan(args, Path(__file__).read_bytes())
+            print("\n".join(lines) + f"\nartifact_estimate bytes:{model_b + code_b} model:{model_b} code:{code_b}")
+            return 0
         if argv == ["--check"]:
             check_inputs(Hyperparameters.from_env(), int(os.environ.get("WORLD_SIZE", "1")))
             print("config ok")
             return 0
         if argv:
             raise ConfigError(f"unknown arguments {argv}: settings are environment variables; the options are "
-                              "--count-params and --check")
+                              "--count-params, --check and --plan")
         return main()
     except (ConfigError, RunError) as err:
         if os.environ.get("RANK", "0") == "0":

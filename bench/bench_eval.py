@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     model, device, attention, source = build(a, p)
     tables = kit.byte_tables(p["sp"])
     tokens = torch.from_numpy(val_np.astype(np.int64)).to(device)
-    val_bytes = torch.from_numpy(kit.target_bytes(val_np, tables)).to(device)
+    val_bytes = torch.from_numpy(common.val_target_bytes(kit, hp, p["sp"], val_np, p["data"])).to(device)
     luts = tuple(torch.from_numpy(t).to(device) for t in tables[:3])
     n_targets = tokens.numel() - 1
     dev_name = common.device_name(device, threads=a.threads if device.type == "cpu" else None)

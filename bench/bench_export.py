@@ -1,4 +1,4 @@
-"""Export cost and quality: pack (quantise + zstd) seconds, unpack seconds, bytes, and the roundtrip gap in bpb.
+"""Export cost and quality: pack (quantise + compress) seconds, unpack seconds, bytes, and the roundtrip gap in bpb.
 
     python bench/bench_export.py --random                         # random model of the baseline shape
     python bench/bench_export.py --artifact artifacts/RUN.ptz     # an artifact from a kit run
@@ -10,7 +10,8 @@ both the float model and the reloaded one with the kit's scorer (score_nll: slid
 EVAL_STRIDE of the configuration) on the first --max-tokens val tokens: the gap is bpb(reloaded) - bpb(float).
 --artifact unpacks an existing artifact (its configuration comes with it), times unpacking and re-packing its
 (dequantised) weights, and scores the reloaded model; there is no float state, hence no gap.
-Pack time is split into quantisation (the rest) and zstd compression (timed again on the same payload).
+Pack time is split into quantisation (the rest) and compression (COMPRESSOR, timed again on the decompressed
+payload as one stream).
 --other PATH exports the same state with another script's format too, alternating with the kit in every round:
 upstream's int8 + zlib (its quantize_state_dict_int8, torch.save, zlib level 9; back with zlib, torch.load and its
 dequantize_state_dict_int8, as its main() does) or a kit-like script's pack_artifact / unpack_artifact; its
@@ -136,7 +137,7 @@ def score_all(a, p: dict, model, reloaded, other_state, device) -> dict:
     import torch
     kit, hp, args = p["kit"], p["hp"], (p["seq_len"], p["stride"], p["hp"].eval_batch_seqs)
     tokens = torch.from_numpy(p["val_np"].astype(np.int64)).to(device)
-    val_bytes = torch.from_numpy(kit.target_bytes(p["val_np"], kit.byte_tables(p["sp"]))).to(device)
+    val_bytes = torch.from_numpy(common.val_target_bytes(kit, hp, p["sp"], p["val_np"], p["data"])).to(device)
     out = {"targets": tokens.numel() - 1, "val_loss_float": None, "val_bpb_float": None, "val_bpb_other": None}
     model_q = kit.build_model(hp, device)
     model_q.load_state_dict(reloaded)
@@ -161,16 +162,17 @@ def score_all(a, p: dict, model, reloaded, other_state, device) -> dict:
 def show(a, p: dict, result: dict, source: str, dev_name: str, attention: str) -> None:
     hp, r, o = p["hp"], result, result["other"]
     print(f"model: {source}; {r['params']:,} params, {hp.num_layers} layers x {hp.model_dim}; QUANT_BITS="
-          f"{hp.quant_bits} QUANT_EMBED_BITS={hp.quant_embed_bits} ZSTD_LEVEL={hp.zstd_level}")
+          f"{hp.quant_bits} QUANT_EMBED_BITS={hp.quant_embed_bits} QUANT_METHOD={hp.quant_method} "
+          f"COMPRESSOR={hp.compressor}")
     print(f"scoring device: {dev_name} (attention {attention}); {r['targets']:,} targets, seq_len {p['seq_len']}, "
           f"stride {p['stride']}")
-    rows = [("pack seconds (quantise + zstd)", f"{r['pack_s']:.3f}"),
-            ("  of which zstd compression", f"{r['compress_s']:.3f}"),
+    rows = [("pack seconds (quantise + compress)", f"{r['pack_s']:.3f}"),
+            (f"  of which {hp.compressor} compression", f"{r['compress_s']:.3f}"),
             ("  of which quantisation (rest)", f"{r['quantise_s']:.3f}"), ("unpack seconds", f"{r['unpack_s']:.3f}"),
-            (f"artifact bytes (int{hp.quant_bits}+zstd)", f"{r['artifact_bytes']:,}")]
+            (f"artifact bytes (int{hp.quant_bits}+{hp.compressor})", f"{r['artifact_bytes']:,}")]
     if r["given_file_bytes"] is not None:
         rows.append(("bytes of the given artifact file", f"{r['given_file_bytes']:,}"))
-    rows += [("raw payload bytes (before zstd)", f"{r['payload_bytes']:,}"),
+    rows += [("raw payload bytes (before compression)", f"{r['payload_bytes']:,}"),
              ("code bytes (train_gpt.py)", f"{r['code_bytes']:,}"),
              ("total submission bytes", f"{r['total_bytes']:,} ({p['kit'].ARTIFACT_LIMIT - r['total_bytes']:+,} to "
                                         "the 16,000,000 cap)")]
@@ -196,22 +198,21 @@ def show(a, p: dict, result: dict, source: str, dev_name: str, attention: str) -
 def measure(a, p: dict) -> tuple[dict, str, str, str]:
     """Pack, unpack, score: (result, model description, device name, attention kernel)."""
     import torch
-    import zstandard
     kit, hp, code_sha = p["kit"], p["hp"], common.file_sha(p["kit_path"])
     model = common.model_from(kit, hp, p["state_q"], a.artifact)
     source = f"artifact {a.artifact}" if p["state_q"] is not None else (
         f"random init (seed {hp.seed}, +N(0, 1/fan_in) on matrices)")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = {"config": hp.as_dict(), "code_sha256": code_sha}
-    # Timing on the CPU, as in the kit's main(): pack = quantise + zstd; unpack = zstd + dequantise.
+    # Timing on the CPU, as in the kit's main(): pack = quantise + compress; unpack = decompress + dequantise.
     formats = {"kit": (lambda st: kit.pack_artifact(st, hp, meta), lambda b: kit.unpack_artifact(b)[0])}
     if p["other"] is not None:
         formats["other"] = tuple(p["other"][1:])
     times, blobs, states = time_formats(formats, state, a.rounds)
     blob = blobs["kit"]
-    payload = zstandard.ZstdDecompressor().decompress(blob[8:], max_output_size=1 << 32)
+    payload = kit.artifact_payload(blob)
     t0 = time.perf_counter()
-    zstandard.ZstdCompressor(level=hp.zstd_level).compress(payload)
+    kit.compress(payload, hp.compressor, hp.zstd_level)
     compress_s = time.perf_counter() - t0
     if a.save:
         write_atomic(a.save, blob)
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
             "config": hp.as_dict(), "seq_len": p["seq_len"], "stride": p["stride"], "rounds": a.rounds,
             "saved": a.save, "result": {k: v for k, v in r.items() if k != "params"}})
     if a.record:
-        figures = (f"pack {r['pack_s']:.2f} s (zstd {r['compress_s']:.2f} s), unpack {r['unpack_s']:.2f} s, "
+        figures = (f"pack {r['pack_s']:.2f} s ({hp.compressor} {r['compress_s']:.2f} s), unpack {r['unpack_s']:.2f} s, "
                    f"{r['artifact_bytes']:,} bytes ({r['total_bytes']:,} with code)"
                    + (f", gap {r['gap_bpb']:+.5f} bpb" if r["gap_bpb"] is not None else "")
                    + f", bpb {r['val_bpb_reloaded']:.5f} on {r['targets']:,} targets; {source}"

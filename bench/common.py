@@ -306,6 +306,20 @@ def resolve_data(data_arg: str | None, tok_arg: str | None, env: dict) -> tuple[
     raise BenchError(f"no tokenizer found for {data} (tried {', '.join(map(str, cands))}); pass --tokenizer-path")
 
 
+def val_target_bytes(kit, hp, sp, val, data: Path):
+    """The bytes of each target val[1:], as the kit scores them: from the val byte sidecar when DATA_PATH holds one
+    (CaseOps data), else from the tokenizer's byte table; `val` may be the val stream cut short (load_val)."""
+    import numpy as np
+    if not hasattr(kit, "val_byte_counts"):
+        return kit.target_bytes(val, kit.byte_tables(sp))
+    full = np.concatenate([kit.load_shard(f) for f in kit.shard_files(str(data), "val")])
+    hp.data_path = str(data)
+    try:
+        return kit.val_byte_counts(hp, full, sp)[0][:val.size - 1]
+    except kit.ConfigError as err:
+        raise BenchError(str(err)) from None
+
+
 def load_val(kit, data: Path, max_tokens: int = 0, vocab_size: int | None = None):
     """The val shards concatenated (uint16 numpy), cut to max_tokens when > 0; a shard that is not one (empty,
     truncated, foreign), fewer than two tokens, or ids >= vocab_size is one error line."""

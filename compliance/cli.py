@@ -2,7 +2,8 @@
 [--set NAME=VALUE ...]`` and ``python -m compliance probe [--script PATH] [--json] [NAME=VALUE ...]``.
 
 Exit status: 0 clean (probe: all pass), 1 flagged or needs-ruling (probe: a probe failed), 2 usage error or
-unreadable input (one line on stderr)."""
+unreadable input (one line on stderr), 3 audit incomplete (part of the code could not be analysed: the report names
+what; never reported as clean)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="resolve reachability under this setting instead of the defaults (repeatable)")
     a.add_argument("--env", action="store_true",
                    help="also resolve reachability under this process's environment variables (as a run saw them)")
+    a.add_argument("--time-budget", type=float, default=300.0, metavar="SECONDS",
+                   help="stop the analysis after this long; what was not analysed makes the verdict incomplete "
+                        "(default 300)")
     pr = sub.add_parser("probe", help="dynamic probes of the kit's scoring functions on a tiny CPU model")
     pr.add_argument("--script", help="train_gpt.py to import (default: ./train_gpt.py, else /work/main/train_gpt.py)")
     pr.add_argument("--json", action="store_true")
@@ -74,14 +78,14 @@ def _audit(args) -> int:
     if args.env:
         import os
         settings = {**{k: v for k, v in os.environ.items() if k.isupper()}, **settings}
+    if not args.time_budget > 0:
+        sys.stderr.write(f"error: --time-budget must be a positive number of seconds, not {args.time_budget}\n")
+        return 2
     try:
         report = audit(args.path, data_dir=args.data, reference_bpb=args.reference_bpb,
-                       reference_loss=args.reference_loss, settings=settings or None)
+                       reference_loss=args.reference_loss, settings=settings or None, time_budget=args.time_budget)
     except InputError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return 2
-    except RecursionError:
-        sys.stderr.write(f"error: {args.path} is nested too deeply to analyse\n")
         return 2
     _emit(report.to_json() if args.json else report.to_text())
     return report.exit_code()

@@ -1,7 +1,8 @@
 """Reading training logs: the kit's text log and JSON run file (docs/CONTRACT.md), and upstream variants.
 
-One parser serves the auditor (``compliance/logs.py`` checks limits, submission.json and significance on what it
-reads) and the record tool (``records/check.py``, ``records/pack.py``); it imports nothing from ``records``.
+One parser serves the auditor (``compliance/rules/limits_logs.py`` and ``rules/stats.py`` check limits,
+submission.json and significance on what it reads) and the record tool (``records/check.py``, ``records/pack.py``);
+it imports nothing from ``records``.
 
 The kit writes ``run_id:``, ``code_sha256:.. code_bytes:..``, ``versions:``, ``device:``, ``config:{json}``, step
 lines, ``final_*_exact`` scores, ``eval_time_total:Nms`` and ``logs/<RUN_ID>.json`` beside the text. Upstream
@@ -62,6 +63,7 @@ RE_SCORE = re.compile(r"^([A-Za-z][\w\- ]*?)" + _SETTINGS + r"[:\s]+" + _LOSS_BP
 RE_EVAL_TIME = re.compile(r"\b(?:eval_time|time)[:=]\s*(" + _NUM + r")\s*ms\b")
 RE_OTHER_EVAL = re.compile(r"^([A-Za-z][\w\-]*)?.*?\beval_time[:=]\s*(" + _NUM + r")\s*ms\b")  # not a score line
 RE_ENV_TOKEN = re.compile(r"(?<![\w.])([A-Z][A-Z0-9_]{2,})=([^\s,;'\"]+)")
+RE_WORD_TOKEN = re.compile(r"(?<![\w.])([a-z][a-z0-9_]{2,}):([A-Za-z][\w.\-]*)(?=[\s,;]|$)")  # ngram_cache:enabled
 RE_ATTR_TOKEN = re.compile(r"(?<![\w.])([a-z][a-z0-9_]{2,})[:=]\s*(True|False|None|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)\b")
 RE_CODE_LINE = re.compile(r"^\s*(def |class |import |from |return |if |elif |else:|for |while |with |try:|except|#|@"
                           r"|\)|\])|os\.environ|getenv| = |\+= |\bself\.")
@@ -203,6 +205,7 @@ class RunLog:
     config: dict | None = None  # the kit's config:{json} line (or the JSON's config)
     env: dict = dataclasses.field(default_factory=dict)  # settings as environment strings: config, NAME=value
     attrs: dict = dataclasses.field(default_factory=dict)  # settings from hyperparameter dumps and name:value
+    words: dict = dataclasses.field(default_factory=dict)  # name:word tokens (ngram_cache:enabled, model_preset:big)
     num_params: int | None = None
     steps: int | None = None
     iterations: int | None = None
@@ -318,6 +321,8 @@ class _Reader:
                 self.run.env.setdefault(k, v)
             for k, v in RE_ATTR_TOKEN.findall(line):
                 self.run.attrs.setdefault(k, parse_value(v))
+            for k, v in RE_WORD_TOKEN.findall(line):
+                self.run.words.setdefault(k, v)
 
     def finish(self) -> None:
         """Settle what needs the whole log: steps, the final and pre-quantisation scores, the seed, binary lines."""

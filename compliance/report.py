@@ -1,4 +1,9 @@
-"""Findings, the verdict, and the two renderings (plain text for people, one JSON object for tools)."""
+"""Findings, the verdict, and the two renderings (plain text for people, one JSON object for tools).
+
+Verdict (and exit status): ``flagged`` (1) when any finding is active; else ``incomplete`` (3) when some of the
+entry's code could not be analysed (``incomplete`` names what: unreadable syntax, a wrapper that could not be
+decoded, a rule that failed, the time budget); else ``needs-ruling`` (1) when a finding belongs to an open class;
+else ``clean`` (0). The audit fails closed: it never says ``clean`` about code it did not analyse."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from dataclasses import dataclass, field
 
 from .rulings import RULINGS
 
-ACTIVE, DORMANT, NEEDS_RULING = "active", "dormant", "needs-ruling"
+ACTIVE, DORMANT, NEEDS_RULING, WARNING = "active", "dormant", "needs-ruling", "warning"   # warning: STATS only
+EXIT = {"clean": 0, "flagged": 1, "needs-ruling": 1, "incomplete": 3}
 
 
 @dataclass
@@ -47,27 +53,30 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)   # what could not be analysed (fail closed)
 
     @property
     def verdict(self) -> str:
         if any(f.status == ACTIVE for f in self.findings):
             return "flagged"
+        if self.incomplete:
+            return "incomplete"
         if any(f.status == NEEDS_RULING for f in self.findings):
             return "needs-ruling"
         return "clean"
 
     def exit_code(self) -> int:
-        return 0 if self.verdict == "clean" else 1
+        return EXIT[self.verdict]
 
     def sorted_findings(self) -> list[Finding]:
-        order = {ACTIVE: 0, NEEDS_RULING: 1, DORMANT: 2}
+        order = {ACTIVE: 0, NEEDS_RULING: 1, DORMANT: 2, WARNING: 3}
         return sorted(self.findings, key=lambda f: (order.get(f.status, 3), f.file, f.line, f.rule))
 
     def as_dict(self) -> dict:
         return {"path": self.path, "verdict": self.verdict,
                 "findings": [f.as_dict() for f in self.sorted_findings()],
                 "limits": self.limits, "warnings": list(self.warnings) + list(self.notes),
-                "files": self.files}
+                "files": self.files, "incomplete": list(self.incomplete)}
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=1, default=str)
@@ -76,6 +85,9 @@ class Report:
         out = [f"compliance audit: {self.path}", f"verdict: {self.verdict.upper()}"]
         if self.files:
             out.append("audited: " + ", ".join(self.files))
+        if self.incomplete:
+            out.append("not analysed (the verdict cannot be clean):")
+            out.extend(f"  - {x}" for x in self.incomplete)
         fs = self.sorted_findings()
         if not fs:
             out.append("findings: none")

@@ -64,6 +64,8 @@ def resolve_script(path: Path) -> Path:
 
 
 _ENV_READ = re.compile(r"""(?:environ\.get|getenv|environ\.setdefault|environ\[)\(?\s*['"]([A-Z][A-Z0-9_]+)['"]""")
+# a setting declared as a typed class attribute whose name is the variable's (the kit: `num_layers: int = S(9, ...)`)
+_DECLARED = re.compile(r"^[ \t]+([a-z][a-z0-9_]*)[ \t]*:[ \t]*(?:int|float|str|bool)[ \t]*=", re.M)
 
 
 def env_names(script: Path) -> set[str]:
@@ -74,7 +76,15 @@ def env_names(script: Path) -> set[str]:
         text = "\n".join(u.text for u in units)
     except Exception:  # noqa: BLE001 - an unreadable script still runs; the names only refine the configuration
         text = script.read_text(errors="replace")
-    return set(_ENV_READ.findall(text))
+    return set(_ENV_READ.findall(text)) | {n.upper() for n in _DECLARED.findall(text)}
+
+
+def near_misses(env: dict, names: set[str]) -> dict:
+    """The tiny configuration without the spellings the entry does not read but reads a near relative of
+    (GPTQ_CALIB_BATCHES where it reads GPTQ_CALIBRATION_BATCHES): an entry may refuse those as typos."""
+    import difflib
+    return {k: v for k, v in env.items() if k in names or k not in synth.TINY
+            or not difflib.get_close_matches(k, names, n=1, cutoff=0.8)}
 
 
 def plan(ws: dict, answers: int = ANSWERS) -> list[dict]:
@@ -414,7 +424,7 @@ def audit(entry: Path, settings: dict | None = None, limits: sandbox.Limits | No
     try:
         ws = synth.workspace(tmp, script.parent)
         runs = plan(ws, answers)
-        env = synth.tiny_env(ws, tmp, {})
+        env = near_misses(synth.tiny_env(ws, tmp, {}), names)
         env.update({n: "0" for n in names if "FUSED" in n or "TRITON" in n})
         env.update(user)
         result = _execute(tmp, script, ws, env, runs, limits, report, progress, names | set(user))

@@ -21,6 +21,9 @@ import re
 import zlib
 from pathlib import Path
 
+from .astutil import walk
+from .pysyntax import parse, parse_modern
+
 MAX_DECODED = 64 * 1024 * 1024   # bytes a single payload may inflate to
 MAX_DEPTH = 6                    # wrapper nesting followed
 MAX_FILE = 32 * 1024 * 1024      # bytes of one source file read
@@ -40,7 +43,8 @@ class SourceUnit:
     module: str                # module name used for import resolution
     decoded: str = ""          # "" for plain files, else the chain, e.g. "lzma(raw)+b85"
     is_entry: bool = False     # its `if __name__ == "__main__":` block runs
-    parse_note: str = ""       # non-empty when the parse needed repairs
+    parse_note: str = ""       # how the source was read (e.g. as 3.12 syntax)
+    problems: list[str] = dataclasses.field(default_factory=list)   # parts that could not be analysed
     lines: list[str] = dataclasses.field(default_factory=list)
 
     _nodes: list | None = None
@@ -53,7 +57,7 @@ class SourceUnit:
     def nodes(self) -> list:
         """Every node of the tree, computed once."""
         if self._nodes is None:
-            self._nodes = list(ast.walk(self.tree))
+            self._nodes = walk(self.tree)
         return self._nodes
 
     def line(self, n: int) -> str:
@@ -64,11 +68,18 @@ class SourceUnit:
 # Reading text and parsing it whatever it holds
 # ------------------------------------------------------------------------------------------------------------
 
-def read_text(path: Path) -> str:
+def read_text(path: Path, problems: list[str] | None = None) -> str:
+    """The file as text (UTF-8, errors replaced); refuses binary files. Past MAX_FILE bytes the rest is not read,
+    which is recorded in `problems`."""
     try:
-        data = path.read_bytes()[:MAX_FILE]
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE + 1)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE:
+        data = data[:MAX_FILE]
+        if problems is not None:
+            problems.append(f"{path.name}: only the first {MAX_FILE:,} bytes were read; the rest was not analysed")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     head = data[:65536]
@@ -78,35 +89,50 @@ def read_text(path: Path) -> str:
     return data.decode("utf-8", errors="replace").replace("\x00", " ")
 
 
-def tolerant_parse(text: str) -> tuple[ast.Module, str]:
-    """Parse; on a syntax error blank the offending line (keeping the indentation) and retry, so one bad
-    line (a truncated file, Python-3.12 f-string syntax, stray text) does not hide the rest of the program.
-    Returns (tree, note); note says what had to be repaired."""
+def tolerant_parse(text: str) -> tuple[ast.Module, str, list[str]]:
+    """Parse whatever the text holds. Python 3.12-3.13 syntax (PEP 701 f-strings, PEP 695 type parameters) is read
+    through pysyntax.modernize, very deep expressions through a large-stack parse. Only when neither reads it is
+    the offending line blanked (keeping its indentation) and the parse retried, so one bad line does not hide the
+    rest of the program; what was blanked or cut is returned as a problem: it was not analysed.
+    Returns (tree, note, problems): note says how the source was read, problems what could not be analysed."""
+    try:
+        tree, rewritten = parse_modern(text)
+        return tree, ("read as Python 3.12+ syntax (PEP 701 f-strings / PEP 695 type parameters)"
+                      if rewritten else ""), []
+    except SyntaxError:
+        pass
+    except (ValueError, MemoryError, OverflowError, RecursionError) as exc:
+        return ast.Module(body=[], type_ignores=[]), "", [f"the source could not be parsed ({type(exc).__name__})"]
     lines = text.split("\n")
-    repaired: list[int] = []
+    total = len(lines)
+    blanked: list[int] = []
     for _ in range(80):
-        src = "\n".join(lines)
         try:
-            return ast.parse(src), (f"syntax repaired at line(s) {_fmt_lines(repaired)}" if repaired else "")
+            tree, _rw = parse_modern("\n".join(lines))
+            cut = f"; lines {len(lines) + 1}-{total} were cut" if len(lines) < total else ""
+            return tree, "", [f"line(s) {_fmt_lines(blanked)}: syntax the auditor cannot read; blanked, not "
+                              f"analysed{cut}"]
         except SyntaxError as exc:
-            n = exc.lineno or len(lines)
-            n = min(max(n, 1), len(lines))
-            if n in repaired:  # blanking did not help: cut the file here
+            n = min(max(exc.lineno or len(lines), 1), len(lines))
+            if n in blanked:  # blanking did not help: cut the file here
                 lines = lines[:max(n - 1, 0)]
-                repaired.append(n)
                 continue
-            repaired.append(n)
+            blanked.append(n)
             old = lines[n - 1]
             indent = old[:len(old) - len(old.lstrip())]
-            lines[n - 1] = indent + "pass" if old.strip() else old
+            # a broken block header keeps its block: `if True:` in its place, else `pass`
+            nxt = next((x for x in lines[n:] if x.strip()), "")
+            deeper = len(nxt) - len(nxt.lstrip()) > len(indent)
+            lines[n - 1] = (indent + ("if True:" if deeper else "pass")) if old.strip() else old
         except (ValueError, RecursionError, MemoryError, OverflowError):
             break
     for cut in range(len(lines), -1, -max(1, len(lines) // 8)):
         try:
-            return ast.parse("\n".join(lines[:cut])), f"could only parse the first {cut} line(s)"
+            return parse("\n".join(lines[:cut])), "", [
+                f"only the first {cut} of {total} line(s) could be parsed; the rest was not analysed"]
         except Exception:  # noqa: BLE001 - any parser failure: try a shorter prefix
             continue
-    return ast.Module(body=[], type_ignores=[]), "could not parse the source"
+    return ast.Module(body=[], type_ignores=[]), "", ["the source could not be parsed; nothing in it was analysed"]
 
 
 def _fmt_lines(ns: list[int]) -> str:
@@ -130,10 +156,14 @@ class _Unknown(Exception):
     pass
 
 
-def _import_aliases(tree: ast.Module) -> dict[str, str]:
+class _Truncated(Exception):
+    """A decompressor stopped before the end of its payload (size cap)."""
+
+
+def _import_aliases(tree: ast.Module, nodes: list | None = None) -> dict[str, str]:
     """local name -> module or module.attr (for `import lzma as L`, `from base64 import b85decode as d`)."""
     out: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in (walk(tree) if nodes is None else nodes):
         if isinstance(node, ast.Import):
             for a in node.names:
                 out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
@@ -156,8 +186,8 @@ def _module_constants(tree: ast.Module) -> dict[str, ast.expr]:
 class _PayloadEval:
     """Evaluates the small expression language of decode chains; raises _Unknown for anything else."""
 
-    def __init__(self, tree: ast.Module):
-        self.aliases = _import_aliases(tree)
+    def __init__(self, tree: ast.Module, nodes: list | None = None):
+        self.aliases = _import_aliases(tree, nodes)
         self.consts = _module_constants(tree)
         self.steps: list[str] = []
         self.depth = 0
@@ -189,9 +219,16 @@ class _PayloadEval:
                 return self.ev(self.consts[node.id])
             raise _Unknown
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            a, b = self.ev(node.left), self.ev(node.right)
-            if type(a) is type(b) and isinstance(a, (str, bytes)):
-                return a + b
+            terms = []
+            while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):   # a + b + c ...: no recursion
+                terms.append(node.right)
+                node = node.left
+            terms.append(node)
+            parts = [self.ev(t) for t in reversed(terms)]
+            if all(isinstance(x, str) for x in parts):
+                return "".join(parts)
+            if all(isinstance(x, bytes) for x in parts):
+                return b"".join(parts)
             raise _Unknown
         if isinstance(node, ast.List):
             return [self.ev(e) for e in node.elts]
@@ -268,15 +305,23 @@ class _PayloadEval:
                     filters = [dict(f) for f in filters]
                 d = lzma.LZMADecompressor(format=fmt, filters=filters) if filters else lzma.LZMADecompressor(format=fmt)
                 out = d.decompress(data, max_length=MAX_DECODED)
+                if len(out) >= MAX_DECODED and not d.eof:
+                    raise _Truncated(f"inflates past the {MAX_DECODED:,}-byte cap")
                 self.steps.append("lzma(raw)" if fmt == lzma.FORMAT_RAW else "lzma")
             elif mod == "bz2":
-                out = bz2.BZ2Decompressor().decompress(data, max_length=MAX_DECODED)
+                d = bz2.BZ2Decompressor()
+                out = d.decompress(data, max_length=MAX_DECODED)
+                if len(out) >= MAX_DECODED and not d.eof:
+                    raise _Truncated(f"inflates past the {MAX_DECODED:,}-byte cap")
                 self.steps.append("bz2")
             else:
                 wbits = kw.get("wbits", args[0] if args else (31 if mod == "gzip" else zlib.MAX_WBITS))
                 if mod == "gzip":
                     wbits = 31
-                out = zlib.decompressobj(wbits).decompress(data, MAX_DECODED)
+                d = zlib.decompressobj(wbits)
+                out = d.decompress(data, MAX_DECODED)
+                if d.unconsumed_tail:
+                    raise _Truncated(f"inflates past the {MAX_DECODED:,}-byte cap")
                 self.steps.append(mod)
         except (lzma.LZMAError, OSError, zlib.error, ValueError, TypeError, EOFError):
             raise _Unknown from None
@@ -287,54 +332,91 @@ def _is_module_ref(node: ast.expr, ev: _PayloadEval) -> bool:
     return isinstance(node, ast.Name) and node.id in ev.aliases
 
 
-def decode_payloads(tree: ast.Module, nodes: list | None = None) -> list[tuple[str, str, int]]:
+_DECODERS = ("lzma", "zlib", "gzip", "bz2", "b64", "b64u", "b85", "a85", "b32", "b16", "hex", "base64")
+_CODE_RUNNERS = ("exec", "eval", "compile")
+
+
+def decode_payloads(tree: ast.Module, nodes: list | None = None, problems: list[str] | None = None,
+                    siblings: set[str] | None = None) -> list[tuple[str, str, int]]:
     """Every Python source hidden in this module behind a decode/decompress chain over constants:
     (source, chain description, line of the call). Only chains with at least one decompression or one
-    binary-to-text decoding count; the result must decode as UTF-8 text that parses as Python."""
+    binary-to-text decoding count; the result must decode as UTF-8 text that parses as Python. A builtin
+    exec/eval/compile of anything else (not a constant string, not a decodable chain, not a sibling file the
+    loader reads itself) is code the audit cannot see: it is appended to `problems`, as is a payload the decoders
+    gave up on (over the size cap, corrupt)."""
     out: list[tuple[str, str, int]] = []
+    problems = [] if problems is None else problems
     seen: set[int] = set()
-    nodes = list(ast.walk(tree)) if nodes is None else nodes
-    if not any(isinstance(n, ast.Attribute) and n.attr in ("decompress", "b85decode", "b64decode", "a85decode",
-                                                            "b32decode", "b16decode", "unhexlify", "fromhex",
-                                                            "decodebytes", "a2b_base64", "a2b_hex",
-                                                            "urlsafe_b64decode")
-               or isinstance(n, ast.Name) and n.id in ("decompress", "b85decode", "b64decode", "a85decode",
-                                                       "unhexlify", "__import__")
-               for n in nodes):
+    nodes = walk(tree) if nodes is None else nodes
+    aliases = _import_aliases(tree, nodes)
+    shadowed = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    runners = [n for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+               and n.func.id in _CODE_RUNNERS and n.func.id not in aliases and n.func.id not in shadowed]
+    wrappers = any(isinstance(n, ast.Attribute) and n.attr in (
+        "decompress", "b85decode", "b64decode", "a85decode", "b32decode", "b16decode", "unhexlify", "fromhex",
+        "decodebytes", "a2b_base64", "a2b_hex", "urlsafe_b64decode")
+        or isinstance(n, ast.Name) and n.id in ("decompress", "b85decode", "b64decode", "a85decode", "unhexlify",
+                                                  "__import__") for n in nodes)
+    if not wrappers and not runners:
         return out
-    ev = _PayloadEval(tree)
-    calls = [n for n in nodes if isinstance(n, ast.Call)]
+    ev = _PayloadEval(tree, nodes)
+    calls = [n for n in nodes if isinstance(n, ast.Call)] if wrappers else runners
+    runner_ids = {id(n) for n in runners}
     for node in calls:
         f = node.func
         name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
-        is_exec = name in ("exec", "eval", "compile")
+        is_exec = name in _CODE_RUNNERS
         if not (is_exec or name == "decompress" or name == "decode"):
+            continue
+        if is_exec and id(node) not in runner_ids:
             continue
         target = node.args[0] if (is_exec and node.args) else node
         if id(target) in seen:
             continue
         ev.steps = []
+        value = None
         try:
             value = ev.ev(target)
+        except _Truncated as exc:
+            problems.append(f"line {node.lineno}: a wrapper payload {exc}; the code inside was not analysed")
+            for sub in walk(target):
+                seen.add(id(sub))
+            continue
         except (_Unknown, RecursionError, MemoryError):
+            value = None
+        literal = is_exec and isinstance(value, str) and not ev.steps
+        if value is None or not (literal or (ev.steps and any(x.split("(")[0] in _DECODERS for x in ev.steps))):
+            if is_exec and not _names_sibling(target, siblings):
+                problems.append(f"line {node.lineno}: {name}() of code the auditor cannot decode without running it; "
+                                "that code was not analysed")
             continue
-        if not ev.steps or not any(s.split("(")[0] in ("lzma", "zlib", "gzip", "bz2", "b64", "b64u", "b85",
-                                                          "a85", "b32", "b16", "hex", "base64") for s in ev.steps):
-            continue
-        for sub in ast.walk(target):
+        for sub in walk(target):
             seen.add(id(sub))
         if isinstance(value, bytes):
             try:
                 value = value.decode("utf-8")
             except UnicodeDecodeError:
+                if is_exec:
+                    problems.append(f"line {node.lineno}: {name}() of a payload that is not UTF-8 source; "
+                                    "not analysed")
                 continue
         if not isinstance(value, str) or not value.strip():
             continue
         if not is_exec and not _looks_like_python(value):
             continue
-        chain = "+".join(reversed(ev.steps))
+        chain = "+".join(reversed(ev.steps)) or "literal"
         out.append((value, chain, node.lineno))
     return out
+
+
+def _names_sibling(node: ast.AST, siblings: set[str] | None) -> bool:
+    """The exec'd expression names a sibling .py file (exec(open(... 'x.py' ...).read())): the loader reads it."""
+    for n in walk(node):
+        if isinstance(n, ast.Constant) and isinstance(n.value, str):
+            for m in _PY_NAME.finditer(n.value):
+                if siblings is None or Path(m.group(1)).name in siblings:
+                    return True
+    return False
 
 
 def _looks_like_python(text: str) -> bool:
@@ -379,6 +461,7 @@ class LoadedProgram:
     notes: list[str]              # warnings about reading and decoding
     entry_files: list[Path]
     ran_files: list[Path] = dataclasses.field(default_factory=list)   # siblings run as scripts (exec/runpy/...)
+    incomplete: list[str] = dataclasses.field(default_factory=list)   # code that could not be analysed
 
 
 def load_program(path: Path) -> LoadedProgram:
@@ -390,17 +473,22 @@ def load_program(path: Path) -> LoadedProgram:
         entries = entry_scripts(path)
         if not entries:
             if any(p.suffix in (".log", ".txt", ".json") for p in path.iterdir()):
-                return LoadedProgram(root=path, units=[], notes=[f"{path.name}: no Python script found; only the "
-                                                                  "logs and submission.json were audited"],
-                                     entry_files=[])
+                return LoadedProgram(root=path, units=[], notes=[], entry_files=[], incomplete=[
+                    f"{path.name}: no Python script in the folder; only its logs and submission.json were audited, "
+                    "no code rule was checked"])
             raise InputError(f"{path} holds no Python script to audit")
     else:
         root = path.parent
+        if not path.is_file():
+            raise InputError(f"{path} is not a regular file (a device, pipe or socket): give a script or a folder")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path} is empty: there is no code to audit")
         if path.suffix not in (".py", "") and not _safe_read(path).lstrip().startswith(("import", "from", "#", '"""')):
             raise InputError(f"{path} is not a Python script")
         entries = [path]
     units: list[SourceUnit] = []
     notes: list[str] = []
+    problems: list[str] = []
     done: set[Path] = set()
     ran: list[Path] = []
     queue: list[tuple[Path, bool]] = [(p, True) for p in entries]
@@ -412,15 +500,22 @@ def load_program(path: Path) -> LoadedProgram:
         done.add(rp)
         if is_entry and file not in entries:
             ran.append(file)
-        text = read_text(file)
+        text = read_text(file, problems)
         display = _display(file, root)
-        file_units = _units_from_text(file, display, text, is_entry, notes)
+        file_units = _units_from_text(file, display, text, is_entry, notes, problems)
         units.extend(file_units)
         for u in file_units:
             for sib, runs_main in _sibling_refs(u, root):
                 if sib.resolve() not in done:
                     queue.append((sib, runs_main))
-    return LoadedProgram(root=root, units=units, notes=notes, entry_files=entries, ran_files=ran)
+    if path.is_file() and not any(u.tree.body for u in units) and not problems:
+        raise InputError(f"{path} holds no Python statements (only comments or blank lines): nothing to audit")
+    for e in entries if path.is_dir() else ():
+        if not any(u.tree.body for u in units if u.path == e) and not any(p.startswith(e.name) for p in problems):
+            problems.append(f"{_display(e, root)} is empty or holds only comments: the entry's code is not there to "
+                            "audit")
+    return LoadedProgram(root=root, units=units, notes=notes, entry_files=entries, ran_files=ran,
+                         incomplete=problems)
 
 
 def _display(file: Path, root: Path) -> str:
@@ -430,23 +525,30 @@ def _display(file: Path, root: Path) -> str:
         return file.name
 
 
-def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes: list[str],
+def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes: list[str], problems: list[str],
                      chain: str = "", depth: int = 0) -> list[SourceUnit]:
-    tree, note = tolerant_parse(text)
+    tree, note, unread = tolerant_parse(text)
+    where = f"{display}{' (decoded ' + chain + ')' if chain else ''}"
     if note:
-        notes.append(f"{display}{' (decoded ' + chain + ')' if chain else ''}: {note}")
+        notes.append(f"{where}: {note}")
     module = file.stem if not chain else f"{file.stem}__decoded{depth}"
     unit = SourceUnit(path=file, display=display, text=text, tree=tree, module=module, decoded=chain,
-                      is_entry=is_entry, parse_note=note)
+                      is_entry=is_entry, parse_note=note, problems=[f"{where}: {u}" for u in unread])
+    problems.extend(unit.problems)
     out = [unit]
+    found: list[str] = []
+    siblings = {p.name for p in file.parent.glob("*.py")}
+    payloads = decode_payloads(tree, unit.nodes, found, siblings)
+    problems.extend(f"{where}: {x}" for x in found)
     if depth >= MAX_DEPTH:
-        notes.append(f"{display}: wrappers nested deeper than {MAX_DEPTH} levels were not followed")
+        if payloads:
+            problems.append(f"{where}: wrappers nested deeper than {MAX_DEPTH} levels were not followed")
         return out
-    for inner, how, line in decode_payloads(tree, unit.nodes):
+    for inner, how, line in payloads:
         full = f"{how}>{chain}" if chain else how
         notes.append(f"{display}: decoded a self-extracting wrapper ({how}) at line {line}"
                      + (f" inside {chain}" if chain else ""))
-        out.extend(_units_from_text(file, display, inner, is_entry, notes, full, depth + 1))
+        out.extend(_units_from_text(file, display, inner, is_entry, notes, problems, full, depth + 1))
     return out
 
 
@@ -458,10 +560,11 @@ def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
     (exec(open(...)), runpy, subprocess, os.system: __main__ runs)."""
     folder = unit.path.parent
     siblings = {p.name for p in folder.glob("*.py")}
+    if not siblings - {unit.path.name}:
+        return []
     out: list[tuple[Path, bool]] = []
-    stack = [(unit.tree, None)]
-    while stack:
-        node, parent = stack.pop()
+    docstrings = {id(n.value) for n in unit.nodes if isinstance(n, ast.Expr)}
+    for node in unit.nodes:
         if isinstance(node, ast.Import):
             for a in node.names:
                 p = folder / (a.name.split(".")[0] + ".py")
@@ -484,11 +587,9 @@ def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
                 if p.name in siblings:
                     out.append((p, False))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ".py" in node.value \
-                and not isinstance(parent, ast.Expr):
+                and id(node) not in docstrings:
             for m in _PY_NAME.finditer(node.value):
                 p = folder / Path(m.group(1)).name
                 if p.name in siblings and p.resolve() != unit.path.resolve():
                     out.append((p, True))
-        for child in ast.iter_child_nodes(node):
-            stack.append((child, node))
     return out

@@ -2,7 +2,7 @@
 
 records imports the ``compliance`` package (as it does for the log parser, ``compliance.logparse``) and calls its
 audit in process: ``compliance.audit.audit(script, settings=<the run's config>)``, read as the same JSON object that
-``python -m compliance audit <script> --json --set K=V ...`` prints ({"verdict": "clean|flagged|needs-ruling",
+``python -m compliance audit <script> --json --set K=V ...`` prints ({"verdict": "clean|flagged|needs-ruling|incomplete",
 "findings": [{"rule", "status", ...}], ...}). This module never decides compliance itself; an auditor that fails is
 verdict "error", which pack refuses.
 """
@@ -38,7 +38,7 @@ def norm_status(status: object) -> str:
 
 @dataclasses.dataclass
 class Audit:
-    verdict: str  # clean | flagged | needs-ruling | not-run | error
+    verdict: str  # clean | flagged | needs-ruling | incomplete | not-run | error
     findings: list
     ran: bool
     note: str = ""

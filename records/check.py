@@ -22,7 +22,7 @@ from .common import (
     ARTIFACT_LIMIT_BYTES, EVAL_LIMIT_S, RECORD_WORLD_SIZE, REQUIRED_KEYS, TRAIN_CAP_GRACE_S, TRAIN_LIMIT_S,
     is_record_track, not_a_training_run, sha256_bytes,
 )
-from .wrap import decode_wrapper
+from .wrap import decode_wrapper, minified
 
 ALIASES = {
     "val_bpb": ("mean_val_bpb", "val_bpb_mean", "score", "bpb", "mean_bpb"),
@@ -478,8 +478,11 @@ def _check_folder(folder: Path, sub: dict, vals: dict, res: CheckResult) -> None
                     hb = human.read_bytes()
                 except OSError:
                     hb = None
-                if hb is not None and hb != inner:
-                    res.find("train_gpt_human.py", "differs from the source train_gpt.py decodes to")
+                if hb is not None and hb != inner and minified(hb) == inner:
+                    res.note("train_gpt_human.py", "train_gpt.py holds its minified form (CODE_FORM=minified)")
+                elif hb is not None and hb != inner:
+                    res.find("train_gpt_human.py", "differs from the source train_gpt.py decodes to (and from its "
+                                                   "minified form)")
         bc = vals.get("bytes_code")
         if _is_int(bc) and bc != len(script_bytes):
             res.find("bytes_code", f"{bc:,} but train_gpt.py is {len(script_bytes):,} bytes")

@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from typing import Callable
 from compliance.logparse import RunLog, load_run
 from kitlib import stats
 from kitlib.fileio import unwritable, write_atomic
+from kitlib.scripts import load_script
 
 from . import settings as F
 from .audit import Audit, compliance_audit, describe_finding, run_audit
@@ -248,6 +250,19 @@ def _reference(opts: PackOptions, losses: list, mean_loss: float, mean_bpb: floa
     raise Refusal(f"--reference {p}: no score found (no scored logs, val_bpb or val_loss)")
 
 
+def counted_form(script: Path, source: bytes, form: str, run: RunLog) -> bytes:
+    """The code a run counted under CODE_FORM (wrapped, minified), made by the script's own shipped_code(); it must
+    hash to the counted_sha256 of the run's log."""
+    try:
+        shipped = load_script(script).shipped_code(source, form)
+    except Exception as exc:  # noqa: BLE001 - a script that cannot make its form is one refusal line
+        raise Refusal(f"{script}: cannot make the CODE_FORM={form} code ({type(exc).__name__}: {exc})") from None
+    logged = re.search(r"counted_sha256:([0-9a-f]{64})", run.text_path.read_text(errors="replace"))
+    if logged is None or logged.group(1) != sha256_bytes(shipped):
+        raise Refusal(f"{run.name}: the CODE_FORM={form} code made now does not hash to the log's counted_sha256")
+    return shipped
+
+
 def _code(opts: PackOptions, script: Path, runs: list[RunLog]) -> tuple[bytes, bytes | None]:
     """(the readable source that ran, its self-extracting wrapper with --wrap else None)."""
     source = script.read_bytes()
@@ -255,6 +270,9 @@ def _code(opts: PackOptions, script: Path, runs: list[RunLog]) -> tuple[bytes, b
     if sha != runs[0].code_sha256:
         raise Refusal(f"{script} (sha256 {sha[:12]}...) is not the script that ran "
                       f"(logs: code_sha256 {runs[0].code_sha256[:12]}...)")
+    form = str(runs[0].config.get("CODE_FORM", "raw"))
+    if form != "raw":  # the run counted its code in this form: ship exactly that
+        return source, counted_form(script, source, form, runs[0])
     if not opts.wrap:
         return source, None
     if decode_wrapper(source) is not None:
@@ -272,6 +290,10 @@ def _audit(opts: PackOptions, script: Path, config: dict) -> Audit:
     audit = run_audit(script, config, opts.auditor or compliance_audit)
     if audit.verdict == "error":
         raise Refusal(f"compliance auditor failed: {audit.note}")
+    if audit.verdict == "incomplete":  # the auditor could not read all of the code: never packed as if clean
+        missed = "; ".join(str(x) for x in (audit.raw or {}).get("incomplete", [])[:2]) or "see its report"
+        raise Refusal(f"compliance auditor could not analyse all of {script.name} (verdict incomplete: {missed}); "
+                      "run `python -m compliance audit` on it")
     active = audit.active(config)
     if active:
         more = f" (and {len(active) - 1} more)" if len(active) > 1 else ""
@@ -602,9 +624,10 @@ def render_readme(ctx: dict) -> str:
         L.append(f"`train_gpt.py`: {len(src):,} bytes, sha256 `{sha256_bytes(src)}`: byte-identical to the script "
                  "that produced every log here (each log's `code_sha256` matches).")
     else:
+        held = "" if decode_wrapper(wr) == src else " minified (python-minifier, CODE_FORM=minified), then"
         L.append(f"`train_gpt.py` is a self-extracting wrapper: {len(wr):,} bytes (sha256 `{sha256_bytes(wr)}`), "
-                 f"holding `train_gpt_human.py` ({len(src):,} bytes, sha256 `{sha256_bytes(src)}`) as raw LZMA2 + "
-                 "base85. `bytes_code` is the wrapper's size.")
+                 f"holding `train_gpt_human.py` ({len(src):,} bytes, sha256 `{sha256_bytes(src)}`){held} as raw "
+                 "LZMA2 + base85. `bytes_code` is the wrapper's size.")
         L.append("")
         L.append("The logs were produced by the readable script and report its sha256. Running the wrapper executes "
                  "that source in the wrapper's own module namespace: `__name__` is `\"__main__\"` when run (the "

@@ -63,6 +63,19 @@ def make_wrapper(source: bytes) -> bytes:
     return wrapper
 
 
+# train_gpt.py's CODE_FORM=minified: python-minifier with these options, then the wrapper (shipped_code there).
+MINIFY_OPTIONS = dict(rename_locals=False, hoist_literals=False, remove_literal_statements=True, prefer_single_line=True)
+
+
+def minified(source: bytes) -> bytes | None:
+    """The source as CODE_FORM=minified minifies it before wrapping (None if python-minifier cannot read it)."""
+    try:
+        import python_minifier
+        return python_minifier.minify(source.decode(), **MINIFY_OPTIONS).encode()
+    except Exception:  # noqa: BLE001 - unreadable source: no minified form
+        return None
+
+
 def _literal_args(call: ast.Call) -> list:
     out = []
     for a in call.args:

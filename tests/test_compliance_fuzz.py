@@ -15,7 +15,7 @@ from compliance.audit import audit  # noqa: E402
 from compliance.cli import main as cli  # noqa: E402
 from compliance.source import InputError  # noqa: E402
 
-SOURCES = [p.read_text() for p in sorted((ROOT / "tests" / "fixtures" / "compliance" / "rules").glob("*.py"))]
+SOURCES = [p.read_text() for p in sorted((ROOT / "tests" / "fixtures" / "compliance" / "rules").rglob("*.py"))]
 TOKENS = ["def f(", "):", "\n    ", "for i in range(", "val_tokens[", "]", " = ", ".backward()", "opt.step()",
           "loss_sum += ", "if ", "else:", "\n", "lambda x:", "yield", "(", ")", "[", "{", "}", "'", '"', "\\",
           "exec(", "lzma.decompress(", "os.environ.get('X', '0')", "with torch.no_grad():", "class A:", "return",
@@ -31,8 +31,9 @@ def check(text, tmp_path):
     except InputError:
         return                                   # a clear one-line refusal (e.g. binary content) is fine
     obj = json.loads(rep.to_json())
-    assert obj["verdict"] in ("clean", "flagged", "needs-ruling")
+    assert obj["verdict"] in ("clean", "flagged", "needs-ruling", "incomplete")
     assert isinstance(rep.to_text(), str)
+    assert not rep.incomplete or rep.verdict != "clean"   # fails closed
 
 
 fuzz = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -78,7 +79,7 @@ def test_cli_never_tracebacks_on_garbage(tmp_path, capsys):
         p.write_text(text)
         code = cli(["audit", str(p), "--json"])
         out = capsys.readouterr()
-        assert code in (0, 1, 2)
+        assert code in (0, 1, 2, 3)
         assert "Traceback" not in out.err
         if code != 2:
             json.loads(out.out)

@@ -148,3 +148,17 @@ def test_every_scorer_sums_the_sidecar_at_vocab_8192(tg, caseops8192, tmp_path):
     artifact = tmp_path / summary["artifact_path"]
     state, meta = tg.unpack_artifact(artifact.read_bytes())
     assert state["tok_emb.weight"].shape[0] == 8192 and meta["config"]["VOCAB_SIZE"] == 8192
+
+
+def test_bench_scores_with_the_sidecar_too(tg, caseops8192):
+    """The benchmarks' byte counts (bench.common.val_target_bytes) are the run's: the sidecar, also for a val stream
+    cut short."""
+    from bench import common
+    data, tok = caseops8192
+    hp = tg.Hyperparameters.from_env({"DATA_PATH": str(data), "TOKENIZER_PATH": str(tok), "VOCAB_SIZE": "8192"})
+    sp = tg.load_tokenizer(hp)
+    val = common.load_val(tg, data)
+    want = tg.val_byte_counts(hp, val, sp)[0]
+    assert np.array_equal(common.val_target_bytes(tg, hp, sp, val, data), want)
+    assert np.array_equal(common.val_target_bytes(tg, hp, sp, val[:500], data), want[:499])
+    assert not np.array_equal(want, tg.target_bytes(val, tg.byte_tables(sp)))  # the byte table would differ

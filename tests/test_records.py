@@ -294,6 +294,14 @@ def test_refuse_active_violation(kit, capsys):
     assert written(kit) == []
 
 
+def test_refuse_incomplete_audit(kit):
+    """The auditor could not read all of the code (exit 3, verdict incomplete): never packed as if clean."""
+    aud = fake_auditor({"verdict": "incomplete", "findings": [], "incomplete": ["train_gpt.py:40-41: unparseable"]})
+    with pytest.raises(Refusal, match=r"could not analyse all of train_gpt.py .*unparseable"):
+        pack(options(kit, auditor=aud, skip_audit=False))
+    assert written(kit) == []
+
+
 @pytest.mark.parametrize("flag", ["VALUE_RESIDUAL", "VALUE_RESIDUAL=1", "NUM_LAYERS=10"])
 def test_refuse_dormant_violation_that_the_run_enabled(kit, flag):
     aud = fake_auditor({"verdict": "clean", "findings": [
@@ -763,3 +771,13 @@ def test_demo_bad_input_is_one_line(kit, capsys, content, expected):
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and expected in err and out == ""
     assert written(kit) == []
+
+
+def test_minified_wrapper_is_recognised_as_the_human_source(tg):
+    """records check/pack read a CODE_FORM=minified train_gpt.py as the minified form of train_gpt_human.py: the
+    options records.wrap uses are those of the script's shipped_code (a drift fails here)."""
+    from records.wrap import decode_wrapper, minified
+    src = (ROOT / "train_gpt.py").read_bytes()
+    shipped = tg.shipped_code(src, "minified")
+    assert decode_wrapper(shipped) == minified(src) != src
+    assert decode_wrapper(tg.shipped_code(src, "wrapped")) == src

@@ -129,12 +129,12 @@ def test_artifact_roundtrip_and_quantisation(tg):
     for name, t in state.items():
         arrays = tg.export_arrays(name, t, roles[name], args)
         if "q" in arrays:  # each row: q * its scale exactly, within half of ITS step wherever the row was not clipped
-            scale = torch.from_numpy(arrays["scale"].astype(np.float32))[:, None]
-            torch.testing.assert_close(loaded[name], torch.from_numpy(arrays["q"]).float() * scale, rtol=0, atol=0)
+            scale = arrays["scale"].float()[:, None]
+            torch.testing.assert_close(loaded[name], arrays["q"].float() * scale, rtol=0, atol=0)
             inside = t.abs() <= 31 * scale
             assert inside.float().mean() > 0.99, name
             assert ((loaded[name] - t).abs() <= scale / 2 + 1e-7)[inside].all(), name
-        elif arrays["data"].dtype == np.float32:
+        elif arrays["data"].dtype == torch.float32:
             assert torch.equal(loaded[name], t.float()), name
         else:  # fp16: within fp16 rounding
             torch.testing.assert_close(loaded[name], t.half().float(), rtol=0, atol=0)
@@ -338,7 +338,7 @@ def test_end_to_end_scores_the_reloaded_artifact(tg, dataset, tmp_path):
         assert key in summary
     assert summary["status"] == "complete" and summary["steps"] == 3
     assert re.search(r"^config:\{", log, re.M) and "attention:sdpa compile:none" in log
-    assert f"Total submission size int6+zstd: {summary['artifact_bytes']} bytes" in log
+    assert f"Total submission size int6+{summary['config']['COMPRESSOR']}: {summary['artifact_bytes']} bytes" in log
     artifact = tmp_path / summary["artifact_path"]
     assert summary["model_bytes"] == artifact.stat().st_size
     assert summary["artifact_bytes"] == summary["model_bytes"] + summary["code_bytes"]

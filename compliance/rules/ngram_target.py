@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import ast
 
-from ..analysis import CTX, HASH, LOSS, MIXT, TGT, VAL, FuncInfo, common_loops, names_in, root_name
+from ..astutil import names_in, node_key, root_name, walk
+
+from ..events import EK, expr_root
+from ..index import FuncInfo
+
+from ..labels import CTX, HASH, LOSS, MULTI, PARAM_SHIFT, TGT, TKEY, VAL
+
+from ..loops import common_loops
 from .base import Context, Rule
+from .registry import register
 
 
+@register
 class NgramTarget(Rule):
     id = "NGRAM-TARGET"
     title = "the target token used to form its own probability"
+    fixtures = ("rules/ngram_target", "folders/log_words_activate")
 
     def check(self, ctx: Context):
         out = []
@@ -27,10 +37,10 @@ class NgramTarget(Rule):
         scoring = _scoring_functions(ctx)
         for f in prog.funcs:
             for e in f.events:
-                if e.kind != "hashread":
+                if e.kind != EK.HASHREAD:
                     continue
                 local_hash = bool(e.labels & HASH)
-                lab = e.labels | (prog.resolve(f, e.labels) if e.labels >> 16 else 0)
+                lab = e.labels | (prog.resolve(f, e.labels) if e.labels >> PARAM_SHIFT else 0)
                 if not lab & HASH or not (lab & VAL or f in scoring):
                     continue
                 if local_hash and not _computed_key(ctx, f, e.extra.get("key"), 0):
@@ -44,45 +54,56 @@ class NgramTarget(Rule):
         for f in prog.funcs:
             out.extend(self._gated(ctx, f, scoring))
         for f in prog.funcs:
-            accs = [a for a in f.events if a.kind == "accum"] + [a for a in f.lifted if a.kind == "score"]
+            accs = [a for a in f.events if a.kind == EK.ACCUM] + [a for a in f.lifted if a.kind == EK.SCORE]
             if not accs:
                 continue
             out.extend(self._update_before_read(ctx, f, accs))
-            out.extend(self._oracle(ctx, f, [a for a in accs if a.kind == "accum"]))
+            out.extend(self._oracle(ctx, f, [a for a in accs if a.kind == EK.ACCUM]))
         return out
 
     def _gated(self, ctx, f: FuncInfo, scoring):
-        """A count read with a key that includes the target (exact or hashed) deciding whether or how a token
-        is mixed: `if cnt > 0: p = cnt / total`. The choice depends on the gold token, so the mixed values do
-        not form one distribution over the vocabulary."""
+        """A value read at the gold token (a count keyed by context + target, exact or hashed) that decides whether
+        the estimate is used (`if cnt > 0`, `where(c >= 2, ...)`) or how much it weighs (`w = c / (c + k)`, then
+        `w * p_ng + (1 - w) * p_model`): the mixture then depends on the gold token beyond its own probability, so
+        the scored values are not one distribution over the vocabulary."""
         out = []
-        for e in f.events:
-            if e.kind != "read" or not (e.labels & (MIXT | HASH)):
+        if not (f in scoring or _reaches_scoring(ctx, f)):
+            return out
+        memo = f.memo
+        counts = ctx.prog.incr_roots
+
+        def counted(x) -> bool:      # a count table's value (not a static table such as the byte LUT)
+            return bool(memo.get(id(x), 0) & TKEY) and _from_counts(f, x, counts)
+        for st in f.stmts:
+            hit = None
+            for n in st.nodes:
+                if isinstance(n, ast.Compare):
+                    if any(counted(x) for x in [n.left] + n.comparators):
+                        hit = ("decides on it", n)
+                        break
+                elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Mult):
+                    la, lb = memo.get(id(n.left), 0), memo.get(id(n.right), 0)
+                    if (counted(n.left) and lb & LOSS and not lb & TKEY) or \
+                            (counted(n.right) and la & LOSS and not la & TKEY):
+                        hit = ("weighs the model's probability with it", n)
+                        break
+            if hit is None:
                 continue
-            lab = e.labels | (ctx.prog.resolve(f, e.labels) if e.labels >> 16 else 0)
-            if not lab & TGT and not lab & (MIXT | HASH):
-                continue
-            if not (lab & VAL or f in scoring or _reaches_scoring(ctx, f)):
-                continue
-            var = {root_name(t) for t in _targets(e.stmt.node)} - {None}
-            if not var:
-                continue
-            gate = _gate_using(f, var)
-            if gate is None:
-                continue
-            expl = (f"{f.name}() reads a count keyed by the context and the target token (line {e.stmt.line}) and "
-                    f"decides on it (line {gate.line}): whether the n-gram estimate is used depends on the gold token, "
-                    "so the scored probabilities are not one normalised distribution over the vocabulary.")
-            out.append(ctx.finding(self.id, f, [(e.stmt, ())], e.stmt, expl,
-                                   ctx.evidence(f.unit, [e.stmt.line, gate.line])))
+            how, node = hit
+            expl = (f"{f.name}() reads a value addressed by the context and the gold token and {how} (line "
+                    f"{st.line}): whether or how much the n-gram estimate counts depends on the gold token, so the "
+                    "scored probabilities are not one normalised distribution over the vocabulary.")
+            out.append(ctx.finding(self.id, f, [(st, ())], st, expl, ctx.evidence(f.unit, [st.line])))
+            break
         return out
 
     def _update_before_read(self, ctx, f: FuncInfo, accs):
         out = []
-        incs = [e for e in f.events + f.lifted if e.kind == "incr" and e.root is not None]
-        reads = [e for e in f.events + f.lifted if e.kind == "read" and e.root is not None]
+        incs = [e for e in f.events + f.lifted if e.kind == EK.INCR and e.root is not None]
+        reads = [e for e in f.events + f.lifted if e.kind == EK.READ and e.root is not None
+                 and not e.extra.get("whole")]
         for inc in incs:
-            lab = inc.labels | (ctx.prog.resolve(f, inc.labels) if inc.labels >> 16 else 0)
+            lab = inc.labels | (ctx.prog.resolve(f, inc.labels) if inc.labels >> PARAM_SHIFT else 0)
             target_bearing = bool(lab & TGT) or (lab & VAL and not lab & CTX)
             if not target_bearing or inc.extra.get("bulk"):
                 continue
@@ -101,8 +122,8 @@ class NgramTarget(Rule):
                     continue
                 if read_vars and not any(read_vars & _closure(f, names_in(a.extra.get("value"))
                                                              | {a.extra.get("var")}) for a in later
-                                         if a.kind == "accum"):
-                    if all(a.kind == "accum" for a in later):
+                                         if a.kind == EK.ACCUM):
+                    if all(a.kind == EK.ACCUM for a in later):
                         continue
                 expl = (f"In the scoring loop at line {cl[-1].line} of {f.name}(), the table is updated with the "
                         f"current targets (line {inc.stmt.line}) before it is read to score them (line "
@@ -113,15 +134,19 @@ class NgramTarget(Rule):
         return out
 
     def _oracle(self, ctx, f: FuncInfo, accs):
+        """A per-token choice between two scores by comparing them: `min(nll_a, nll_b)`, `torch.maximum(lp_a,
+        lp_b)`, `where(a < b, a, b)`, or the min/max over a stack of several predictors' scores. Which is better is
+        known only with the gold token."""
         out = []
         if not accs:
             return out
         feeding = set()
         for a in accs:
             feeding |= _closure(f, names_in(a.extra.get("value")) | {a.extra.get("var")})
+        memo = f.memo
         for st in f.stmts:
             s = st.node
-            if not any(common_loops(st, a.stmt) for a in accs):
+            if not any(common_loops(st, a.stmt) or a.stmt is st for a in accs):
                 continue
             hit = None
             if isinstance(s, ast.If):
@@ -129,34 +154,68 @@ class NgramTarget(Rule):
                 if sides:
                     for b in s.body:
                         if isinstance(b, ast.Assign) and {root_name(t) for t in b.targets} & feeding \
-                                and any(ast.dump(b.value) == ast.dump(x) for x in sides):
+                                and any(node_key(b.value) == node_key(x) for x in sides):
                             hit = s.test
             else:
-                for expr in (0,):
-                    for n in st.nodes:
-                        if isinstance(n, ast.Call) and _call_name(n) in ("minimum", "fmin", "min") and \
-                                sum(1 for a in n.args if f.memo.get(id(a), 0) & LOSS) >= 2:
+                for n in st.nodes:
+                    if not isinstance(n, ast.Call):
+                        continue
+                    name = _call_name(n)
+                    scores = [a for a in n.args if memo.get(id(a), 0) & LOSS]
+                    if name in _PAIRWISE and len(scores) >= 2 and node_key(scores[0]) != node_key(scores[1]):
+                        hit = n
+                    elif name == "where" and len(n.args) == 3:
+                        sides = _loss_compare(f, n.args[0])
+                        if sides and {node_key(n.args[1]), node_key(n.args[2])} == {node_key(x) for x in sides}:
                             hit = n
-                        elif isinstance(n, ast.Call) and _call_name(n) == "where" and len(n.args) == 3:
-                            sides = _loss_compare(f, n.args[0])
-                            if sides and {ast.dump(n.args[1]), ast.dump(n.args[2])} == {ast.dump(x) for x in sides}:
-                                hit = n
-                if hit is not None and not ({root_name(t) for t in _targets(s)} & feeding):
+                    elif name in _REDUCERS:
+                        base = n.func.value if isinstance(n.func, ast.Attribute) else (n.args[0] if n.args else None)
+                        if base is not None and memo.get(id(base), 0) & MULTI and memo.get(id(base), 0) & LOSS:
+                            hit = n
+                    if hit is not None:
+                        break
+                tgts = {root_name(t) for t in _targets(s)}
+                if hit is not None and not (tgts & feeding or (isinstance(s, ast.AugAssign) and
+                                                               root_name(s.target) in feeding)):
                     hit = None
             if hit is None:
                 continue
-            expl = (f"Line {st.line} of {f.name}() picks, per token, between two scores by comparing them "
-                    "(a target-dependent choice: the better of two losses is known only with the gold token), "
-                    "and the choice feeds the totals.")
+            expl = (f"Line {st.line} of {f.name}() picks, per token, between scores of several predictors by "
+                    "comparing them (a target-dependent choice: the better of two losses is known only with the "
+                    "gold token), and the choice feeds the totals.")
             out.append(ctx.finding(self.id, f, [(st, ())], st, expl, ctx.evidence(f.unit, [st.line])))
         return out
+
+
+def _from_counts(f: FuncInfo, node, counts: set, depth: int = 0) -> bool:
+    """Is `node` computed from a read of a count table (a table some code increments)?"""
+    if node is None or depth > 4:
+        return False
+    for n in walk(node):
+        base = None
+        if isinstance(n, ast.Subscript):
+            base = n.value
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "get":
+            base = n.func.value
+        if base is not None and expr_root(f, base) in counts:
+            return True
+        if isinstance(n, ast.Name):
+            for d in f.defs.get(n.id, [])[:4]:
+                v = getattr(d.node, "value", None)
+                if v is not None and v is not node and _from_counts(f, v, counts, depth + 1):
+                    return True
+    return False
+
+
+_PAIRWISE = {"minimum", "maximum", "fmin", "fmax", "min", "max"}
+_REDUCERS = {"min", "max", "amin", "amax", "nanmin", "nanmax"}
 
 
 def _computed_key(ctx, f: FuncInfo, key, depth: int) -> bool:
     """The key is built here (arithmetic/bit operations, or a helper of the program), not merely passed along."""
     if key is None or depth > 3:
         return False
-    for n in ast.walk(key):
+    for n in walk(key):
         if isinstance(n, ast.BinOp) and not isinstance(n.op, (ast.Div, ast.Pow, ast.MatMult)):
             return True
         if isinstance(n, ast.Call) and ctx.prog.resolve_call(f, n.func)[0]:
@@ -184,7 +243,7 @@ def _gate_using(f: FuncInfo, names: set):
             elif isinstance(n, ast.Call) and _call_name(n) == "where" and n.args:
                 tests.append(n.args[0])
         for t in tests:
-            for c in ast.walk(t):
+            for c in walk(t):
                 if isinstance(c, ast.Compare) and names & names_in(c):
                     return st
     return None
@@ -195,14 +254,14 @@ def _reaches_scoring(ctx: Context, f: FuncInfo, depth: int = 0) -> bool:
         return False
     for cs in ctx.prog.callers.get(f, []):
         g = cs.caller
-        if any(e.kind in ("accum", "paccum") for e in g.events) or _reaches_scoring(ctx, g, depth + 1):
+        if any(e.kind in (EK.ACCUM, EK.PACCUM) for e in g.events) or _reaches_scoring(ctx, g, depth + 1):
             return True
     return False
 
 
 def _scoring_functions(ctx: Context) -> set:
     prog = ctx.prog
-    direct = {f for f in prog.funcs if any(e.kind in ("accum", "paccum") for e in f.events)}
+    direct = {f for f in prog.funcs if any(e.kind in (EK.ACCUM, EK.PACCUM) for e in f.events)}
     out = set(direct)
     frontier = list(direct)
     depth = 0
@@ -233,7 +292,7 @@ def _closure(f: FuncInfo, names: set) -> set:
 
 def _loss_compare(f: FuncInfo, test):
     """The two sides of a comparison between two per-token losses, else None."""
-    for n in ast.walk(test):
+    for n in walk(test):
         if isinstance(n, ast.Compare) and len(n.ops) == 1 and isinstance(n.ops[0], (ast.Lt, ast.Gt, ast.LtE, ast.GtE)):
             a = f.memo.get(id(n.left), 0)
             b = f.memo.get(id(n.comparators[0]), 0)

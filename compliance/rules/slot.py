@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import ast
 
-from ..analysis import LOSS, TGT, names_in
+from ..astutil import names_in, walk
+from ..events import EK
+
+from ..labels import LOSS, TGT
 from ..report import NEEDS_RULING
 from .base import Context, Rule, judge
+from .registry import register
 
 
+@register
 class Slot(Rule):
     id = "SLOT"
     title = "per-window delta / logit bias optimised on the scored targets"
+    fixtures = ("rules/slot",)
 
     def check(self, ctx: Context):
         out = []
         for site in ctx.train_sites():
-            if not site.gradvar:
+            if not site.delta:
                 continue
             for j in judge(ctx, site):
                 if j.kind not in ("pre", "after"):
@@ -64,16 +70,16 @@ def _score_starts(f) -> set:
     """ast dumps of the lower bounds of the slices the scores are taken from (`nll[i, s:wlen]` -> s)."""
     out = set()
     for e in f.events:
-        if e.kind != "accum":
+        if e.kind != EK.ACCUM:
             continue
         value = e.extra.get("value")
-        for node in ast.walk(value) if value is not None else ():
+        for node in walk(value) if value is not None else ():
             if isinstance(node, ast.Slice) and node.lower is not None:
                 out.add(ast.dump(node.lower))
         for n in names_in(value):
             for d in f.defs.get(n, [])[:3]:
                 v = getattr(d.node, "value", None)
-                for node in ast.walk(v) if v is not None else ():
+                for node in walk(v) if v is not None else ():
                     if isinstance(node, ast.Slice) and node.lower is not None:
                         out.add(ast.dump(node.lower))
     return out
@@ -82,7 +88,7 @@ def _score_starts(f) -> set:
 def _selectors(f, expr, out, depth, seen):
     if depth > 5 or expr is None:
         return
-    for node in ast.walk(expr):
+    for node in walk(expr):
         if isinstance(node, ast.Subscript):
             base_lab = f.memo.get(id(node.value), 0)
             sl = node.slice

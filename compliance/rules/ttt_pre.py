@@ -9,18 +9,21 @@ common loop (a separate training pass, then scoring) and adapt-then-score inside
 
 from __future__ import annotations
 
-from ..analysis import LOADER, TRAIN
-from .base import Context, Rule, judge, throwaway
+from ..labels import LOADER, TRAIN
+from .base import Context, Rule, judge
+from .registry import register
 
 
+@register
 class TttPre(Rule):
     id = "TTT-PRE"
     title = "adapting on validation tokens before scoring them"
+    fixtures = ("rules/ttt_pre",)
 
     def check(self, ctx: Context):
         out = []
         for site in ctx.train_sites():
-            if site.gradvar or throwaway(site):
+            if site.delta:
                 continue
             for j in judge(ctx, site):
                 if j.kind not in ("pre", "after"):

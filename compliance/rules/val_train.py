@@ -3,15 +3,24 @@
 Detectors: (1) a training step whose data stream carries validation data: a loader built over ``val_files`` /
 ``fineweb_val_*`` or over a pattern that matches both splits (``fineweb_*.bin``), val files concatenated to the
 train files; (2) validation tokens written into what is saved or compressed as the artifact ("paid prefix").
-Train and val shards with identical bytes are found by ``--data DIR`` (see datacheck.py).
+Train and val shards with identical bytes are found with ``--data DIR`` (ValTrainData below, scope ``data``).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+from pathlib import Path
 
-from ..analysis import LOADER, TRAIN, VAL, FuncInfo, call_name, name_seed
-from .base import Context, Rule
+from ..astutil import call_name
+
+from ..index import FuncInfo
+
+from ..labels import LOADER, PARAM_SHIFT, TRAIN, VAL, name_seed
+from ..report import ACTIVE, Finding
+from ..rulings import RULINGS
+from .base import Context, DataContext, Rule
+from .registry import register
 
 _SINKS = {"save", "savez", "savez_compressed", "dump", "dumps", "tofile", "compress", "write", "write_bytes",
           "save_file", "pack_artifact"}
@@ -19,9 +28,11 @@ _CHAIN = {"cpu", "numpy", "to", "clone", "contiguous", "tobytes", "tolist", "ast
           "int", "short", "flatten", "ravel"}
 
 
+@register
 class ValTrain(Rule):
     id = "VAL-TRAIN"
     title = "validation data in training or in the artifact"
+    fixtures = ("rules/val_train",)
 
     def check(self, ctx: Context):
         out = []
@@ -29,7 +40,7 @@ class ValTrain(Rule):
         for site in ctx.train_sites():
             if site.gradvar:
                 continue
-            lab = site.loss_labels | (prog.resolve(site.func, site.loss_labels) if site.loss_labels >> 16 else 0)
+            lab = site.loss_labels | (prog.resolve(site.func, site.loss_labels) if site.loss_labels >> PARAM_SHIFT else 0)
             if not (lab & VAL and lab & (TRAIN | LOADER)):
                 continue
             src = _val_source(ctx)
@@ -110,3 +121,52 @@ def _carries_val_tokens(f: FuncInfo, node, depth: int) -> int:
                         if ln:
                             return ln
     return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Data provenance (--data DIR): sha256 of every train and val shard; no train shard may equal a val shard.
+# ------------------------------------------------------------------------------------------------------------
+def shard_hashes(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    train, val = {}, {}
+    for p in sorted(folder.rglob("*.bin")):
+        name = p.name.lower()
+        kind = "val" if ("_val_" in name or name.startswith("val")) else "train" if (
+            "_train_" in name or name.startswith("train")) else None
+        if kind is None:
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        (val if kind == "val" else train)[str(p.relative_to(folder))] = h.hexdigest()
+    return train, val
+
+
+def check_data(folder: Path, limits: dict, warnings: list[str]) -> list[Finding]:
+    """VAL-TRAIN findings for train shards byte-identical to a val shard."""
+    train, val = shard_hashes(folder)
+    limits["data"] = {"folder": str(folder), "train_shards": len(train), "val_shards": len(val)}
+    if not train and not val:
+        warnings.append(f"--data {folder}: no fineweb_train_*/fineweb_val_* shards found")
+        return []
+    by_hash = {}
+    for name, h in val.items():
+        by_hash.setdefault(h, []).append(name)
+    out = []
+    for name, h in train.items():
+        if h in by_hash:
+            out.append(Finding("VAL-TRAIN", ACTIVE, name, 0, f"sha256 {h}\nequals {', '.join(by_hash[h])}",
+                               f"Training shard {name} is byte-identical to validation shard "
+                               f"{by_hash[h][0]}: the model trains on validation data.", RULINGS["VAL-TRAIN"]))
+    return out
+
+
+@register
+class ValTrainData(Rule):
+    id = "VAL-TRAIN"
+    title = "a training shard identical to a validation shard"
+    scope = "data"
+    fixtures = ("folders/data_shared_shard", "folders/data_distinct_shards")
+
+    def check(self, ctx: DataContext) -> list[Finding]:
+        return check_data(Path(ctx.folder), ctx.limits, ctx.warnings)
