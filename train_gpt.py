@@ -267,7 +267,8 @@ class Hyperparameters:
                        "(python-minifier, then wrapped)", choices=("raw", "wrapped", "minified"))
     int8_keep_float_fp32_name_patterns: str = S("", "upstream's: comma-separated name parts of small tensors "
                                                 "stored fp32 (not fp16) in the artifact")
-    eval_seq_len: int = S(0, "sliding-window length (0: TRAIN_SEQ_LEN)", rng="[0, inf)")
+    eval_seq_len: int = S(0, "sliding-window length, and the longest context of TTT_MODE=lora_phased (0: "
+                          "TRAIN_SEQ_LEN)", rng="[0, inf)", aliases=("TTT_EVAL_SEQ_LEN",))
     eval_stride: int = S(64, "sliding-window stride (= EVAL_SEQ_LEN: plain non-overlapping evaluation)",
                          rng="[1, inf)")
     eval_batch_seqs: int = S(64, "windows per evaluation batch and rank", rng="[1, inf)")
@@ -279,12 +280,48 @@ class Hyperparameters:
     ppmc_alpha: float = S(0.95, "weight of the network (0: PPM alone)", rng="[0, 1]")
     ppmc_exclusion: int = S(1, "PPM-C exclusion (0: blend the orders instead)", **BOOL)
     ppmc_reset: str = S("never", "doc: clear the PPM counts after each scored BOS", choices=("never", "doc"))
-    ttt: int = S(0, "legal score-first test-time training on the reloaded artifact", choices=(0, 1), on=(1,))
+    eval_mode: str = S("stream", "stream: windows over the concatenated val stream; doc: each document scored alone "
+                       "from its BOS, windows inside it", choices=("stream", "doc"), on=("doc",))
+    ttt: int = S(0, "legal score-first test-time training on the reloaded artifact (TTT_MODE says which)",
+                 choices=(0, 1), on=(1,), aliases=("TTT_ENABLED",))
+    ttt_mode: str = S("chunked", "chunked: full-model SGD over chunks of the sliding windows; lora_phased: per-"
+                      "document LoRA with global-SGD phases (the 1.0611 record)", choices=("chunked", "lora_phased"),
+                      on=("lora_phased",), requires="TTT=1",
+                      aliases=(("PHASED_TTT_ENABLED", {"0": "chunked", "1": "lora_phased"}),))
     ttt_chunk_tokens: int = S(32768, "targets per TTT chunk (score the chunk, then train on it)", rng="[1, inf)")
     ttt_lr: float = S(0.002, "TTT SGD learning rate (cosine decay over chunks)", rng="[0, inf)")
     ttt_momentum: float = S(0.9, "TTT SGD momentum", rng="[0, 1)")
     ttt_epochs: int = S(3, "TTT steps per chunk", rng="[1, inf)")
     ttt_grad_clip: float = S(1.0, "TTT gradient clip (0: off)", rng="[0, inf)")
+    ttt_lora_rank: int = S(80, "lora_phased: adapter rank", rng="[1, inf)")
+    ttt_lora_alpha: float = S(144.0, "lora_phased: outputs scaled by TTT_LORA_ALPHA / TTT_LORA_RANK", rng="(0, inf)")
+    ttt_lora_lr: float = S(1e-4, "lora_phased: AdamW LR of the adapters", rng="[0, inf)")
+    ttt_beta1: float = S(0.0, "lora_phased: AdamW beta1", rng="[0, 1)")
+    ttt_beta2: float = S(0.99, "lora_phased: AdamW beta2", rng="[0, 1)")
+    ttt_weight_decay: float = S(0.5, "lora_phased: AdamW weight decay of the adapters", rng="[0, inf)")
+    ttt_warm_start_a: int = S(1, "lora_phased: A carried from batch to batch (B and the optimiser restart)", **BOOL)
+    ttt_k_lora: int = S(1, "lora_phased: adapters on K (Q, V and the head always have them)", **BOOL)
+    ttt_o_lora: int = S(1, "lora_phased: adapters on the attention output (input: the attention input)", **BOOL)
+    ttt_mlp_lora: int = S(1, "lora_phased: adapters on the MLP output (input: the MLP input)", **BOOL)
+    ttt_batch_size: int = S(64, "lora_phased: documents per batch", rng="[1, inf)")
+    ttt_doc_order: str = S("length", "lora_phased: length: batches of similar length, longest first (the record); "
+                           "stream: in stream order (scores depend on earlier tokens only)",
+                           choices=("length", "stream"))
+    ttt_chunk_size: int = S(48, "lora_phased: targets per document chunk (score it, then one step)", rng="[1, inf)")
+    ttt_short_chunks: str = S("", "lora_phased: 'LEN:CHUNK,...': chunks of CHUNK in a batch whose longest document "
+                              "has <= LEN tokens (PR #2014: 256:8,2000:24)", aliases=("TTT_SHORT_SCORE_FIRST_STEPS",))
+    ttt_grad_steps: int = S(1, "lora_phased: optimiser steps per chunk", rng="[1, inf)")
+    phased_ttt_prefix_docs: int = S(2500, "lora_phased: the phases train on the first N documents scored (0: none)",
+                                    rng="[0, inf)")
+    phased_ttt_num_phases: int = S(3, "lora_phased: phases, after N/K, 2N/K, ..., N scored documents", rng="[1, inf)")
+    global_ttt_lr: float = S(0.001, "phases: SGD LR of all weights (cosine over the chunks)", rng="[0, inf)")
+    global_ttt_momentum: float = S(0.9, "phases: SGD momentum", rng="[0, 1)")
+    global_ttt_epochs: int = S(1, "phases: passes over each chunk", rng="[0, inf)")
+    global_ttt_chunk_tokens: int = S(32768, "phases: tokens per LR chunk (the last is not trained on)", rng="[1, inf)")
+    global_ttt_batch_seqs: int = S(32, "phases: sequences of EVAL_SEQ_LEN per step, all ranks", rng="[1, inf)")
+    global_ttt_grad_clip: float = S(1.0, "phases: gradient clip (0: off)", rng="[0, inf)")
+    global_ttt_warmup_chunks: int = S(0, "phases: chunks of linear LR warm-up before the cosine", rng="[0, inf)")
+    global_ttt_warmup_start_lr: float = S(0.0, "phases: LR of the first warm-up chunk", rng="[0, inf)")
     eval_only: str = S("", "path of an artifact: skip training, load it and run the final evaluation")
 
     def __init__(self, values: dict):
@@ -394,6 +431,10 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
          "a name (letters, digits, '.', '_', '-'; no path)"),
         (a.device != "cuda" or torch.cuda.is_available(), "DEVICE=cuda but no CUDA device is visible; use "
          "DEVICE=cpu"),
+        (a.ttt or a.ttt_mode == "chunked", f"TTT_MODE={a.ttt_mode} (PHASED_TTT_ENABLED=1) needs TTT=1 (the "
+         "record's TTT_ENABLED=1)"),
+        (short_chunks(a.ttt_short_chunks) is not None, f"TTT_SHORT_CHUNKS={a.ttt_short_chunks!r} must be LEN:CHUNK "
+         "pairs of whole numbers >= 1, e.g. 256:8,2000:24"),
         (not a.eval_only or Path(a.eval_only).is_file(), f"EVAL_ONLY={a.eval_only} is not a file; give the path of "
          "an artifacts/<RUN_ID>.ptz"),
     ]
@@ -998,8 +1039,10 @@ class GPT(nn.Module):
         return x + w * s if self.skip_gates is None else torch.lerp(w * s, x, torch.sigmoid(self.skip_gates[j].to(
             x.dtype)))
 
-    def logits(self, h: Tensor) -> Tensor:
+    def logits(self, h: Tensor, extra: Tensor | None = None) -> Tensor:
+        """Softcapped logits; `extra` (TTT's head adapter) is added before the softcap."""
         z = F.linear(h, self.tok_emb.weight.to(h.dtype)) if self.lm_head is None else self.lm_head(h)
+        z = z if extra is None else z + extra
         z = z.float() if z.dtype in (torch.bfloat16, torch.float16) else z  # float64 stays float64 (probes)
         return self.softcap * torch.tanh(z / self.softcap)
 
@@ -1134,13 +1177,13 @@ def window_nll(model: GPT, tokens: Tensor, wins: list[tuple[int, int, int]], bat
     """Per-target NLL (float64) of the targets scored by `wins`, in window order."""
     device, out = tokens.device, []
     w = torch.tensor(wins, dtype=torch.long, device=device).view(-1, 3)
-    ar = torch.arange(int(w[0, 2] - 1 - w[0, 0]) if len(wins) else 0, device=device)  # all windows: same length
+    ar = torch.arange(int((w[:, 2] - 1 - w[:, 0]).max()) if len(wins) else 0, device=device)  # the longest window
     for i in range(0, len(w), batch_seqs):
         s, a, e = w[i:i + batch_seqs].unbind(1)
         if len(w) > batch_seqs and s.numel() < batch_seqs:  # pad the last batch (one shape for compiled code)
             s, a, e = (F.pad(t, (0, batch_seqs - t.numel()), value=int(t[-1])) for t in (s, a, e))
             a = torch.where(torch.arange(batch_seqs, device=device) < len(w) - i, a, e)  # pads score nothing
-        idx = s[:, None] + ar
+        idx = (s[:, None] + ar).clamp_max(tokens.numel() - 2)  # a shorter window: later tokens pad it (causal)
         scored = (ar >= (a - 1 - s)[:, None]) & (ar < (e - 1 - s)[:, None])
         with autocast(device):
             h = model.hidden(tokens[idx])[scored]
@@ -1171,9 +1214,10 @@ def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stri
 
 def sliding_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                  seq_len: int = 0, stride: int = 0, batch_seqs: int = 0) -> tuple[Tensor, Tensor]:
-    """This rank's share of the sliding windows: (target positions, NLLs)."""
+    """This rank's share of the windows, EVAL_MODE's (or the stream's of seq_len/stride, as in training's
+    validation): (target positions, NLLs)."""
     model.eval()
-    wins = windows(tokens.numel(), seq_len or args.eval_seq_len, stride or args.eval_stride)
+    wins = windows(tokens.numel(), seq_len, stride) if seq_len else eval_windows(tokens, args)
     mine = wins[len(wins) * rank // world_size:len(wins) * (rank + 1) // world_size]
     nll = window_nll(model, tokens, mine, batch_seqs or args.eval_batch_seqs)
     model.train()
@@ -1211,22 +1255,52 @@ class TTTLedger:
     def trained(self, positions: Tensor) -> None: ...
 
 
-def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
-             ledger: TTTLedger = TTTLedger()) -> tuple[Tensor, Tensor]:
-    """Legal score-first test-time training. The sliding windows are grouped into chunks of TTT_CHUNK_TOKENS
-    targets; each chunk is first scored under no_grad (and added to the totals), then, unless it is the last one,
-    the model trains on exactly the targets just scored: TTT_EPOCHS SGD steps, cosine LR over chunks."""
-    wins = windows(tokens.numel(), args.eval_seq_len, args.eval_stride)
-    chunks: dict[int, list] = {}
-    for w in wins:
-        chunks.setdefault((w[1] - 1) // args.ttt_chunk_tokens, []).append(w)
-    chunks = list(chunks.values())
+def sgd_step(model: GPT, params: list, opt: torch.optim.Optimizer, tokens: Tensor, rows: list, n_targets: int,
+             clip: float, ledger: TTTLedger, packed: int = 0) -> None:
+    """One optimiser step of full-model TTT on `rows`, (input positions, target positions) pairs of (n, T) tensors
+    into the val stream: the loss summed over the targets / n_targets (every rank's together), the gradients summed
+    over the ranks in one all-reduce. Position 0 is never a target (it is never scored). packed > 0 (VARLEN_ATTN):
+    a pair's rows as one row, documents cut at each BOS and every `packed` tokens (the record's layout)."""
+    opt.zero_grad(set_to_none=False)
+    for inp, tgt in rows:
+        if tgt.numel() == 0:
+            continue
+        x = tokens[inp].view(1, -1) if packed else tokens[inp]
+        with autocast(tokens.device):
+            logits = model(x, cu_seqlens=doc_bounds(x, packed)) if packed else model(x)
+        y = torch.where(tgt > 0, tokens[tgt], -100)
+        (F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / n_targets).backward()
+        ledger.trained(tgt[tgt > 0])
+    if dist.is_available() and dist.is_initialized():  # one all-reduce of all gradients
+        flat = torch.cat([p.grad.flatten() for p in params])
+        dist.all_reduce(flat)
+        for p, g in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(g.view_as(p))
+    if clip > 0:
+        nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
+def full_model_sgd(model: GPT, lr: float, momentum: float) -> tuple[list, torch.optim.SGD]:
     params = list(model.parameters())
     for p in params:  # explicit zeros: a rank with nothing to train still joins the gradient all-reduce
+        p.requires_grad_(True)
         p.grad = torch.zeros_like(p)
-    opt = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
-    distributed = dist.is_available() and dist.is_initialized()
+    return params, torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def chunked_ttt(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
+                ledger: TTTLedger) -> tuple[Tensor, Tensor]:
+    """TTT_MODE=chunked: the windows (EVAL_MODE's) are grouped into chunks of TTT_CHUNK_TOKENS targets; each chunk is
+    first scored under no_grad (and added to the totals), then, unless it is the last one, the model trains on
+    exactly the targets just scored: TTT_EPOCHS SGD steps, cosine LR over chunks."""
+    chunks: dict[int, list] = {}
+    for w in eval_windows(tokens, args):
+        chunks.setdefault((w[1] - 1) // args.ttt_chunk_tokens, []).append(w)
+    chunks = list(chunks.values())
+    params, opt = full_model_sgd(model, args.ttt_lr, args.ttt_momentum)
     all_pos, all_nll, L = [], [], args.eval_seq_len
+    ar = torch.arange(L, device=tokens.device)
     for c, chunk in enumerate(chunks):
         mine = chunk[len(chunk) * rank // world_size:len(chunk) * (rank + 1) // world_size]
         model.eval()
@@ -1240,30 +1314,291 @@ def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world
         lo, hi = chunk[0][1], chunk[-1][2]  # 2. train on targets lo..hi-1, all scored above (by some rank)
         starts = torch.arange(lo, hi, L, device=tokens.device)[rank::world_size]
         full, tail = starts[starts + L <= hi], starts[starts + L > hi]  # whole sequences, then the short tail
+        n_tail = hi - int(tail.max()) if tail.numel() else 0
+        rows = [(t - 1, t) for t in (full[:, None] + ar, tail[:, None] + ar[:n_tail])]
         for g in opt.param_groups:
             g["lr"] = args.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(len(chunks) - 1, 1)))
         model.train()
         for _ in range(args.ttt_epochs):
-            opt.zero_grad(set_to_none=False)
-            for batch, n in ((full, L), (tail, hi - int(tail.max()) if tail.numel() else 0)):
-                if batch.numel() == 0:
-                    continue
-                tgt = batch[:, None] + torch.arange(n, device=tokens.device)  # target positions
-                with autocast(tokens.device):
-                    logits = model(tokens[tgt - 1])
-                loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[tgt].flatten(), reduction="sum")
-                (loss / (hi - lo)).backward()
-                ledger.trained(tgt.flatten())
-            if distributed:  # one all-reduce of all gradients
-                flat = torch.cat([p.grad.flatten() for p in params])
-                dist.all_reduce(flat)
-                for p, g in zip(params, flat.split([p.numel() for p in params])):
-                    p.grad.copy_(g.view_as(p))
-            if args.ttt_grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
-            opt.step()
+            sgd_step(model, params, opt, tokens, rows, hi - lo, args.ttt_grad_clip, ledger)
     model.eval()
     return torch.cat(all_pos), torch.cat(all_nll)
+
+
+# TTT_MODE=lora_phased, the 1.0611 record's scored evaluation (FRONTIER.md 1.13): documents split at BOS, batched,
+# each batch with its own low-rank adapters trained chunk by chunk, score first; phases of full-model SGD on the
+# documents already scored.
+
+def split_docs(tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """The val stream's documents as (starts, lengths), on the CPU: each runs from its BOS to the next BOS inclusive
+    (the next document's BOS is its last target), the last one to the end; tokens before the first BOS are a document
+    of their own. Every target 1..N-1 lies in exactly one document (a lone BOS at the very end has none: dropped)."""
+    bos = torch.nonzero(tokens == BOS_ID).flatten().cpu()
+    starts = torch.cat((torch.zeros(1, dtype=torch.long), bos[bos > 0]))
+    lengths = torch.cat((starts[1:] + 1, torch.tensor([tokens.numel()]))) - starts
+    return starts[lengths >= 2], lengths[lengths >= 2]
+
+
+def eval_windows(tokens: Tensor, args: Hyperparameters) -> list[tuple[int, int, int]]:
+    """The stream's sliding windows, or with EVAL_MODE=doc each document's: a target sees only its own document."""
+    L, stride = args.eval_seq_len, args.eval_stride
+    if args.eval_mode == "stream":
+        return windows(tokens.numel(), L, stride)
+    return [(s0 + s, s0 + a, s0 + e) for s0, n in zip(*(t.tolist() for t in split_docs(tokens)))
+            for s, a, e in windows(n, L, stride)]
+
+
+def short_chunks(text: str) -> list[tuple[int, int]] | None:
+    """TTT_SHORT_CHUNKS as (longest document, chunk) pairs, shortest first; None when malformed."""
+    try:
+        pairs = sorted(tuple(int(v) for v in item.split(":")) for item in text.split(",") if item.strip())
+    except ValueError:
+        return None
+    return pairs if all(len(p) == 2 and min(p) >= 1 for p in pairs) else None
+
+
+def doc_batches(lengths: Tensor, args: Hyperparameters) -> list[tuple[int, Tensor]]:
+    """(batch number, document indices) of each batch of TTT_BATCH_SIZE documents, in processing order.
+    TTT_DOC_ORDER=length: the documents sorted by length (stable), cut into batches, the batches run longest first
+    (the record); stream: in stream order, so that a batch only follows batches of earlier documents."""
+    if args.ttt_doc_order == "stream":
+        return list(enumerate(torch.arange(lengths.numel()).split(args.ttt_batch_size)))
+    batches = list(enumerate(torch.sort(lengths, stable=True).indices.split(args.ttt_batch_size)))
+    return sorted(batches, key=lambda b: -int(lengths[b[1]].max()))
+
+
+def phase_plan(batches: list, args: Hyperparameters) -> list[tuple[int, int]]:
+    """Segments of the batch queue as (end, documents the phase after it trains on; 0: no phase). A phase follows
+    the batch at which the documents scored reach PHASED_TTT_PREFIX_DOCS * k / PHASED_TTT_NUM_PHASES, at most one
+    per batch (the record's rule with one process); the last segment has none."""
+    n = min(args.phased_ttt_prefix_docs, sum(len(d) for _, d in batches))
+    bounds = [n * (k + 1) // args.phased_ttt_num_phases for k in range(args.phased_ttt_num_phases)] if n else []
+    plan, done = [], 0
+    for q, (_, docs) in enumerate(batches):
+        done += len(docs)
+        if len(plan) < len(bounds) and done >= bounds[len(plan)]:
+            plan.append((q + 1, bounds[len(plan)]))
+    return plan + [(len(batches), 0)]
+
+
+def batch_queue(key: str, start: int):
+    """A claim() handing out queue positions start, start + 1, ... to the ranks, first come first served (dynamic
+    load balancing): one atomic add on the process group's key-value store per claim, no files."""
+    store, n = dist.distributed_c10d._get_default_store() if dist.is_initialized() else None, iter(range(1, 1 << 62))
+    return lambda: start + (store.add(key, 1) if store is not None else next(n)) - 1
+
+
+def lora_generator(seed: int, key: int, device: torch.device) -> torch.Generator:
+    """The generator of the adapters' A: the same on every rank for a given (SEED, key)."""
+    return torch.Generator(device).manual_seed(hash((seed, key)) & (2 ** 62 - 1))
+
+
+class Adapters:
+    """lora_phased's per-document low-rank adapters, (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank for document b of a
+    batch, A ~ U(+-1/sqrt(d)), B = 0: on Q, K, V, the attention output and the MLP output of every block pass (a
+    looped block has its own per pass), each fed its sublayer's input, and on the head (fed the final hidden state).
+    One set per batch size; `use` picks the next batch's, `hooked(model)` adds it to the model's forward passes."""
+
+    def __init__(self, model: GPT, args: Hyperparameters):
+        attn = next(m for m in model.modules() if isinstance(m, Attention))
+        P = sum(map(len, model.orders[model.looping]))  # block passes: a looped block once per pass
+        d, kv, a = attn.c_q.weight.size(1), attn.c_k.weight.size(0), args
+        sizes = {"head": model.tok_emb.num_embeddings, "q": d, "v": kv, "k": kv * a.ttt_k_lora,
+                 "mlp": d * a.ttt_mlp_lora, "o": d * a.ttt_o_lora}  # the record's order of draws
+        self.shapes = {k: (1 if k == "head" else P, n) for k, n in sizes.items() if n}
+        self.d, self.args, self.scale, self.sets, self.cur = d, args, a.ttt_lora_alpha / a.ttt_lora_rank, {}, {}
+
+    def fresh(self, bsz: int, gen: torch.Generator) -> None:
+        r, bound = self.args.ttt_lora_rank, self.d ** -0.5
+        self.cur = self.sets[bsz] = {k: (
+            torch.empty(p, bsz, r, self.d, device=gen.device).uniform_(-bound, bound, generator=gen).requires_grad_(),
+            torch.zeros(p, bsz, n, r, device=gen.device, requires_grad=True)) for k, (p, n) in self.shapes.items()}
+
+    def use(self, bsz: int, gen: torch.Generator, keep_a: bool) -> list[Tensor]:
+        """The next batch's set: the kept one of TTT_BATCH_SIZE restarted (B = 0; A kept or redrawn from gen), else a
+        fresh one (the record's rule). Returns its tensors."""
+        if bsz not in self.sets or bsz != self.args.ttt_batch_size:
+            self.fresh(bsz, gen)
+        else:
+            self.cur = self.sets[bsz]
+            with torch.no_grad():
+                for A, B in self.cur.values():
+                    B.zero_()
+                    if not keep_a:
+                        A.uniform_(-self.d ** -0.5, self.d ** -0.5, generator=gen)
+        return [t for pair in self.cur.values() for t in pair]
+
+    def __call__(self, kind: str, i: int, x: Tensor) -> Tensor:
+        A, B = self.cur[kind]
+        return (x @ A[i].transpose(1, 2).to(x.dtype)) @ B[i].transpose(1, 2).to(x.dtype) * self.scale
+
+    @contextlib.contextmanager
+    def hooked(self, model: GPT):
+        """Inside the `with`, the model's forward passes (each after begin()) add the current set's outputs."""
+        def count(sub):
+            return lambda module, inputs: self.at.__setitem__(sub, self.at[sub] + 1)
+
+        def add(kind, sub):
+            def post(module, inputs, out):
+                delta = self(kind, self.at[sub], inputs[0])
+                return (out[0] + delta, *out[1:]) if isinstance(out, tuple) else out + delta
+            return post
+        handles = []
+        for m in model.modules():
+            sub = "attn" if isinstance(m, Attention) else "mlp" if isinstance(m, MLP) else None
+            targets = [("q", m.c_q), ("k", m.c_k), ("v", m.c_v), ("o", m)] if sub == "attn" else [("mlp", m)]
+            if sub is not None:
+                handles += [m.register_forward_pre_hook(count(sub))] + [
+                    t.register_forward_hook(add(k, sub)) for k, t in targets if k in self.shapes]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def begin(self) -> None:
+        self.at = {"attn": -1, "mlp": -1}
+
+
+def chunk_rows(tokens: Tensor, starts: Tensor, lengths: Tensor, ci: int, C: int, L: int, causal: bool):
+    """Chunk ci (targets ci*C..) of each document of a batch, with its context from the document start, at most L
+    tokens back from the chunk's end (the record's window; `causal`: from where the end would be if the document
+    went on, so that no score depends on where the document ends): input rows x (bsz, W) padded with 0, the row
+    positions `sel` (bsz, C) and stream positions `pos` of the chunk's targets, which of them are real (a last chunk
+    is shorter; a document with fewer chunks has none), and which rows train (a later chunk follows)."""
+    dev, pred = tokens.device, lengths - 1
+    nc = (pred + C - 1) // C
+    end = torch.where(nc - 1 == ci, pred, (ci + 1) * C)  # the chunk's end, in targets of the document
+    ws = torch.full_like(end, max((ci + 1) * C - L, 0)) if causal else (end - L).clamp_min(0)  # its first token
+    width, cnt = (torch.where(nc > ci, v, 0).to(dev)[:, None] for v in (end - ws, end - ci * C))
+    cols, j = torch.arange(min((ci + 1) * C, L), device=dev), torch.arange(C, device=dev)
+    x = torch.where(cols < width, tokens[((starts + ws).to(dev)[:, None] + cols).clamp_max(tokens.numel() - 1)], 0)
+    sel = ((ci * C - ws).to(dev)[:, None] + j).clamp(0, cols.numel() - 1)
+    pos = (starts + 1 + ci * C).to(dev)[:, None] + j
+    return x, sel, pos, j < cnt, (nc - 1 > ci).to(dev)
+
+
+def lora_nll(hidden, model: GPT, ad: Adapters, x: Tensor, sel: Tensor, y: Tensor) -> Tensor:
+    """Per-target NLL (bsz, C) at the row positions sel of the windows x, through the current adapters."""
+    ad.begin()
+    with autocast(x.device):
+        h = hidden(x)
+        h = h.gather(1, sel[..., None].expand(-1, -1, h.size(-1)))
+        logits = model.logits(h, ad("head", 0, h))
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+
+
+def lora_batch(hidden, model: GPT, ad: Adapters, params: list, tokens: Tensor, starts: Tensor, lengths: Tensor,
+               args: Hyperparameters, ledger: TTTLedger) -> tuple[Tensor, Tensor]:
+    """Score-first TTT of one batch of documents, chunk by chunk: every document's chunk is scored from its own
+    context and added to the totals, then (one forward pass serves both) TTT_GRAD_STEPS AdamW steps on those targets
+    of the documents with a later chunk. Returns (target positions, NLLs)."""
+    C = next((c for n, c in short_chunks(args.ttt_short_chunks) if int(lengths.max()) <= n), args.ttt_chunk_size)
+    opt = torch.optim.AdamW(params, lr=args.ttt_lora_lr, betas=(args.ttt_beta1, args.ttt_beta2),
+                            eps=1e-10, weight_decay=args.ttt_weight_decay, fused=tokens.is_cuda)
+    out_pos, out_nll = [], []
+    for ci in range(int((lengths.max() - 2) // C) + 1):
+        x, sel, pos, real, train = chunk_rows(tokens, starts, lengths, ci, C, args.eval_seq_len,
+                                              args.ttt_doc_order == "stream")
+        y = tokens[pos.clamp_max(tokens.numel() - 1)]
+        nll = lora_nll(hidden, model, ad, x, sel, y)
+        out_pos.append(pos[real])  # 1. score: added to the totals
+        out_nll.append(nll.detach()[real].double())
+        ledger.scored(pos[real])
+        for step in range(args.ttt_grad_steps if bool(train.any()) else 0):  # 2. train on the scored targets
+            if step:
+                nll = lora_nll(hidden, model, ad, x, sel, y)
+            opt.zero_grad(set_to_none=True)
+            (nll.mean(1) * train).sum().backward()
+            ledger.trained(pos[train].flatten())
+            opt.step()
+    return torch.cat(out_pos), torch.cat(out_nll)
+
+
+def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyperparameters, rank: int,
+               world_size: int, ledger: TTTLedger) -> None:
+    """A phase: all weights trained by SGD with momentum on documents laid end to end (src: their stream positions;
+    tgt: the same with 0, no target, where a document starts), in chunks of GLOBAL_TTT_CHUNK_TOKENS (the last one
+    skipped) of sequences of EVAL_SEQ_LEN, GLOBAL_TTT_BATCH_SEQS per step (all ranks together); LR: linear warm-up,
+    then cosine over the chunks. VARLEN_ATTN: a rank's sequences of a step as one row, documents cut at BOS and
+    every min(EVAL_SEQ_LEN, TRAIN_SEQ_LEN) tokens (the record's layout, within the model's varlen bound)."""
+    params, opt = full_model_sgd(model, args.global_ttt_lr, args.global_ttt_momentum)
+    L, T, total, a = args.eval_seq_len, args.global_ttt_chunk_tokens, src.numel() - 1, args
+    n_chunks = max(-(-total // T), 0)
+    warm, ar = max(0, min(a.global_ttt_warmup_chunks, n_chunks - 1)), torch.arange(L, device=src.device)
+    model.train()
+    for ci in range(n_chunks - 1):  # the last chunk is not trained on
+        n_seqs = (min((ci + 1) * T, total) - ci * T) // L
+        t = ci / max(warm - 1, 1) if ci < warm else max(ci - warm, 0) / max(n_chunks - 1 - warm, 1)
+        for g in opt.param_groups:
+            g["lr"] = a.global_ttt_warmup_start_lr + (a.global_ttt_lr - a.global_ttt_warmup_start_lr) * t \
+                if ci < warm else a.global_ttt_lr * 0.5 * (1 + math.cos(math.pi * t))
+        for _ in range(a.global_ttt_epochs):
+            for b0 in range(0, n_seqs, a.global_ttt_batch_seqs):
+                j = ci * T + torch.arange(b0, min(b0 + a.global_ttt_batch_seqs, n_seqs), device=src.device)[:, None] \
+                    * L + ar  # inputs at j, targets at j + 1 of the laid-out documents
+                mine = j[rank::world_size]
+                sgd_step(model, params, opt, tokens, [(src[mine], tgt[mine + 1])], int((tgt[j + 1] > 0).sum()),
+                         a.global_ttt_grad_clip, ledger, min(L, model.seq_len) if model.varlen else 0)
+    model.eval()
+
+
+def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
+                     ledger: TTTLedger, log) -> tuple[Tensor, Tensor]:
+    """TTT_MODE=lora_phased. The ranks claim the batches of documents (doc_batches) one at a time (batch_queue); each
+    batch gets its adapters restarted (B = 0, a new AdamW; A kept with TTT_WARM_START_A) and runs lora_batch. At
+    each phase (phase_plan) every rank first finishes the batches before it; then all weights train on the first
+    documents scored, in (batch, position) order (global_sgd), and the adapters start anew. Returns this rank's
+    (target positions, NLLs)."""
+    starts, lengths = split_docs(tokens)
+    batches, dev, t0 = doc_batches(lengths, args), tokens.device, time.perf_counter()
+    hidden = type(model).hidden.__get__(model)  # eager: a compiled hidden has one fixed shape
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ad, out, q0 = Adapters(model, args), [], 0
+    if tokens.is_cuda and args.compile:  # compiled for any shape, warmed up on random tokens (never val tokens)
+        hidden, B, L, g = torch.compile(hidden, dynamic=True), args.ttt_batch_size, args.eval_seq_len, \
+            torch.Generator(dev).manual_seed(0)
+        fake = torch.randint(2, args.vocab_size, (B * (L + 1),), generator=g, device=dev).index_fill(
+            0, torch.arange(0, B * (L + 1), L + 1, device=dev), BOS_ID)
+        ad.fresh(B, g)
+        with ad.hooked(model):  # every window width of a chunk loop, forward and backward, AdamW
+            lora_batch(hidden, model, ad, ad.use(B, g, True), fake, torch.arange(B) * (L + 1),
+                       torch.full((B,), L + 1), args, TTTLedger())
+        log(f"ttt_lora: compile warm-up on random tokens {time.perf_counter() - t0:.1f}s")
+    for s, (q1, boundary) in enumerate(phase_plan(batches, args)):
+        gen = lora_generator(args.seed, s, dev)
+        ad.sets = {}
+        ad.fresh(args.ttt_batch_size, gen)  # drawn first, as the record's reusable adapters
+        claim = batch_queue(f"ttt/{args.run_id}/{s}", q0)
+        with ad.hooked(model):
+            while (q := claim()) < q1:
+                b, docs = batches[q]
+                params = ad.use(len(docs), gen if args.ttt_warm_start_a else lora_generator(args.seed, -1 - b, dev),
+                                bool(args.ttt_warm_start_a))
+                out.append(lora_batch(hidden, model, ad, params, tokens, starts[docs], lengths[docs], args, ledger))
+        if boundary:
+            docs = [int(d) for _, ds in sorted(batches[:q1], key=lambda b: b[0]) for d in ds][:boundary]
+            src = torch.cat([torch.arange(int(starts[d]), int(starts[d] + lengths[d])) for d in docs]).to(dev)
+            tgt = src.index_fill(0, (lengths[docs].cumsum(0) - lengths[docs]).to(dev), 0)  # no BOS -> BOS pairs
+            global_sgd(model, tokens, src, tgt, args, rank, world_size, ledger)
+            for p in model.parameters():
+                p.requires_grad_(False)
+        log(f"ttt_lora: batches {q0}..{q1 - 1} of {len(batches)}" + (f", then phase {s + 1} on {boundary} "
+            f"documents ({src.numel()} tokens)" if boundary else "") + f"; {time.perf_counter() - t0:.1f}s")
+        q0 = q1
+    for p in model.parameters():
+        p.requires_grad_(True)
+    out.append((torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.float64, device=dev)))
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])  # (a rank may have had no batch)
+
+
+def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
+             ledger: TTTLedger = TTTLedger(), log=lambda msg: None) -> tuple[Tensor, Tensor]:
+    """Legal score-first test-time training (TTT_MODE): this rank's (target positions, NLLs)."""
+    if args.ttt_mode == "lora_phased":
+        return lora_phased_eval(model, tokens, args, rank, world_size, ledger, log)
+    return chunked_ttt(model, tokens, args, rank, world_size, ledger)
 
 
 def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTTLedger = TTTLedger()) -> Tensor:
@@ -2208,6 +2543,11 @@ class Scores:
         vl, vb = reduce_score(pos, nll, self.val_bytes)
         self.scores[name], self.phases[name] = {"val_loss": vl, "val_bpb": vb}, ms
         self.run.log(f"{line} val_loss:{vl:.8f} val_bpb:{vb:.8f}")
+        self.phase(name, ms)
+
+    def phase(self, name: str, ms: float) -> None:
+        """A timed phase on the artifact; eval_time_total is their sum (float_* diagnostics excepted)."""
+        self.phases[name] = ms
         self.run.log(f"eval_phase:{name} time:{ms:.0f}ms")
 
 
@@ -2236,7 +2576,8 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
     compile_hidden(run, base_model)
     if a.float_eval:
         (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
-        scores.add("float_sliding_window", "final_float_sliding_window_exact", pos, nll, ms)
+        win = window_name(a)
+        scores.add(f"float_{win}", f"final_float_{win}_exact", pos, nll, ms)
     path = Path("artifacts") / f"{a.run_id}.ptz"
     meta = {"config": a.as_dict(), "code_sha256": hashlib.sha256(run.code).hexdigest()}
     blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns),
@@ -2245,12 +2586,14 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
         write_atomic(path, blob)
     if run.distributed:
         dist.barrier()
-    base_model.load_state_dict(unpack_artifact(path.read_bytes(), str(path))[0])
+    _, ms = timed(run.device, lambda: base_model.load_state_dict(unpack_artifact(path.read_bytes(), str(path))[0]))
+    scores.phase("deserialize", ms)
     return stats, len(blob), path
 
 
-def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict) -> tuple:
-    base_model.load_state_dict(state)
+def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict, scores: Scores, read_ms: float) -> tuple:
+    _, ms = timed(run.device, lambda: base_model.load_state_dict(state))
+    scores.phase("deserialize", read_ms + ms)
     base_model.looping = bool(run.args.num_loops)
     made_by = meta.get("code_sha256")
     if made_by != hashlib.sha256(run.code).hexdigest():
@@ -2273,21 +2616,27 @@ def ppm_probs(run: Run, val_np: np.ndarray) -> Tensor:
     return p
 
 
+def window_name(args: Hyperparameters) -> str:
+    return "sliding_window" if args.eval_mode == "stream" else "doc_window"
+
+
 def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores,
                      qname: str) -> None:
-    """The reloaded artifact: sliding windows, then PPM mixing and/or score-first TTT."""
-    a = run.args
+    """The reloaded artifact: sliding windows (EVAL_MODE=doc: inside each document), then PPM mixing and/or
+    score-first TTT."""
+    a, win = run.args, window_name(run.args)
     (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
-    scores.add("sliding_window", f"final_{qname}_sliding_window_exact", pos, nll, ms)
-    if "float_sliding_window" in scores.scores:
-        gap = scores.scores["sliding_window"]["val_bpb"] - scores.scores["float_sliding_window"]["val_bpb"]
+    scores.add(win, f"final_{qname}_{win}_exact", pos, nll, ms)
+    if f"float_{win}" in scores.scores:
+        gap = scores.scores[win]["val_bpb"] - scores.scores[f"float_{win}"]["val_bpb"]
         run.log(f"quant_gap_bpb:{gap:.6f}")
     if a.ppmc:
         p_ppm, ms_ppm = timed(run.device, lambda: ppm_probs(run, val_np))
-        scores.add("sliding_window_ppmc", f"final_{qname}_sliding_window_ppmc_exact", pos,
-                   mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha), ms_ppm)
+        scores.add(f"{win}_ppmc", f"final_{qname}_{win}_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha),
+                   ms_ppm)
     if a.ttt:
-        (pos, nll), ms = timed(run.device, lambda: ttt_eval(base_model, val_tokens, a, run.rank, run.world_size))
+        (pos, nll), ms = timed(run.device, lambda: ttt_eval(base_model, val_tokens, a, run.rank, run.world_size,
+                                                            log=run.log))
         scores.add("ttt", f"final_{qname}_ttt_exact", pos, nll, ms)
         if a.ppmc:
             scores.add("ttt_ppmc", f"final_{qname}_ttt_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha),
@@ -2332,7 +2681,9 @@ def main() -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = Hyperparameters.from_env()
     check_config(args, world_size)
+    t0 = time.perf_counter()  # EVAL_ONLY: reading the artifact is the evaluation's deserialize phase
     eval_state, eval_meta = read_eval_artifact(args) if args.eval_only else (None, {})
+    read_ms = 1000 * (time.perf_counter() - t0)
     val_np, val_bytes, byte_source = read_val(args)
     train_files = read_train_files(args)
     run = start_run(args, world_size)
@@ -2344,7 +2695,7 @@ def main() -> int:
     num_params = sum(p.numel() for p in base_model.parameters())
     run.log(f"model_params:{num_params}")
     if args.eval_only:
-        stats, model_bytes, path = load_eval_only(run, base_model, eval_state, eval_meta)
+        stats, model_bytes, path = load_eval_only(run, base_model, eval_state, eval_meta, scores, read_ms)
     else:
         stats, model_bytes, path = train_and_export(run, base_model, train_files, val_tokens, scores)
     qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"

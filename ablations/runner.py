@@ -51,10 +51,13 @@ RESULT_COLUMNS = [
     "code_sha256", "overrides", "log_path", "json_path",
 ]
 
-SCORE_COLUMNS = {
+SCORE_COLUMNS = {  # EVAL_MODE=doc names its window scores doc_window: the same columns
     "float_sliding_window": "float",
+    "float_doc_window": "float",
     "sliding_window": "sw",
+    "doc_window": "sw",
     "sliding_window_ppmc": "ppmc",
+    "doc_window_ppmc": "ppmc",
     "ttt": "ttt",
     "ttt_ppmc": "ttt_ppmc",
 }
@@ -373,8 +376,8 @@ def row_from_json(js: dict, run: RunSpec, out: Path, wall_seconds: float | None 
     scores = js.get("scores") or {}
     for key, prefix in SCORE_COLUMNS.items():
         s = scores.get(key) or {}
-        row[f"{prefix}_val_bpb"] = s.get("val_bpb")
-        row[f"{prefix}_val_loss"] = s.get("val_loss")
+        if s or f"{prefix}_val_bpb" not in row:  # (two names share a column: the one present wins)
+            row[f"{prefix}_val_bpb"], row[f"{prefix}_val_loss"] = s.get("val_bpb"), s.get("val_loss")
     if row["val_bpb"] is None and scores:  # no "final" block: the last score present
         for key in reversed(list(SCORE_COLUMNS)):
             if key in scores:

@@ -634,7 +634,7 @@ def test_match_cli():
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "NUM_LAYERS='x' is not a valid int" in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["seed_table", "ppmc", "review_scaling"])
+@pytest.mark.parametrize("name", ["seed_table", "ppmc", "review_scaling", "ttt"])
 def test_committed_results_are_what_the_report_says(name):
     """ablations/results/NAME.md is exactly what `python -m ablations report` prints for the committed NAME.csv
     (with the control and record test named in its first line), and the README quotes its table unchanged."""

@@ -468,7 +468,7 @@ def test_eval_only_ttt_alone(tg, small, trained, tmp_path, monkeypatch):
     assert rc == 0
     assert list(s["scores"]) == ["sliding_window", "ttt"] and s["final"]["metric"] == "ttt"
     assert s["final"]["line"] == "final_int6_ttt_exact" and "ppmc" not in log
-    assert set(s["eval_phases_ms"]) == {"sliding_window", "ttt"} and s["eval_phases_ms"]["ttt"] > 0
+    assert set(s["eval_phases_ms"]) == {"deserialize", "sliding_window", "ttt"} and s["eval_phases_ms"]["ttt"] > 0
     assert re.search(r"^eval_time_total:\d+ms$", log, re.M)
     for n in ("sliding_window", "ttt"):
         assert float(find_line(log, f"final_int6_{n}_exact").group(2)) == pytest.approx(
@@ -580,3 +580,42 @@ def test_eval_only_notices_a_different_architecture(tg, small, trained, tmp_path
         assert "MLP_ACT" in str(err)
         return
     assert any(x.startswith("warning:") and "MLP_ACT" in x for x in log.splitlines())  # so is a warning
+
+
+def test_lora_phased_two_processes_match_one(tg, small, trained, tmp_path):
+    """TTT_MODE=lora_phased (phases on, TTT_WARM_START_A=0: every batch's adapters drawn from its own seed) with
+    EVAL_MODE=doc and PPMC=1, under 2 CPU processes (gloo; batches claimed through the process group's store): the
+    single-process scores of the same artifact (ttt_score_nll, doc windows, the PPM mixture); every eval phase on
+    the artifact is logged with its time and eval_time_total is their sum."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = run_env(small, "lp", data="valonly", TTT=1, TTT_MODE="lora_phased", PPMC=1, EVAL_MODE="doc",
+                  EVAL_ONLY=trained["artifact"], TTT_CHUNK_SIZE=32, TTT_BATCH_SIZE=4, TTT_LORA_RANK=4,
+                  TTT_LORA_LR=0.003, TTT_WARM_START_A=0, PHASED_TTT_PREFIX_DOCS=6, PHASED_TTT_NUM_PHASES=2,
+                  GLOBAL_TTT_CHUNK_TOKENS=512, GLOBAL_TTT_LR=0.01, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
+                  MASTER_PORT=port)
+    procs = [start({**env, "RANK": str(r), "LOCAL_RANK": str(r)}, tmp_path) for r in (0, 1)]
+    args = tg.Hyperparameters.from_env(env)
+    model, _, _ = reload(tg, trained["artifact"])  # the single-process reference, meanwhile
+    val = small["val"]
+    tokens = torch.from_numpy(val.astype(np.int64))
+    pos, nll = tg.sliding_eval(model, tokens, args, 0, 1)
+    doc = bpb(tg, val, nll, small["tables"])
+    nll = tg.ttt_score_nll(model, tokens, args)
+    p_ppm = torch.from_numpy(tg.ppm_target_probs(val, 1024, 2, True, False))
+    one, one_ppmc = bpb(tg, val, nll, small["tables"]), bpb(tg, val, tg.mix_nll(nll, p_ppm, 0.95), small["tables"])
+    results = [finish(p) for p in procs]
+    for res in results:
+        assert res.returncode == 0, res.stderr[-3000:]
+    s, log = json.loads((tmp_path / "logs/lp_eval.json").read_text()), (tmp_path / "logs/lp_eval.txt").read_text()
+    assert list(s["scores"]) == ["doc_window", "doc_window_ppmc", "ttt", "ttt_ppmc"]
+    assert abs(s["scores"]["doc_window"]["val_bpb"] - doc) < 1e-7
+    assert abs(s["scores"]["ttt"]["val_bpb"] - one) < 1e-6 and abs(s["scores"]["ttt_ppmc"]["val_bpb"] - one_ppmc) < 1e-6
+    assert abs(one - doc) > 1e-4  # it trained
+    assert log.count("then phase") == 2
+    assert set(s["eval_phases_ms"]) == {"deserialize", "doc_window", "doc_window_ppmc", "ttt", "ttt_ppmc"}
+    for name in s["eval_phases_ms"]:
+        assert re.search(rf"^eval_phase:{name} time:\d+ms$", log, re.M)
+    m = re.search(r"^eval_time_total:(\d+)ms$", log, re.M)
+    assert m and abs(int(m.group(1)) - sum(s["eval_phases_ms"].values())) <= 1
