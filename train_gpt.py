@@ -842,10 +842,9 @@ class Block(nn.Module):
 
 
 class Lanes(nn.Module):
-    """PARALLEL_START_LAYER (the 1.0611 record's parallel residuals): from the first decoder block of index >= start,
-    attention reads lane 0 (mixed with x0), the MLP lane 1, both write both: lane_k <- r[i,k] lane_k + P[i,0,k] a +
-    P[i,1,k] f, r from 1.1, P from 1 (attn_res gates lane 0, mlp_res lane 1). Output: PARALLEL_FINAL_LANE. One (r, P)
-    per block, as the record counts them (blocks before `start` leave theirs unused)."""
+    """PARALLEL_START_LAYER (the 1.0611 record's): from the first decoder block of index >= start, attention reads
+    lane 0 (mixed with x0), the MLP lane 1, both write both: lane_k <- r[i,k] lane_k + P[i,0,k] a + P[i,1,k] f (r from
+    1.1, P from 1; attn_res gates lane 0, mlp_res lane 1). One (r, P) per block, as the record counts them."""
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
@@ -1565,8 +1564,7 @@ PPM_LOOKUP_CHUNK = 1 << 20  # elements (queries' pairs + events) sorted at once 
 
 
 def _sort_by_key(key: np.ndarray, pos: np.ndarray, nb: int):
-    """Positions (increasing, < 2**nb) sorted by (key, position), and flags at the first of each run of equal keys.
-    Overwrites key."""
+    """Positions (increasing, < 2**nb) sorted by (key, position), and flags at each run start. Overwrites key."""
     if key.size == 0 or int(key.max()).bit_length() + nb <= 63:  # packed int64: a plain (SIMD) sort
         key <<= nb
         key |= pos
@@ -1601,11 +1599,10 @@ def _chunks(cost: np.ndarray, chunk: int) -> list[tuple[int, int]]:
 
 
 def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb):
-    """For each query i (positions tq, increasing): the summed occurrences before tq[i] of the pairs
-    lp[o_i], ..., lp[o_i + cnt_i - 1] among the events (positions ev_pos, increasing; pair ids ev_pair).
-    Chunks of queries keep the arrays small: `seen` counts every pair's events before the chunk, and within it one
-    sort of events (pair, 2*local rank) and look-ups (pair, 2*local query + 1) puts each look-up just after the
-    events of its pair that precede it (rank[j]: queries at positions <= j)."""
+    """For each query i (positions tq, increasing): the occurrences before tq[i] of the pairs lp[o_i .. o_i + cnt_i)
+    among the events (positions ev_pos, increasing; pair ids ev_pair). Per chunk of queries (`seen`: every pair's
+    events before it), one sort of events (pair, 2*local rank) and look-ups (pair, 2*local query + 1) puts each
+    look-up just after its pair's earlier events (rank[j]: queries at positions <= j)."""
     X, seen = np.zeros(tq.size), np.zeros(n_pairs, np.int64)
     evb = np.searchsorted(ev_pos, tq)  # events before each query
     e0 = 0
@@ -1824,10 +1821,9 @@ def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
 
 def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128) -> tuple[Tensor, Tensor]:
-    """QUANT_METHOD=gptq: SD clipping, row scale s = fp16(k * std(row) / q_max), then full-Hessian GPTQ: columns in
-    descending diag(H) order, each rounded and its error spread over the columns not yet rounded through the upper
-    Cholesky factor of H^-1, in blocks of `block` columns. Dead columns (H_ii = 0) are zeroed; damping 1% of the
-    mean of diag(H). H None: plain rounding at the same scale."""
+    """QUANT_METHOD=gptq: row scale s = fp16(k * std(row) / q_max), then full-Hessian GPTQ: columns by descending
+    diag(H), each rounded, its error spread over the later ones by the upper Cholesky factor of H^-1, `block` columns
+    at a time; dead columns (H_ii = 0) zeroed, damping 1% of mean diag(H). H None: rounding at the same scale."""
     qmax = 2 ** (bits - 1) - 1
     scale = (k * w.float().std(dim=1) / qmax).clamp_min(1e-7).half()
     s, W = scale.float(), w.float().clone()
@@ -1854,9 +1850,8 @@ def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128
 
 
 def lqer_factors(E: Tensor, args: Hyperparameters) -> dict[str, Tensor]:
-    """LQER: the error E = W - W_hat ~ A B from its rank-LQER_RANK SVD (A = U S, B = V^T). Asymmetric
-    (LQER_ASYM_ENABLED, B.numel divisible by LQER_ASYM_GROUP): A in [-2, 1] with one fp16 scale max|A| / 1.5, B in
-    [-8, 7] with an fp16 scale max|B_g| / 7.5 per group; otherwise both per row at LQER_FACTOR_BITS."""
+    """LQER: E = W - W_hat ~ A B, rank-LQER_RANK SVD (A = U S, B = V^T). Asymmetric (B.numel % LQER_ASYM_GROUP == 0):
+    A in [-2, 1], one fp16 scale max|A| / 1.5; B in [-8, 7], scale max|B_g| / 7.5 per group. Else per row, same bits."""
     U, S, Vh = torch.linalg.svd(E.float(), full_matrices=False)
     r = min(args.lqer_rank, S.numel())
     A, B, g = U[:, :r] * S[:r], Vh[:r], args.lqer_asym_group
@@ -1890,9 +1885,8 @@ def quantised_names(state: dict[str, Tensor]) -> set[str]:
 
 def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
                   H: Tensor | None = None) -> dict[str, Tensor]:
-    """How one tensor is stored: large 2-D tensors as codes + row scales (the token embedding at QUANT_EMBED_BITS,
-    MLP matrices at QUANT_MLP_BITS; GPTQ clip k by group), 2-D gates int8 per row (GATED_ATTN_QUANT_GATE), control
-    tensors and tensors of <= 4096 elements fp32, the rest fp16."""
+    """How one tensor is stored: large 2-D ones as codes + row scales (bits and GPTQ k by group), 2-D gates int8 per
+    row (GATED_ATTN_QUANT_GATE), control tensors and tensors of <= 4096 elements fp32, the rest fp16."""
     if t.ndim == 2 and t.numel() > SMALL_TENSOR:
         emb, mlp = name == "tok_emb.weight", ".mlp." in name
         bits = args.quant_embed_bits if emb else args.quant_mlp_bits or args.quant_bits if mlp else args.quant_bits
@@ -2027,10 +2021,9 @@ def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Ten
 
 def collect_hessians(model: GPT, names: set[str], loader: TokenLoader, args: Hyperparameters, grad_accum: int,
                      budget_s: float | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
-    """GPTQ calibration on training batches (never validation): H = sum of X^T X over the inputs of every
-    CastedLinear whose weight is in `names` and, for the tied embedding, over the final hidden states (the head's
-    input); summed over ranks. A batch is one training step's tokens. Stops before a batch that would end past
-    `budget_s` seconds. Returns (Hessians, batches)."""
+    """GPTQ calibration on training batches of one step (never validation): H = sum of X^T X over the inputs of each
+    CastedLinear in `names` (tied embedding: the final hidden states), summed over ranks; stops before a batch that
+    would end past `budget_s`. Returns (Hessians, batches)."""
     hs, hooks = {}, []
 
     def add(key: str, x: Tensor) -> None:
@@ -2070,10 +2063,9 @@ def train_cap_seconds(args: Hyperparameters) -> float:
 
 
 def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[str, float]:
-    """Model bytes predicted from the shapes alone, by group: the codes of each quantised tensor priced by
-    quantising and compressing Gaussian rows of its width with the configured method, bits, clip and compressor
-    (trained weights are heavier-tailed and compress better, so this errs high); row scales, LQER factors, small
-    tensors (fp32: pessimistic) and the header records at their raw size."""
+    """Model bytes by group, from the shapes: codes priced by exporting and compressing Gaussian rows of each width as
+    configured (trained weights compress better: errs high); scales, LQER factors, small tensors (fp32) and header
+    records at raw size."""
     price, out, gen = {}, {}, torch.Generator().manual_seed(0)
     for name, t in state.items():
         group = next((g for g in STREAMS if g in name), "other")
@@ -2096,9 +2088,8 @@ def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[st
 
 
 def shipped_code(source: bytes, form: str) -> bytes:
-    """The code bytes counted and shipped for CODE_FORM: raw (the file), wrapped (CODE_WRAPPER around the source,
-    byte for byte what `records pack --wrap` writes) or minified (python-minifier: docstrings dropped, names kept;
-    then wrapped). A file that is already such a wrapper ships as it is."""
+    """The code bytes shipped for CODE_FORM: raw, wrapped (CODE_WRAPPER, as `records pack --wrap` writes) or minified
+    (python-minifier: docstrings dropped, names kept; then wrapped). A wrapper already ships as it is."""
     if form == "raw" or source.startswith(CODE_WRAPPER[:43].encode()):
         return source
     if form == "minified":
@@ -2126,8 +2117,7 @@ def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
 
 
 def calibrate(run: Run, model: GPT, train_files: list[Path], train_ms: float) -> dict[str, Tensor]:
-    """QUANT_METHOD=gptq: the Hessians, collected from the training shards in the time MAX_WALLCLOCK_SECONDS leaves
-    after the training loop (GPTQ_RESERVE_SECONDS were kept back). Its log line shows training + calibration."""
+    """QUANT_METHOD=gptq: the Hessians, from training shards in the time the cap leaves after the training loop."""
     a = run.args
     if a.quant_method != "gptq":
         return {}
@@ -2202,8 +2192,7 @@ class Run:
 
 
 def training_frac(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    """How much of training is done: elapsed / the training loop's cap (MAX_WALLCLOCK_SECONDS less a GPTQ reserve,
-    as the record's 599.5 s), else step / ITERATIONS."""
+    """Training done: elapsed / the loop's cap (train_cap_seconds, as the record's 599.5 s), else step / ITERATIONS."""
     cap_ms = 1000.0 * train_cap_seconds(args)
     return elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
 
@@ -2283,8 +2272,7 @@ class Trainer:
         self.run.log(f"warmup_steps:{self.args.warmup_steps} done; weights and optimisers reset")
 
     def set_schedule(self, step: int, elapsed_ms: float) -> None:
-        """Depth recurrence on when due, the momentum warm-up and the LR multiplier: read every step, nothing here
-        is frozen by compile (the looping switch is a module attribute compiled code is guarded on)."""
+        """Depth recurrence when due, momentum warm-up, LR multiplier: set every step, none frozen by compile."""
         a, scale = self.args, lr_multiplier(self.args, step, elapsed_ms)
         if not self.base_model.looping and looping_due(a, step, elapsed_ms):
             self.base_model.looping = True
@@ -2359,8 +2347,7 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------------------------
 
 def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
-    """EVAL_ONLY: the artifact's tensors and meta, refused unless it was made with this model configuration and
-    holds exactly the tensors (names and shapes) of that model."""
+    """EVAL_ONLY: the artifact's tensors and meta, if made with this model configuration and its exact tensors."""
     state, meta = unpack_artifact(Path(args.eval_only).read_bytes(), args.eval_only)
     made, now = meta.get("config", {}), args.as_dict()
     diff = [f"{k}={made.get(k)} (this run: {now[k]})" for k in ARCH_KEYS if made.get(k) != now[k]]
@@ -2378,8 +2365,7 @@ def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
 
 
 def read_val(args: Hyperparameters) -> tuple[np.ndarray, np.ndarray, str]:
-    """The val stream's token ids, the bytes of each target and their source (val_byte_counts), the tokenizer
-    checked against the shards and the data folder's manifest."""
+    """The val token ids, each target's bytes and their source; the tokenizer checked against shards and manifest."""
     sp = load_tokenizer(args)
     ids = np.concatenate([load_shard(f) for f in shard_files(args.data_path, "val")])
     if ids.size < 2 or int(ids.max()) >= args.vocab_size:
@@ -2546,8 +2532,7 @@ def window_name(args: Hyperparameters) -> str:
 
 def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores,
                      qname: str) -> None:
-    """The reloaded artifact: sliding windows (EVAL_MODE=doc: inside each document), then PPM mixing and/or
-    score-first TTT."""
+    """The reloaded artifact: sliding windows (EVAL_MODE's), then PPM mixing and/or score-first TTT."""
     a, win = run.args, window_name(run.args)
     (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
     scores.add(win, f"final_{qname}_{win}_exact", pos, nll, ms)
@@ -2575,8 +2560,7 @@ def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray,
 
 
 def finish(run: Run, scores: Scores, summary: dict, uni: float | None) -> int:
-    """The closing lines and logs/<RUN_ID>.json; exit 1 when the artifact is over the limit or a score is not
-    finite (never reported as complete)."""
+    """The closing lines and logs/<RUN_ID>.json; 1 (not complete) when over the limit or a score is not finite."""
     a, final = run.args, list(scores.scores)[-1]
     eval_ms = sum(v for k, v in scores.phases.items() if not k.startswith("float"))
     run.log(f"eval_time_total:{eval_ms:.0f}ms")
@@ -2647,9 +2631,8 @@ def main() -> int:
 
 
 def cli(argv: list[str]) -> int:
-    """`python train_gpt.py` runs; `--count-params` prints the parameter count; `--check` checks the configuration
-    and inputs only. Errors: one `error:` line (rank 0 only under torchrun); exit 2 for settings and inputs, 1 for
-    a run that could not finish honestly."""
+    """A run, or --count-params, --check (configuration and inputs) or --plan. Errors: one `error:` line (rank 0
+    only); exit 2 for settings and inputs, 1 for a run that could not finish honestly."""
     try:
         if argv == ["--count-params"]:
             print(count_params(os.environ))
