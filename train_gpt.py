@@ -99,11 +99,7 @@ class Setting(NamedTuple):
                 raise ConfigError(f"{given}={value!r} is out of range: it must be in {self.rng}")
 
 
-def S(default: Any, meaning: str, **kw) -> Any:
-    """Declare a setting inside Hyperparameters (name and type come from the annotated attribute)."""
-    return Setting(default, meaning, **kw)
-
-
+S = Setting  # declares a setting in Hyperparameters; name and type come from the annotated attribute (declared())
 BOOL = dict(choices=(0, 1))
 TECH = dict(choices=(0, 1), arch=True, on=(1,))
 
@@ -113,8 +109,7 @@ class Hyperparameters:
     # ---- run and data
     data_path: str = S("./data/datasets/fineweb10B_sp1024", "folder with fineweb_{train,val}_*.bin shards")
     tokenizer_path: str = S("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model of the shards")
-    caseops_enabled: int = S(0, "1: require the val byte sidecar (CaseOps data); 0: use one if DATA_PATH has it",
-                             **BOOL)
+    caseops_enabled: int = S(0, "1: require the val byte sidecar (CaseOps); 0: use one if DATA_PATH has it", **BOOL)
     run_id: str = S("", "name of logs/<RUN_ID>.txt|json and artifacts/<RUN_ID>.ptz (default: a uuid)")
     seed: int = S(1337, "random seed (init and nothing else: the data order is fixed)", rng="[0, 4294967295]")
     device: str = S("auto", "where to run", choices=("auto", "cuda", "cpu"))
@@ -123,8 +118,7 @@ class Hyperparameters:
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     # ---- model shape
     vocab_size: int = S(1024, "vocabulary size; must equal the tokenizer's", rng="[2, 65536]", arch=True)
-    num_layers: int = S(9, "blocks (U-Net skips: first half pushes, second half pops)", rng="[1, inf)", arch=True,
-                        on=(11,))
+    num_layers: int = S(9, "blocks (U-Net skips: first half pushes, second pops)", rng="[1, inf)", arch=True, on=(11,))
     model_dim: int = S(512, "residual width", rng="[2, inf)", arch=True)
     num_heads: int = S(8, "query heads", rng="[1, inf)", arch=True)
     num_kv_heads: int = S(4, "key/value heads (GQA)", rng="[1, inf)", arch=True)
@@ -230,15 +224,13 @@ class Hyperparameters:
     attn_clip_sigmas: float = S(13.0, "GPTQ: k of attention matrices", rng="(0, inf)")
     mlp_clip_sigmas: float = S(11.5, "GPTQ: k of MLP matrices", rng="(0, inf)")
     embed_clip_sigmas: float = S(14.0, "GPTQ: k of the token embedding", rng="(0, inf)")
-    lqer_enabled: int = S(0, "LQER: low-rank correction of the LQER_TOP_K largest quantisation errors",
-                          choices=(0, 1), on=(1,))
+    lqer_enabled: int = S(0, "LQER: low-rank correction of the LQER_TOP_K largest quantisation errors", **BOOL, on=(1,))
     lqer_rank: int = S(4, "LQER: rank of the correction", rng="[1, inf)")
     lqer_top_k: int = S(3, "LQER: tensors corrected", rng="[1, inf)")
     lqer_factor_bits: int = S(4, "LQER: bits of both factors when not asymmetric", rng="[2, 8]")
     lqer_asym_enabled: int = S(1, "LQER: A at 2 bits with one scale, B at 4 bits with a scale per group", **BOOL)
     lqer_asym_group: int = S(64, "LQER: group size of B's scales", rng="[1, inf)")
-    gated_attn_quant_gate: int = S(0, "2-D gate weights of 32..8192 elements int8 per row instead of fp32",
-                                   choices=(0, 1), on=(1,))
+    gated_attn_quant_gate: int = S(0, "2-D gates of 32..8192 elements: int8 per row instead of fp32", **BOOL, on=(1,))
     compressor: str = S("brotli", "artifact compressor (streams per matrix group, codes column-major)",
                         choices=("brotli", "zstd", "lzma"), on=("zstd", "lzma"))
     zstd_level: int = S(22, "zstd compression level of the artifact (COMPRESSOR=zstd)", rng="[1, 22]")
@@ -252,8 +244,7 @@ class Hyperparameters:
     eval_batch_seqs: int = S(64, "windows per evaluation batch and rank", rng="[1, inf)")
     float_eval: int = S(1, "also score the float model before quantisation (diagnostic)", **BOOL)
     # ---- evaluation-time methods
-    ppmc: int = S(0, "mix an online PPM-C model over token ids with the network: a * p_net + (1 - a) * p_ppm",
-                  choices=(0, 1), on=(1,))
+    ppmc: int = S(0, "mix an online PPM-C token model with the network: a * p_net + (1 - a) * p_ppm", **BOOL, on=(1,))
     ppmc_order: int = S(2, "longest PPM context, in tokens", rng="[0, 16]")
     ppmc_alpha: float = S(0.95, "weight of the network (0: PPM alone)", rng="[0, 1]")
     ppmc_exclusion: int = S(1, "PPM-C exclusion (0: blend the orders instead)", **BOOL)
@@ -1110,8 +1101,7 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.opti
 
 def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """(input start, first scored target, last scored target + 1) in target positions of the token stream."""
-    out, done = [], 1
-    end = min(seq_len, n_tokens - 1)
+    out, done, end = [], 1, min(seq_len, n_tokens - 1)
     while done < n_tokens:
         out.append((max(end - seq_len, 0), done, end + 1))
         done, end = end + 1, min(end + stride, n_tokens - 1)
@@ -1538,26 +1528,25 @@ def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTT
     return torch.empty_like(nll).index_copy_(0, pos - 1, nll)
 
 
-# PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm over the val stream, causally.
-# Token t uses the contexts of orders min(ORDER, t')..0 (t' = tokens counted since the last reset), then order -1
-# (uniform over the vocabulary). A seen context with counts c, total n and q distinct symbols gives P(x) = c(x)/(n+q)
-# and escape q/(n+q); an unseen order, or one left empty by exclusion, is skipped at no cost. Exclusion: symbols of
-# the higher orders used leave c, n and q of the lower ones; an order whose symbols, with those above it, cover the
-# whole vocabulary gets no escape (order -1 would be empty), so every distribution sums to 1. PPMC_EXCLUSION=0
-# blends instead: P_k(x) = (c_k(x) + q_k P_{k-1}(x)) / (n_k + q_k). Every order's counts are updated after the token
-# is scored; token 0 is counted, never scored; PPMC_RESET=doc clears all counts after a scored BOS, then counts it.
+# PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm over the val stream, causally. Token t uses
+# orders min(ORDER, t')..0 (t': tokens counted since the last reset), then order -1 (uniform over the vocabulary). A
+# seen context with counts c, total n and q distinct symbols gives P(x) = c(x)/(n+q) and escape q/(n+q); an unseen
+# order, or one left empty by exclusion, is skipped at no cost. Exclusion: symbols of the higher orders used leave c,
+# n and q of the lower ones; an order that with those above covers the whole vocabulary gets no escape, so every
+# distribution sums to 1. PPMC_EXCLUSION=0 blends instead: P_k(x) = (c_k(x) + q_k P_{k-1}(x)) / (n_k + q_k). Counts
+# are updated after the token is scored; token 0 is counted, never scored; PPMC_RESET=doc clears all counts after a
+# scored BOS, then counts it.
 #
 # How (exact, vectorised, no per-token loop): the order-k context of t is an integer id: order 0 = the segment (0
-# unless PPMC_RESET=doc; the count of a BOS goes to the new one), order k = the dense id of the order-(k-1)
-# (context, symbol) pair at t-1. One sort of (context * V + symbol, position) per order gives c_k(t) (earlier
-# occurrences of the pair), the pair ids and, shifted by one position, every order-(k+1) context's occurrences in
-# time order: n_{k+1}(t) = c_k(t-1), q_{k+1}(t) = first occurrences of pairs so far within that context's run.
-# Exclusion needs X_k(t) = sum of c_k(y; t) over y in S_{k+1}(t), the symbols of the order-(k+1) context (nesting
-# makes it the whole exclusion set of order k): n'_k = n_k - X_k, q'_k = q_k - q_{k+1}. It is needed where that
-# context was seen but did not offer x_t, i.e. at each context's new symbols, so a context ending with q symbols
-# costs q^2/2 look-ups "occurrences of (ctx_k(t), y) before t" (text: 5-10 per token at ORDER=2; i.i.d. random
-# tokens: ~40), answered chunk by chunk by one sort of the occurrences and look-ups together (_lookup_sums). Orders
-# are folded into p bottom-up (_fold) as soon as X and the next q are known, so at most two orders are in memory.
+# unless PPMC_RESET=doc; a BOS counts in the new one), order k = the dense id of the order-(k-1) (context, symbol)
+# pair at t-1. One sort of (context * V + symbol, position) per order gives c_k(t) (earlier occurrences of the pair),
+# the pair ids and, shifted by one, every order-(k+1) context's occurrences in time order: n_{k+1}(t) = c_k(t-1),
+# q_{k+1}(t) = first occurrences of pairs so far in that context's run. Exclusion needs X_k(t) = sum of c_k(y; t) over
+# y in S_{k+1}(t), the order-(k+1) context's symbols (by nesting, order k's whole exclusion set): n'_k = n_k - X_k,
+# q'_k = q_k - q_{k+1}, where that context was seen but did not offer x_t, i.e. at its new symbols: q^2/2 look-ups
+# for a context ending with q symbols (text: 5-10 a token at ORDER=2; i.i.d. random tokens: ~40), answered chunk by
+# chunk by one sort of occurrences and look-ups together (_lookup_sums). Orders fold into p bottom-up (_fold) as soon
+# as X and the next q are known: at most two orders in memory.
 # ----------------------------------------------------------------------------------------------------------------
 
 PPM_LOOKUP_CHUNK = 1 << 20  # elements (queries' pairs + events) sorted at once by _lookup_sums
@@ -2275,7 +2264,7 @@ class Trainer:
         """Depth recurrence when due, momentum warm-up, LR multiplier: set every step, none frozen by compile."""
         a, scale = self.args, lr_multiplier(self.args, step, elapsed_ms)
         if not self.base_model.looping and looping_due(a, step, elapsed_ms):
-            self.base_model.looping = True
+            self.base_model.looping = True  # a module attribute: compiled code is guarded on it, never frozen
             self.run.log(f"layer_loop:enabled step:{step} frac:{training_frac(a, step, elapsed_ms):.3f}")
         frac = min(step / a.muon_momentum_warmup_steps, 1.0) if a.muon_momentum_warmup_steps > 0 else 1.0
         for g in self.muon.param_groups:
