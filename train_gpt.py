@@ -472,8 +472,7 @@ def load_tokenizer(args: Hyperparameters) -> spm.SentencePieceProcessor:
 
 
 def check_manifest(args: Hyperparameters, val_bytes_total: int) -> None:
-    """With a DATA_PATH/manifest.json (data.prepare's), the tokenizer must be the one that made the shards (same
-    sha256, same val byte total): otherwise bits per byte would be silently wrong."""
+    """A DATA_PATH/manifest.json (data.prepare's) must name this tokenizer's sha256 and val byte total (true bpb)."""
     path = Path(args.data_path) / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -533,8 +532,7 @@ def val_byte_counts(args: Hyperparameters, ids: np.ndarray, sp: spm.SentencePiec
 
 
 class TokenLoader:
-    """The training shards in order, forever. A micro-step takes WORLD_SIZE spans of (local_tokens + 1) tokens and
-    rank r trains on span r, so any GPU count sees the same data."""
+    """The training shards in order, forever; rank r trains on span r of each micro-step (any GPU count: same data)."""
 
     def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device, vocab_size: int = 65536):
         self.files, self.rank, self.world_size, self.device = files, rank, world_size, device
@@ -995,9 +993,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         logits = self.logits(self.hidden(idx, cu_seqlens))
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def build_model(args: Hyperparameters, device: torch.device | None = None) -> GPT:
@@ -1313,8 +1309,7 @@ def phase_plan(batches: list, args: Hyperparameters) -> list[tuple[int, int]]:
 
 
 def batch_queue(key: str, start: int):
-    """A claim() handing out queue positions start, start + 1, ... to the ranks, first come first served: one atomic
-    add on the process group's key-value store per claim."""
+    """A claim() handing out queue positions start, start + 1, ... first come first served (one store.add a claim)."""
     store, n = dist.distributed_c10d._get_default_store() if dist.is_initialized() else None, iter(range(1, 1 << 62))
     return lambda: start + (store.add(key, 1) if store is not None else next(n)) - 1
 
@@ -1325,9 +1320,8 @@ def lora_generator(seed: int, key: int, device: torch.device) -> torch.Generator
 
 
 class Adapters:
-    """lora_phased's per-document adapters (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank, A ~ U(+-1/sqrt(d)), B = 0, on Q,
-    K, V, attention and MLP outputs of every block pass (fed the sublayer input) and the head (fed the final hidden
-    state). One set per batch size: `use` picks the next batch's, `hooked(model)` adds it to forward passes."""
+    """Per-document adapters (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank, A ~ U(+-1/sqrt(d)), B = 0, on Q, K, V, attention
+    and MLP outputs of every block pass (fed the sublayer input) and the head; one set per batch size."""
 
     def __init__(self, model: GPT, args: Hyperparameters):
         attn = next(m for m in model.modules() if isinstance(m, Attention))
@@ -1390,10 +1384,9 @@ class Adapters:
 
 
 def chunk_rows(tokens: Tensor, starts: Tensor, lengths: Tensor, ci: int, C: int, L: int, causal: bool):
-    """Chunk ci (targets ci*C..) of a batch's documents with context from the document start, at most L tokens back
-    from the chunk's end (`causal`: from the end of a full chunk, so no score depends on where a document ends):
-    input rows x (bsz, W) padded with 0, the targets' row positions `sel` (bsz, C) and stream positions `pos`, which
-    of them are real, and which rows train (a later chunk follows)."""
+    """Chunk ci (targets ci*C..) of a batch's documents, context at most L tokens back from the chunk's end (`causal`:
+    a full chunk's end, so no score depends on where a document ends): rows x (bsz, W) padded with 0, the targets'
+    row positions `sel` (bsz, C), stream positions `pos`, which are real, and which rows train (a chunk follows)."""
     dev, pred = tokens.device, lengths - 1
     nc = (pred + C - 1) // C
     end = torch.where(nc - 1 == ci, pred, (ci + 1) * C)  # the chunk's end, in targets of the document
@@ -1444,10 +1437,9 @@ def lora_batch(hidden, model: GPT, ad: Adapters, params: list, tokens: Tensor, s
 
 def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyperparameters, rank: int,
                world_size: int, ledger: TTTLedger) -> None:
-    """A phase: SGD with momentum of all weights on documents laid end to end (src: their stream positions; tgt: the
-    same, 0 at document starts), in chunks of GLOBAL_TTT_CHUNK_TOKENS (the last skipped), GLOBAL_TTT_BATCH_SEQS
-    sequences of EVAL_SEQ_LEN a step (all ranks); LR warm-up, then cosine. VARLEN_ATTN: a rank's sequences as one row
-    cut at BOS and every min(EVAL_SEQ_LEN, TRAIN_SEQ_LEN) tokens (the record's layout)."""
+    """A phase: SGD of all weights on documents laid end to end (src: stream positions; tgt: same, 0 at document
+    starts), GLOBAL_TTT_CHUNK_TOKENS chunks (the last skipped), LR warm-up then cosine. VARLEN_ATTN: a rank's
+    sequences as one row cut at BOS and every min(EVAL_SEQ_LEN, TRAIN_SEQ_LEN) tokens (the record's layout)."""
     params, opt = full_model_sgd(model, args.global_ttt_lr, args.global_ttt_momentum)
     L, T, total, a = args.eval_seq_len, args.global_ttt_chunk_tokens, src.numel() - 1, args
     n_chunks = max(-(-total // T), 0)
@@ -1471,9 +1463,8 @@ def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyper
 
 def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                      ledger: TTTLedger, log) -> tuple[Tensor, Tensor]:
-    """TTT_MODE=lora_phased: the ranks claim batches (batch_queue) and run lora_batch with restarted adapters. At a
-    phase (phase_plan) every rank finishes the batches before it, global_sgd trains on the first documents scored (in
-    batch order), and the adapters start anew. Returns this rank's (target positions, NLLs)."""
+    """TTT_MODE=lora_phased: ranks claim batches and run lora_batch with restarted adapters; at a phase, once every
+    batch before it is done, global_sgd trains on the first documents scored. This rank's (positions, NLLs)."""
     starts, lengths = split_docs(tokens)
     batches, dev, t0 = doc_batches(lengths, args), tokens.device, time.perf_counter()
     hidden = type(model).hidden.__get__(model)  # eager: a compiled hidden has one fixed shape
@@ -1742,8 +1733,7 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
 
 def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
-    """The full PPM distribution (float64 [V]) for token index t >= 1, from tokens < t (direct, slow). Python API
-    for the auditor's probes and the tests (a run never calls it)."""
+    """The full PPM distribution (float64 [V]) for token t >= 1 from tokens < t (direct, slow; probe API)."""
     x, V = np.asarray(tokens).astype(np.int64)[:t], int(vocab_size)
     b = np.flatnonzero(x[1:] == bos_id) + 1 if reset_doc else np.zeros(0, np.int64)
     h = x[int(b[-1]) if b.size else 0:]  # the segment: tokens counted since the last reset
@@ -1893,8 +1883,7 @@ def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
 
 def quantize_state(state: dict[str, Tensor], roles: dict[str, str], args: Hyperparameters,
                    hessians: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-    """{name: {array: tensor}} of every tensor; with LQER_ENABLED the LQER_TOP_K quantised tensors of largest error
-    norm get LQER factors."""
+    """{name: {array: tensor}} of every tensor; LQER_ENABLED: factors for the LQER_TOP_K largest error norms."""
     out = {n: export_arrays(n, t.detach().cpu().float(), roles.get(n, "control"), args, hessians.get(n))
            for n, t in state.items()}
     if args.lqer_enabled:
@@ -2010,9 +1999,8 @@ def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Ten
 
 def collect_hessians(model: GPT, names: set[str], loader: TokenLoader, args: Hyperparameters, grad_accum: int,
                      budget_s: float | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
-    """GPTQ calibration on training batches of one step (never validation): H = sum of X^T X over the inputs of each
-    CastedLinear in `names` (tied embedding: the final hidden states), summed over ranks; stops before a batch that
-    would end past `budget_s`. Returns (Hessians, batches)."""
+    """(Hessians, batches): H = sum of X^T X of the inputs of each CastedLinear in `names` (tied embedding: the final
+    hidden states) over training batches of a step (never val), summed over ranks; none would end past `budget_s`."""
     hs, hooks = {}, []
 
     def add(key: str, x: Tensor) -> None:
@@ -2052,9 +2040,8 @@ def train_cap_seconds(args: Hyperparameters) -> float:
 
 
 def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[str, float]:
-    """Model bytes by group, from the shapes: codes priced by exporting and compressing Gaussian rows of each width as
-    configured (trained weights compress better: errs high); scales, LQER factors, small tensors (fp32) and header
-    records at raw size."""
+    """Model bytes by group from the shapes: codes priced by exporting and compressing Gaussian rows (trained weights
+    compress better: errs high); scales, LQER factors, small tensors (fp32) and header records at raw size."""
     price, out, gen = {}, {}, torch.Generator().manual_seed(0)
     for name, t in state.items():
         group = next((g for g in STREAMS if g in name), "other")
@@ -2435,13 +2422,16 @@ def timed(device: torch.device, fn):
 class Scores:
     """The final lines (val_loss, val_bpb over every rank's positions) and the time of each evaluation phase."""
 
-    def __init__(self, run: Run, val_bytes: Tensor):
-        self.run, self.val_bytes, self.scores, self.phases = run, val_bytes, {}, {}
+    def __init__(self, run: Run, val_bytes: Tensor, qname: str):
+        self.run, self.val_bytes, self.qname, self.scores, self.phases = run, val_bytes, qname, {}, {}
 
-    def add(self, name: str, line: str, pos: Tensor, nll: Tensor, ms: float) -> None:
+    def line(self, name: str) -> str:
+        return f"final_{name}_exact" if name.startswith("float_") else f"final_{self.qname}_{name}_exact"
+
+    def add(self, name: str, pos: Tensor, nll: Tensor, ms: float) -> None:
         vl, vb = reduce_score(pos, nll, self.val_bytes)
-        self.scores[name], self.phases[name] = {"val_loss": vl, "val_bpb": vb}, ms
-        self.run.log(f"{line} val_loss:{vl:.8f} val_bpb:{vb:.8f}")
+        self.scores[name] = {"val_loss": vl, "val_bpb": vb}
+        self.run.log(f"{self.line(name)} val_loss:{vl:.8f} val_bpb:{vb:.8f}")
         self.phase(name, ms)
 
     def phase(self, name: str, ms: float) -> None:
@@ -2475,8 +2465,7 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
     compile_hidden(run, base_model)
     if a.float_eval:
         (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
-        win = window_name(a)
-        scores.add(f"float_{win}", f"final_float_{win}_exact", pos, nll, ms)
+        scores.add(f"float_{window_name(a)}", pos, nll, ms)
     path = Path("artifacts") / f"{a.run_id}.ptz"
     meta = {"config": a.as_dict(), "code_sha256": hashlib.sha256(run.code).hexdigest()}
     blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns),
@@ -2519,26 +2508,23 @@ def window_name(args: Hyperparameters) -> str:
     return "sliding_window" if args.eval_mode == "stream" else "doc_window"
 
 
-def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores,
-                     qname: str) -> None:
+def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores) -> None:
     """The reloaded artifact: sliding windows (EVAL_MODE's), then PPM mixing and/or score-first TTT."""
     a, win = run.args, window_name(run.args)
     (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
-    scores.add(win, f"final_{qname}_{win}_exact", pos, nll, ms)
+    scores.add(win, pos, nll, ms)
     if f"float_{win}" in scores.scores:
         gap = scores.scores[win]["val_bpb"] - scores.scores[f"float_{win}"]["val_bpb"]
         run.log(f"quant_gap_bpb:{gap:.6f}")
     if a.ppmc:
         p_ppm, ms_ppm = timed(run.device, lambda: ppm_probs(run, val_np))
-        scores.add(f"{win}_ppmc", f"final_{qname}_{win}_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha),
-                   ms_ppm)
+        scores.add(f"{win}_ppmc", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha), ms_ppm)
     if a.ttt:
         (pos, nll), ms = timed(run.device, lambda: ttt_eval(base_model, val_tokens, a, run.rank, run.world_size,
                                                             log=run.log))
-        scores.add("ttt", f"final_{qname}_ttt_exact", pos, nll, ms)
+        scores.add("ttt", pos, nll, ms)
         if a.ppmc:
-            scores.add("ttt_ppmc", f"final_{qname}_ttt_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha),
-                       0.0)
+            scores.add("ttt_ppmc", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha), 0.0)
 
 
 def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray, vocab: int) -> float:
@@ -2560,8 +2546,7 @@ def finish(run: Run, scores: Scores, summary: dict, uni: float | None) -> int:
     status = "nonfinite_score" if bad else "over_budget" if over else "complete"
     summary.update({"over_budget": over, "eval_phases_ms": scores.phases, "eval_time_ms": eval_ms,
                     "scores": scores.scores, "unigram_val_bpb": uni, "status": status,
-                    "final": {"metric": final, "line": f"final_{summary.pop('qname')}_{final}_exact",
-                              **scores.scores[final]}})
+                    "final": {"metric": final, "line": scores.line(final), **scores.scores[final]}})
     if run.master:
         write_atomic(run.log_path.with_suffix(".json"), json.dumps(summary, indent=1).encode())
     if over:
@@ -2585,7 +2570,8 @@ def main() -> int:
     train_files = read_train_files(args)
     run = start_run(args, world_size)
     val_tokens = torch.from_numpy(val_np.astype(np.int64)).to(run.device)
-    scores = Scores(run, torch.from_numpy(val_bytes).to(run.device))
+    qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
+    scores = Scores(run, torch.from_numpy(val_bytes).to(run.device), qname)
     run.log(f"val_tokens:{val_np.size} val_bytes:{int(val_bytes.sum())} train_shards:{len(train_files)}")
     run.log(f"val_byte_source:{byte_source}")
     base_model = build_model(args, run.device).to(run.device)
@@ -2595,22 +2581,20 @@ def main() -> int:
         stats, model_bytes, path = load_eval_only(run, base_model, eval_state, eval_meta, scores, read_ms)
     else:
         stats, model_bytes, path = train_and_export(run, base_model, train_files, val_tokens, scores)
-    qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
     total, cname = model_bytes + len(run.shipped), f"{qname}+{args.compressor}"
     run.log(f"Serialized model {cname}: {model_bytes} bytes")
     run.log(f"Code size: {len(run.code)} bytes" if args.code_form == "raw" else f"Code size (uncompressed): "
             f"{len(run.code)} bytes\nCode size (compressed, CODE_FORM={args.code_form}): {len(run.shipped)} bytes")
     run.log(f"Total submission size {cname}: {total} bytes")
-    final_evaluation(run, base_model, val_np, val_tokens, scores, qname)
+    final_evaluation(run, base_model, val_np, val_tokens, scores)
     gpu = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None
     summary = {"run_id": args.run_id, "seed": args.seed, "code_sha256": hashlib.sha256(run.code).hexdigest(),
                "code_bytes": len(run.code), "counted_code_bytes": len(run.shipped),
                "counted_code_sha256": hashlib.sha256(run.shipped).hexdigest(), "model_bytes": model_bytes,
-               "artifact_bytes": total,
-               "artifact_path": str(path), "eval_only": bool(args.eval_only), "config": args.as_dict(),
-               "world_size": world_size, "device": run.device.type, "gpu_name": gpu, "versions": versions(),
-               "attention_kernel": attention_kernel(run.device)[0], "compile_mode": run.compile_mode,
-               "num_params": num_params, **stats, "qname": qname}
+               "artifact_bytes": total, "artifact_path": str(path), "eval_only": bool(args.eval_only),
+               "config": args.as_dict(), "world_size": world_size, "device": run.device.type, "gpu_name": gpu,
+               "versions": versions(), "attention_kernel": attention_kernel(run.device)[0],
+               "compile_mode": run.compile_mode, "num_params": num_params, **stats}
     uni = unigram_bpb(train_files, val_np, val_bytes, args.vocab_size) if train_files else None
     rc = finish(run, scores, summary, uni)
     if run.distributed:
