@@ -30,6 +30,27 @@ def dataset(tmp_path_factory):
     return out / "datasets" / "wiki_sp1024", out / "tokenizers" / "wiki_1024_bpe.model"
 
 
+SHORT_VAL_TOKENS = 12_000  # short_dataset: whole validation documents up to the first BOS at or after this index
+
+
+@pytest.fixture(scope="session")
+def short_dataset(dataset, tmp_path_factory):
+    """(data_path, tokenizer_path): the embedded dataset with its validation shard cut to whole documents (about
+    SHORT_VAL_TOKENS), the train shard the same. For tests that need a real run and *a* score, not the full split's
+    (a run validates and scores the whole split: the cut makes it ~8x shorter). No manifest.json (a supported case)."""
+    import numpy as np
+    from data.shards import read_shard, write_shard
+    data_path, tok = dataset
+    val = read_shard(data_path / "fineweb_val_000000.bin")
+    starts = np.flatnonzero(val == 1)
+    cut = int(starts[np.searchsorted(starts, SHORT_VAL_TOKENS)])
+    out = tmp_path_factory.mktemp("short") / "wiki_sp1024_short"
+    out.mkdir()
+    write_shard(out / "fineweb_val_000000.bin", val[:cut])
+    (out / "fineweb_train_000000.bin").symlink_to(data_path / "fineweb_train_000000.bin")
+    return out, tok
+
+
 def process_gone(pid: int, timeout: float = 10.0) -> bool:
     """True once process `pid` no longer exists (polls until `timeout` seconds)."""
     deadline = time.time() + timeout

@@ -562,8 +562,8 @@ def test_dry_run_lists_runs(fake, tmp_path, capsys):
 REAL_SCRIPT = REPO / "train_gpt.py"
 
 
-def test_real_train_gpt_tiny_run(tmp_path, dataset):
-    DATA, TOKENIZER = dataset  # the embedded corpus, built once per session by conftest
+def test_real_train_gpt_tiny_run(tmp_path, short_dataset):
+    DATA, TOKENIZER = short_dataset  # the embedded corpus, built once per session by conftest
     g = tmp_path / "real.toml"
     g.write_text(textwrap.dedent(f"""\
         name = "real"

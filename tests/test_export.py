@@ -100,9 +100,9 @@ def log_value(text: str, key: str) -> str:
     return m.group(1)
 
 
-def test_calibration_reads_only_training_shards(dataset, tmp_path):
+def test_calibration_reads_only_training_shards(short_dataset, tmp_path):
     """The same run with the val shard poisoned (same length, other tokens): the artifact is byte-identical."""
-    data_path, tok = dataset
+    data_path, tok = short_dataset
     digests = []
     for name in ("clean", "poisoned"):
         data = tmp_path / name / "data"  # the same DATA_PATH string in both runs: the artifact records it
@@ -114,7 +114,7 @@ def test_calibration_reads_only_training_shards(dataset, tmp_path):
             raw = val.read_bytes()
             tokens = np.random.default_rng(0).integers(4, 1024, (len(raw) - 1024) // 2).astype("<u2")
             val.write_bytes(raw[:1024] + tokens.tobytes())
-        res = run_script({**data_env(dataset, "cal"), "DATA_PATH": "data"}, tmp_path / name, timeout=900)
+        res = run_script({**data_env(short_dataset, "cal"), "DATA_PATH": "data"}, tmp_path / name, timeout=900)
         assert res.returncode == 0, res.stderr[-2000:]
         assert log_value(res.stdout, "gptq_calibration batches") == "2/2"
         digests.append(hashlib.sha256((tmp_path / name / "artifacts/cal.ptz").read_bytes()).hexdigest())
@@ -145,13 +145,13 @@ def test_counted_code_is_the_shipped_form(tg, tmp_path):
         assert decode_wrapper(shipped) is not None
 
 
-def test_wrapped_minified_script_trains_calibrates_inside_the_cap_and_exports(tg, dataset, tmp_path):
+def test_wrapped_minified_script_trains_calibrates_inside_the_cap_and_exports(tg, short_dataset, tmp_path):
     """The minified wrapper, run under torchrun with 2 processes and a 20 s cap of which GPTQ_RESERVE_SECONDS=17 are
     kept for the calibration: it trains ~3 s, calibrates, exports, counts itself, and its log shows
     training + calibration inside the cap."""
     script = tmp_path / "train_gpt.py"
     script.write_bytes(tg.shipped_code((ROOT / "train_gpt.py").read_bytes(), "minified"))
-    env = data_env(dataset, "wrapped", CODE_FORM="minified", ITERATIONS=100000, MAX_WALLCLOCK_SECONDS=20,
+    env = data_env(short_dataset, "wrapped", CODE_FORM="minified", ITERATIONS=100000, MAX_WALLCLOCK_SECONDS=20,
                    GPTQ_RESERVE_SECONDS=17, WARMDOWN_ITERS=0, TRAIN_LOG_EVERY=0)
     res = run_script(env, tmp_path, nproc=2, script=script, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]

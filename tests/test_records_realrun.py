@@ -97,9 +97,9 @@ def real_runs(tmp_path_factory, request):
     paths), wrapper (path), wrapped (json path), data_path, tokenizer_path.
     """
     data_path, tokenizer_path = DATA_PATH, TOKENIZER_PATH
-    if SCRIPT.is_file() and not (DATA_PATH.exists() and TOKENIZER_PATH.exists()):
-        try:  # conftest's session dataset (built by data.prepare into a temp dir)
-            data_path, tokenizer_path = request.getfixturevalue("dataset")
+    if SCRIPT.is_file():
+        try:  # conftest's session dataset (built by data.prepare into a temp dir), its val split cut short
+            data_path, tokenizer_path = request.getfixturevalue("short_dataset")
         except pytest.FixtureLookupError:
             pass
     _check_inputs(SCRIPT, data_path, tokenizer_path)

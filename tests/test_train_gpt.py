@@ -314,9 +314,9 @@ def parse_losses(text):
     return [float(m) for m in re.findall(r"step:\d+/\d+ train_loss:(\S+)", text)]
 
 
-def test_two_processes_match_one(dataset, tmp_path):
-    one = run_script(data_env(dataset, "one"), tmp_path)
-    two = run_script(data_env(dataset, "two"), tmp_path, nproc=2)
+def test_two_processes_match_one(short_dataset, tmp_path):
+    one = run_script(data_env(short_dataset, "one"), tmp_path)
+    two = run_script(data_env(short_dataset, "two"), tmp_path, nproc=2)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     l1, l2 = parse_losses(one.stdout), parse_losses(two.stdout)
@@ -328,8 +328,8 @@ def test_two_processes_match_one(dataset, tmp_path):
     assert abs(j1["final"]["val_loss"] - j2["final"]["val_loss"]) < 1e-3
 
 
-def test_end_to_end_scores_the_reloaded_artifact(tg, dataset, tmp_path):
-    res = run_script(data_env(dataset, "e2e"), tmp_path)
+def test_end_to_end_scores_the_reloaded_artifact(tg, short_dataset, tmp_path):
+    res = run_script(data_env(short_dataset, "e2e"), tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     log = (tmp_path / "logs/e2e.txt").read_text()
     summary = json.loads((tmp_path / "logs/e2e.json").read_text())
@@ -349,7 +349,7 @@ def test_end_to_end_scores_the_reloaded_artifact(tg, dataset, tmp_path):
     args = tg.Hyperparameters.from_env({k: str(v) for k, v in meta["config"].items()})
     model = tg.build_model(args)
     model.load_state_dict(state)
-    data_path, tok = dataset
+    data_path, tok = short_dataset
     val = tg.load_shard(data_path / "fineweb_val_000000.bin")
     nll = tg.score_nll(model, torch.from_numpy(val.astype(np.int64)), 64, 32, batch_seqs=256)
     tables = tg.byte_tables(spm.SentencePieceProcessor(model_file=str(tok)))
@@ -361,9 +361,9 @@ def test_end_to_end_scores_the_reloaded_artifact(tg, dataset, tmp_path):
     assert summary["unigram_val_bpb"] == pytest.approx(unigram, abs=1e-12)  # the add-one unigram of shard 0
 
 
-def test_over_budget_run_says_so_and_fails(tg, dataset, tmp_path, monkeypatch):
+def test_over_budget_run_says_so_and_fails(tg, short_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for k, v in data_env(dataset, "big", ITERATIONS=1, FLOAT_EVAL=0).items():
+    for k, v in data_env(short_dataset, "big", ITERATIONS=1, FLOAT_EVAL=0).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(tg, "ARTIFACT_LIMIT", 10_000)
     assert tg.main() == 1
@@ -396,17 +396,17 @@ def in_process(tg, monkeypatch, cwd, env):
     return rc, err.getvalue()
 
 
-def test_nonfinite_score_fails_and_says_why(tg, dataset, tmp_path, monkeypatch):
+def test_nonfinite_score_fails_and_says_why(tg, short_dataset, tmp_path, monkeypatch):
     """A NaN score (here: the scorer's totals) is never `complete` with exit 0."""
     monkeypatch.setattr(tg, "reduce_score", lambda pos, nll, vb: (float("nan"), float("nan")))
-    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(dataset, "nan", ITERATIONS=1, FLOAT_EVAL=0))
+    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "nan", ITERATIONS=1, FLOAT_EVAL=0))
     summary = json.loads((tmp_path / "logs/nan.json").read_text())
     assert rc == 1 and summary["status"] == "nonfinite_score"
     assert (tmp_path / "logs/nan.txt").read_text().splitlines()[-1].startswith(
         "error: score sliding_window is not finite")
 
 
-def test_full_disk_while_writing_the_artifact(tg, dataset, tmp_path, monkeypatch):
+def test_full_disk_while_writing_the_artifact(tg, short_dataset, tmp_path, monkeypatch):
     """ENOSPC during the artifact write: one error line, exit 1, no artifact and no temporary file left."""
     real_fsync = os.fsync
 
@@ -415,16 +415,16 @@ def test_full_disk_while_writing_the_artifact(tg, dataset, tmp_path, monkeypatch
             raise OSError(28, "No space left on device")
         return real_fsync(fd)
     monkeypatch.setattr(tg.os, "fsync", full)
-    rc, err = in_process(tg, monkeypatch, tmp_path, data_env(dataset, "full", ITERATIONS=1, FLOAT_EVAL=0))
+    rc, err = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "full", ITERATIONS=1, FLOAT_EVAL=0))
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and re.match(r"error: cannot write artifacts/full.ptz \(No space left", lines[0])
     assert list((tmp_path / "artifacts").iterdir()) == []
 
 
-def test_eval_only_refuses_damaged_contents_and_keeps_the_training_log(tg, dataset, tmp_path, monkeypatch):
+def test_eval_only_refuses_damaged_contents_and_keeps_the_training_log(tg, short_dataset, tmp_path, monkeypatch):
     """EVAL_ONLY of an artifact with a tensor missing or two shapes swapped: one line, exit 2. A good EVAL_ONLY run
     with the training run's RUN_ID writes logs/<RUN_ID>_eval.*, never over the training run's logs."""
-    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(dataset, "src", ITERATIONS=1, FLOAT_EVAL=0))
+    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "src", ITERATIONS=1, FLOAT_EVAL=0))
     assert rc == 0
     train_log = (tmp_path / "logs/src.txt").read_text()
     art = tmp_path / "artifacts/src.ptz"
@@ -436,14 +436,14 @@ def test_eval_only_refuses_damaged_contents_and_keeps_the_training_log(tg, datas
         state["blocks.0.attn.c_k.weight"]
     for name, st in (("missing", missing), ("swapped", swapped)):
         (tmp_path / f"{name}.ptz").write_bytes(tg.pack_artifact(st, args, meta))
-        rc, err = in_process(tg, monkeypatch, tmp_path, data_env(dataset, "ev", EVAL_ONLY=tmp_path / f"{name}.ptz"))
+        rc, err = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "ev", EVAL_ONLY=tmp_path / f"{name}.ptz"))
         assert rc == 2 and re.match(r"error: EVAL_ONLY=.* does not hold this model's tensors", err), err
-    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(dataset, "src", EVAL_ONLY=art))
+    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "src", EVAL_ONLY=art))
     assert rc == 0 and (tmp_path / "logs/src.txt").read_text() == train_log
     assert json.loads((tmp_path / "logs/src_eval.json").read_text())["eval_only"] is True
 
 
-def test_kill_9_leaves_nothing_half_written(tg, dataset, tmp_path):
+def test_kill_9_leaves_nothing_half_written(tg, short_dataset, tmp_path):
     """kill -9 mid-training, then again as the export starts: never a summary JSON, never an artifact under its
     final name unless it is whole; the next run with the same RUN_ID removes what a killed write left
     (a planted `.tmp`) and completes."""
@@ -453,7 +453,7 @@ def test_kill_9_leaves_nothing_half_written(tg, dataset, tmp_path):
     import time
     from conftest import ROOT
     env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
-           **data_env(dataset, "k9", ITERATIONS=400, FLOAT_EVAL=0), "OMP_NUM_THREADS": "1"}
+           **data_env(short_dataset, "k9", ITERATIONS=400, FLOAT_EVAL=0), "OMP_NUM_THREADS": "1"}
     for iterations, marker in (("400", "step:3/"), ("2", "peak memory")):
         env["ITERATIONS"] = iterations
         proc = subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env,
@@ -478,16 +478,16 @@ def test_kill_9_leaves_nothing_half_written(tg, dataset, tmp_path):
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["k9.ptz"]
 
 
-def test_config_error_under_torchrun_is_one_line_once(dataset, tmp_path):
+def test_config_error_under_torchrun_is_one_line_once(short_dataset, tmp_path):
     """Two workers, one bad setting: rank 0 alone prints the error line (torchrun adds its own failure summary and
     exits 1); `--check`, which scripts/demo.sh runs before torchrun, gives the one line and exit 2."""
-    res = run_script(data_env(dataset, "tr", NUM_LAYERS=0), tmp_path, nproc=2)
+    res = run_script(data_env(short_dataset, "tr", NUM_LAYERS=0), tmp_path, nproc=2)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert res.returncode != 0 and errors == ["error: NUM_LAYERS=0 is out of range: it must be in [1, inf)"]
     import subprocess
     import sys
     from conftest import ROOT
-    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}, **data_env(dataset, "tr"),
+    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}, **data_env(short_dataset, "tr"),
            "NUM_LAYERS": "0"}
     res = subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), "--check"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
