@@ -309,7 +309,6 @@ def main(argv=None) -> int:
     print(f"device: {common.device_name()}; record: {a.other}")
     rows = {name: compare(rec, kit, looping, a.seed) for name, looping in (("loops_on", True), ("loops_off", False))}
     worst = report(rows, schedule_grid(rec, kit))
-    over = [k for k, tol in TOLERANCE.items() if not worst[k] <= tol]
     blind = []
     if a.sensitivity:
         sens = sensitivity(rec, a.kit, env, a.seed)
@@ -323,12 +322,7 @@ def main(argv=None) -> int:
         common.record(a.results, "bench_equiv", common.device_name(),
                       f"{line.removeprefix('equivalence ')} {extra} switch_diff_ms={worst['switch_ms']:.3g} "
                       f"(loops on and off{'; sensitivity: every change detected' if a.sensitivity and not blind else ''})")
-    for k in over:
-        print(f"over tolerance: {k}={worst[k]:.3g} > {TOLERANCE[k]:g}", file=sys.stderr)
-    for c in blind:
-        print(f"not detected: the kit with {c} stays within tolerance", file=sys.stderr)
-    print(line)
-    return 1 if over or blind else 0
+    return common.verdict(line, worst, TOLERANCE, blind)
 
 
 if __name__ == "__main__":

@@ -160,13 +160,7 @@ def main(argv=None) -> int:
                       f"{int(torch.isfinite(r_nll).sum())} targets, loops and lanes on, "
                       f"{'float64' if a.float64 else 'fp32'}"
                       f"{'; sensitivity: every change detected' if a.sensitivity and not blind else ''})")
-    over = [k for k, tol in TOLERANCE.items() if not worst[k] <= tol]
-    for k in over:
-        print(f"over tolerance: {k}={worst[k]:.3g} > {TOLERANCE[k]:g}", file=sys.stderr)
-    for c in blind:
-        print(f"not detected: the kit with {c} stays within tolerance", file=sys.stderr)
-    print(line)
-    return 1 if over or blind else 0
+    return common.verdict(line, worst, TOLERANCE, blind)
 
 
 if __name__ == "__main__":

@@ -467,3 +467,15 @@ def record(results: str | Path, benchmark: str, device: str, figures: str, kit_p
     with open(path, "a", encoding="utf-8") as f:
         f.write("| " + " | ".join(cell(c) for c in row) + " |\n")
     print(f"recorded in {path}")
+
+
+def verdict(line: str, worst: dict, tolerance: dict, blind: list) -> int:
+    """An equivalence bench's ending: each figure over its tolerance and each sensitivity change that went
+    undetected on stderr, then the summary line; exit status 1 when there is either."""
+    over = [k for k, tol in tolerance.items() if not worst[k] <= tol]
+    for k in over:
+        print(f"over tolerance: {k}={worst[k]:.3g} > {tolerance[k]:g}", file=sys.stderr)
+    for c in blind:
+        print(f"not detected: the kit with {c} stays within tolerance", file=sys.stderr)
+    print(line)
+    return 1 if over or blind else 0

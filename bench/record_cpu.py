@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import common
+from kitlib.scripts import module_name
 
 STUB_MODULES = ("flash_attn_interface", "triton", "triton.language", "triton.tools", "triton.tools.tensor_descriptor")
 
@@ -93,8 +94,10 @@ def _stub(name: str) -> types.ModuleType:
 
 
 def load(path):
-    """The record's module with the CPU substitutes above. Its Hyperparameters read the environment at import,
-    so configurations are made per call with `hparams` instead."""
+    """The record's module with the CPU substitutes above, executed anew on every call: it reads the environment
+    at import (its Hyperparameters' class attributes, TTT_LORA_ALPHA), so a module loaded under another
+    configuration is never reused. Configurations are made per call with `hparams`."""
+    sys.modules.pop(module_name(path), None)
     saved = {n: sys.modules.get(n) for n in STUB_MODULES}
     compile_fn = torch.compile  # eager instead (and torch's own triton probes never meet the stub)
     torch.compile = lambda fn=None, **_: fn if fn is not None else (lambda f: f)

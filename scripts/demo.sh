@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded corpus: install, prepare data, train a small CPU model with torchrun
-# (2 processes), export int6+zstd, score the reloaded artifact, pack it as a non-record entry and check it.
+# (2 processes), export int6+brotli, score the reloaded artifact, pack it as a non-record entry and check it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -75,12 +75,25 @@ def tg():
     return load_script(ROOT / "train_gpt.py", "train_gpt")
 
 
-def run_script(env: dict, cwd: Path, nproc: int = 1, script: Path = ROOT / "train_gpt.py",
-               timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run train_gpt.py (through torchrun when nproc > 1) with a clean environment plus `env`."""
+def start_script(env: dict, cwd: Path, nproc: int = 1, script: Path = ROOT / "train_gpt.py") -> subprocess.Popen:
+    """Start train_gpt.py (through torchrun when nproc > 1) with a clean environment plus `env`; returns at once
+    (runs can overlap with each other and with work in the test)."""
     full = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "TMPDIR")}
     full.update(env)
     full.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, str(script)] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
-    return subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen(cmd, cwd=cwd, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_script(env: dict, cwd: Path, nproc: int = 1, script: Path = ROOT / "train_gpt.py",
+               timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run train_gpt.py to the end (see start_script)."""
+    proc = start_script(env, cwd, nproc, script)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

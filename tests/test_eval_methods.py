@@ -23,7 +23,7 @@ import sentencepiece as spm
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import ROOT, TINY_ENV
+from conftest import ROOT, TINY_ENV, start_script
 
 VAL_TOKENS = 4000  # the small validation shard: whole documents up to the first BOS at or after this index
 LINE = r"^{name} val_loss:(\d+\.\d{{8}}) val_bpb:(\d+\.\d{{8}})$"  # 8 decimals, exactly
@@ -97,12 +97,7 @@ def run_env(small, run_id, data="train", **over):
 
 
 def start(env: dict, cwd: Path) -> subprocess.Popen:
-    """Like conftest.run_script, but returns at once so that runs can overlap with work in this process."""
-    full = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "TMPDIR")}
-    full.update(env)
-    full.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py")], cwd=cwd, env=full, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return start_script(env, cwd)
 
 
 def finish(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:

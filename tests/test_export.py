@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_ENV, run_script
+from conftest import ROOT, TINY_ENV, run_script, start_script
 
 # A tiny shape whose token embedding (1024 x 128) and MLP matrices (640 x 128) are large enough to be quantised.
 QUANT_ENV = {**TINY_ENV, "MODEL_DIM": "128", "MLP_MULT": "5", "ITERATIONS": "4", "EVAL_STRIDE": "64",
@@ -103,8 +103,8 @@ def log_value(text: str, key: str) -> str:
 def test_calibration_reads_only_training_shards(short_dataset, tmp_path):
     """The same run with the val shard poisoned (same length, other tokens): the artifact is byte-identical."""
     data_path, tok = short_dataset
-    digests = []
-    for name in ("clean", "poisoned"):
+    procs = {}
+    for name in ("clean", "poisoned"):  # the two runs side by side
         data = tmp_path / name / "data"  # the same DATA_PATH string in both runs: the artifact records it
         data.mkdir(parents=True)
         for f in data_path.glob("fineweb_*.bin"):
@@ -114,9 +114,12 @@ def test_calibration_reads_only_training_shards(short_dataset, tmp_path):
             raw = val.read_bytes()
             tokens = np.random.default_rng(0).integers(4, 1024, (len(raw) - 1024) // 2).astype("<u2")
             val.write_bytes(raw[:1024] + tokens.tobytes())
-        res = run_script({**data_env(short_dataset, "cal"), "DATA_PATH": "data"}, tmp_path / name, timeout=900)
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert log_value(res.stdout, "gptq_calibration batches") == "2/2"
+        procs[name] = start_script({**data_env(short_dataset, "cal"), "DATA_PATH": "data"}, tmp_path / name)
+    digests = []
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-2000:]
+        assert log_value(out, "gptq_calibration batches") == "2/2"
         digests.append(hashlib.sha256((tmp_path / name / "artifacts/cal.ptz").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
 
@@ -171,19 +174,22 @@ def test_wrapped_minified_script_trains_calibrates_inside_the_cap_and_exports(tg
 def test_plan_prints_the_estimate_last(tmp_path):
     frontier = {"NUM_LAYERS": "11", "MODEL_DIM": "512", "MLP_MULT": "4", "VOCAB_SIZE": "8192", "QUANT_METHOD": "gptq",
                 "EMBED_BITS": "7", "LQER_ENABLED": "1", "CODE_FORM": "minified"}
-    def plan(env):
-        full = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-        res = subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), "--plan"], cwd=tmp_path, text=True,
-                             capture_output=True, env={**full, "OMP_NUM_THREADS": "1", **env}, timeout=300)
-        assert res.returncode == 0, res.stderr[-2000:]
-        last = res.stdout.strip().splitlines()[-1]
+    full = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py"), "--plan"], cwd=tmp_path, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**full, "OMP_NUM_THREADS": "1", **env})  # side by side
+             for env in (frontier, {**frontier, "NUM_LAYERS": "20"})]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        last = out.strip().splitlines()[-1]
         m = re.fullmatch(r"artifact_estimate bytes:(\d+) model:(\d+) code:(\d+)", last)
         assert m and int(m.group(1)) == int(m.group(2)) + int(m.group(3)), last
-        return res.stdout, int(m.group(1))
-    out, total = plan(frontier)
+        results.append((out, int(m.group(1))))
+    (out, total), (out20, total20) = results
     assert 14_000_000 < total < 17_000_000 and "code" in out
-    out, total = plan({**frontier, "NUM_LAYERS": "20"})
-    assert total > 16_000_000 and "over the 16000000-byte limit" in out
+    assert total20 > 16_000_000 and "over the 16000000-byte limit" in out20
 
 
 def test_bench_quant_side_by_side_and_pessimistic(tg, dataset, tmp_path):
