@@ -52,11 +52,9 @@ class RunError(RuntimeError):
 
 
 class Setting(NamedTuple):
-    """One environment variable: its type, default, meaning and allowed values. `arch`: the artifact's computation
-    depends on it (EVAL_ONLY refuses an artifact made with another value). `on`: the values that switch a technique
-    on (the benchmarks and test grids try them), with `requires` (e.g. "GATED_ATTENTION=1") where the setting only
-    matters beside another. `aliases`: other names for it (the records', upstream's); an alias
-    given as (NAME, {raw: raw}) translates its values."""
+    """One environment variable. `arch`: the artifact's computation depends on it (EVAL_ONLY refuses another value).
+    `on`: the values that switch a technique on (benchmark and test grids), with `requires` (e.g. "TTT=1").
+    `aliases`: other names (the records', upstream's); one given as (NAME, {raw: raw}) translates its values."""
     default: Any
     meaning: str
     choices: tuple = ()
@@ -77,22 +75,17 @@ class Setting(NamedTuple):
 
     def parse(self, raw: str, given: str) -> Any:
         """The value of `given`=raw, or ConfigError naming this setting and what it accepts."""
-        try:
-            if self.type is int:
-                f = float(raw)
-                if not f.is_integer():
-                    raise ConfigError(f"{given}={raw!r} must be a whole number")
-                value = int(f)
-            elif self.type is float:
+        value = raw
+        if self.type is not str:
+            try:
                 value = float(raw)
-                if not math.isfinite(value):
-                    raise ConfigError(f"{given}={raw!r} must be a finite number")
-            else:
-                value = raw
-        except (ValueError, OverflowError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"{given}={raw!r} is not a valid {self.type.__name__}") from None
+            except ValueError:
+                raise ConfigError(f"{given}={raw!r} is not a valid {self.type.__name__}") from None
+            if self.type is int and not value.is_integer():
+                raise ConfigError(f"{given}={raw!r} must be a whole number")
+            if not math.isfinite(value):
+                raise ConfigError(f"{given}={raw!r} must be a finite number")
+            value = int(value) if self.type is int else value
         self.check(value, given)
         return value
 
@@ -106,23 +99,17 @@ class Setting(NamedTuple):
                 raise ConfigError(f"{given}={value!r} is out of range: it must be in {self.rng}")
 
 
-def S(default: Any, meaning: str, **kw) -> Any:
-    """Declare a setting inside Hyperparameters (name and type come from the annotated attribute)."""
-    return Setting(default, meaning, **kw)
-
-
+S = Setting  # declares a setting in Hyperparameters; name and type come from the annotated attribute (declared())
 BOOL = dict(choices=(0, 1))
 TECH = dict(choices=(0, 1), arch=True, on=(1,))
 
 
 class Hyperparameters:
-    """Every setting, declared once; the env name is the attribute name upper-cased. `from_env` reads, types and
-    checks them; `check_config` adds the relations between settings."""
+    """Every setting, declared once (env name: the attribute upper-cased); check_config checks their relations."""
     # ---- run and data
     data_path: str = S("./data/datasets/fineweb10B_sp1024", "folder with fineweb_{train,val}_*.bin shards")
     tokenizer_path: str = S("./data/tokenizers/fineweb_1024_bpe.model", "SentencePiece model of the shards")
-    caseops_enabled: int = S(0, "1: require the val byte sidecar (CaseOps data); a sidecar in DATA_PATH is used "
-                             "whenever there is one", **BOOL)
+    caseops_enabled: int = S(0, "1: require the val byte sidecar (CaseOps); 0: use one if DATA_PATH has it", **BOOL)
     run_id: str = S("", "name of logs/<RUN_ID>.txt|json and artifacts/<RUN_ID>.ptz (default: a uuid)")
     seed: int = S(1337, "random seed (init and nothing else: the data order is fixed)", rng="[0, 4294967295]")
     device: str = S("auto", "where to run", choices=("auto", "cuda", "cpu"))
@@ -131,8 +118,7 @@ class Hyperparameters:
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
     # ---- model shape
     vocab_size: int = S(1024, "vocabulary size; must equal the tokenizer's", rng="[2, 65536]", arch=True)
-    num_layers: int = S(9, "transformer blocks (U-Net skips: first half pushes, second half pops)", rng="[1, inf)",
-                        arch=True, on=(11,))
+    num_layers: int = S(9, "blocks (U-Net skips: first half pushes, second pops)", rng="[1, inf)", arch=True, on=(11,))
     model_dim: int = S(512, "residual width", rng="[2, inf)", arch=True)
     num_heads: int = S(8, "query heads", rng="[1, inf)", arch=True)
     num_kv_heads: int = S(4, "key/value heads (GQA)", rng="[1, inf)", arch=True)
@@ -143,41 +129,35 @@ class Hyperparameters:
     logit_softcap: float = S(30.0, "logits = c * tanh(z / c)", rng="(0, inf)", arch=True)
     qk_gain_init: float = S(1.5, "init of the per-head query gain", rng="(-inf, inf)")
     # ---- techniques (TECHNIQUES.md): all off by default
-    value_residual: int = S(0, "mix layer 0's values into every later layer (two scalars per layer, 0.5/0.5)",
-                            **TECH)
+    value_residual: int = S(0, "mix layer 0's values into every later layer (two scalars a layer, 0.5/0.5)", **TECH)
     gated_attention: int = S(0, "sigmoid gate on the attention output: 1 = W = 0, b = GATED_ATTENTION_BIAS; 2 = the "
                              "1.0611 record's sparse gate sigma(SPARSE_ATTN_GATE_SCALE * W a[:GATE_WINDOW]), per head",
                              choices=(0, 1, 2), arch=True, on=(1, 2),
                              aliases=(("SPARSE_ATTN_GATE_ENABLED", {"0": "0", "1": "2"}),))
     gated_attention_bias: float = S(4.0, "gate bias init (4: sigma = 0.982, near no-op)", rng="(-inf, inf)")
-    gated_attention_mode: str = S("head", "head: one gate per head; element: one per channel",
-                                  choices=("head", "element"), arch=True, on=("element",),
-                                  requires="GATED_ATTENTION=1")
+    gated_attention_mode: str = S("head", "head: one gate per head; element: one per channel", arch=True,
+                                  choices=("head", "element"), on=("element",), requires="GATED_ATTENTION=1")
     review_residual: int = S(0, "x + sigma(W[rms(x); rms(u)] + b) * u on both sublayers", **TECH)
     highway: int = S(0, "x + sigma(W x + b) * u on both sublayers (Review's state-only baseline)", **TECH)
-    review_gate: str = S("lowrank", "gate size of REVIEW_RESIDUAL/HIGHWAY",
-                         choices=("full", "lowrank", "head", "scalar"), arch=True, on=("full",),
-                         requires="REVIEW_RESIDUAL=1")
+    review_gate: str = S("lowrank", "gate size of REVIEW_RESIDUAL/HIGHWAY", choices=("full", "lowrank", "head",
+                         "scalar"), arch=True, on=("full",), requires="REVIEW_RESIDUAL=1")
     review_rank: int = S(16, "rank of the lowrank gate", rng="[1, inf)", arch=True)
-    review_bias_init: float = S(0.0, "gate bias init: 0 gives 0.5 (published), 4 gives ~1 (plain-like)",
-                                rng="(-inf, inf)")
+    review_bias_init: float = S(0.0, "gate bias init (0: 0.5, published; 4: ~1, plain-like)", rng="(-inf, inf)")
     smear_gate: int = S(0, "blend each position with the previous one, never across a BOS: 1 = (1-g) x_t + g x_t-1 "
-                        "after the norm (g = 0.5 at init); 2 = the 1.0611 record's x_t + lam sigma(W x_t[:GATE_WINDOW]) "
-                        "x_t-1 before it (identity at init)", choices=(0, 1, 2), arch=True, on=(1, 2),
+                        "after the norm (g = 0.5 at init); 2 = the 1.0611 record's x_t + lam sigma(W x_t[:GATE_WINDOW])"
+                        " x_t-1 before it (identity at init)", choices=(0, 1, 2), arch=True, on=(1, 2),
                         aliases=(("SMEAR_GATE_ENABLED", {"0": "0", "1": "2"}),))
     bigram_hash: int = S(0, "add a hashed embedding of (previous, current) input token", **TECH)
     bigram_buckets: int = S(2048, "hash buckets of BIGRAM_HASH", rng="[2, inf)", arch=True)
     bigram_dim: int = S(128, "embedding width of BIGRAM_HASH before its projection", rng="[1, inf)", arch=True)
     ortho_init: int = S(0, "orthogonal init of every non-zero Linear with both dims >= 64", choices=(0, 1), on=(1,))
     xsa_last_n: int = S(0, "exclusive self attention on the last N layers", rng="[0, inf)", arch=True, on=(4,))
-    rope_dims: int = S(0, "rotate only the first ROPE_DIMS dims of each head (0: all)", rng="[0, inf)", arch=True,
-                       on=(16,))
+    rope_dims: int = S(0, "RoPE on the first ROPE_DIMS dims of each head (0: all)", rng="[0, inf)", arch=True, on=(16,))
     ln_scale: int = S(0, "scale each sublayer's normalised input by 1/sqrt(layer+1)", **TECH)
     ema: int = S(0, "exponential moving average of the weights, swapped in before export", choices=(0, 1), on=(1,))
     ema_decay: float = S(0.997, "EMA decay per step", rng="[0, 1]")
     muon_wd: float = S(0.0, "Muon decoupled weight decay: p *= 1 - lr * wd", rng="[0, inf)", on=(0.04,))
-    adam_wd: float = S(0.0, "Adam decoupled weight decay (AdamW) of embeddings, head and scalars", rng="[0, inf)",
-                       on=(0.04,))
+    adam_wd: float = S(0.0, "AdamW weight decay of embeddings, head and scalars", rng="[0, inf)", on=(0.04,))
     mlp_act: str = S("relu2", "MLP activation", choices=("relu2", "leaky_relu2"), arch=True, on=("leaky_relu2",))
     mlp_leaky_slope: float = S(0.5, "negative slope of leaky_relu2", rng="(-inf, inf)", arch=True)
     # ---- the 1.0611 record's model (FRONTIER.md section 1): all off by default
@@ -189,20 +169,18 @@ class Hyperparameters:
     loop_end: int = S(5, "last looped block", rng="[0, inf)", arch=True)
     enable_looping_at: float = S(0.35, "fraction of training (of the wallclock cap, else of ITERATIONS) at which "
                                  "looping switches on; evaluation always loops", rng="[0, 1]")
-    parallel_start_layer: int = S(0, "two residual lanes from the first decoder block with this index (0: off)",
+    parallel_start_layer: int = S(0, "two residual lanes from the decoder block of this index on (0: off)",
                                   rng="[0, inf)", arch=True, on=(3,))
     parallel_final_lane: str = S("mean", "what leaves the two lanes", choices=("mean", "attn", "mlp"), arch=True,
                                  on=("attn",), requires="PARALLEL_START_LAYER=3")
     gate_window: int = S(12, "input channels of SMEAR_GATE=2 and GATED_ATTENTION=2", rng="[1, inf)", arch=True)
-    sparse_attn_gate_scale: float = S(1.0, "GATED_ATTENTION=2: the scale inside the sigmoid", rng="(-inf, inf)",
-                                      arch=True)
+    sparse_attn_gate_scale: float = S(1.0, "GATED_ATTENTION=2: scale inside the sigmoid", rng="(-inf, inf)", arch=True)
     varlen_attn: int = S(0, "attention never crosses a BOS (FlashAttention varlen on CUDA, else SDPA with a "
                          "block-diagonal mask); a training micro-batch is one packed row", **TECH)
     # ---- training length and batch
     iterations: int = S(20000, "training steps (the wallclock cap may stop earlier)", rng="[0, inf)")
     warmup_steps: int = S(20, "compile warm-up steps, then weights and optimisers are reset", rng="[0, inf)")
-    warmdown_iters: int = S(1200, "linear LR warmdown length in steps (estimated from wallclock under a cap)",
-                            rng="[0, inf)")
+    warmdown_iters: int = S(1200, "LR warmdown steps (under a cap: estimated from the step time)", rng="[0, inf)")
     warmdown_frac: float = S(0.0, "linear LR warmdown over this last fraction of training (of the wallclock cap, "
                              "else of ITERATIONS); 0: WARMDOWN_ITERS", rng="[0, 1]", on=(0.85,))
     min_lr: float = S(0.0, "floor of the LR multiplier", rng="[0, 1]", on=(0.1,))
@@ -210,8 +188,7 @@ class Hyperparameters:
     train_seq_len: int = S(1024, "training sequence length", rng="[1, inf)")
     max_wallclock_seconds: float = S(600.0, "training time cap, validation excluded (0: none)", rng="[0, inf)")
     val_loss_every: int = S(1000, "validate every N steps (0: only at the end)", rng="[0, inf)")
-    val_batch_size: int = S(524288, "tokens per validation batch during training, all ranks together",
-                            rng="[1, inf)")
+    val_batch_size: int = S(524288, "tokens per validation batch in training, all ranks together", rng="[1, inf)")
     train_log_every: int = S(200, "log the train loss every N steps (and the first 10)", rng="[0, inf)")
     # ---- optimiser
     embed_lr: float = S(0.6, "Adam LR of an untied embedding", rng="[0, inf)")
@@ -223,43 +200,37 @@ class Hyperparameters:
     muon_backend_steps: int = S(5, "Newton-Schulz iterations", rng="[1, inf)")
     muon_ns: str = S("classic", "Newton-Schulz coefficients: classic (3.4445, -4.775, 2.0315) or polar (the "
                      "Polar-Express tuple of each step; at most 5 steps)", choices=("classic", "polar"), on=("polar",))
-    muon_row_normalize: int = S(0, "MuonEq-R: every row of the update to unit norm before Newton-Schulz",
-                                choices=(0, 1), on=(1,))
+    muon_row_normalize: int = S(0, "MuonEq-R: update rows to unit norm before Newton-Schulz", choices=(0, 1), on=(1,))
     muon_momentum_warmup_start: float = S(0.85, "Muon momentum at step 0", rng="[0, 1)")
     muon_momentum_warmup_steps: int = S(500, "steps of the momentum warm-up", rng="[0, inf)")
     beta1: float = S(0.9, "Adam beta1", rng="[0, 1)")
     beta2: float = S(0.95, "Adam beta2", rng="[0, 1)")
     adam_eps: float = S(1e-8, "Adam epsilon", rng="(0, inf)")
     grad_clip_norm: float = S(0.0, "global gradient clip (0: off)", rng="[0, inf)")
-    embed_wd: float = S(-1.0, "AdamW weight decay of the token embeddings (< 0: ADAM_WD)", rng="[-1, inf)",
-                        on=(0.085,))
+    embed_wd: float = S(-1.0, "AdamW weight decay of the token embeddings (< 0: ADAM_WD)", rng="[-1, inf)", on=(0.085,))
     control_tensor_name_patterns: str = S("", "upstream's: comma-separated name parts of extra control tensors "
                                           "(Adam at SCALAR_LR, fp32 in the artifact)")
     # ---- export and evaluation
     quant_bits: int = S(6, "bits per weight of large matrices", choices=(5, 6, 7, 8), aliases=("MATRIX_BITS",))
-    quant_embed_bits: int = S(8, "bits per weight of the token embedding", choices=(5, 6, 7, 8),
-                              aliases=("EMBED_BITS",), on=(7,))
+    quant_embed_bits: int = S(8, "bits per weight of the token embedding", choices=(5, 6, 7, 8), on=(7,),
+                              aliases=("EMBED_BITS",))
     quant_mlp_bits: int = S(0, "bits per weight of MLP matrices (0: QUANT_BITS)", choices=(0, 5, 6, 7, 8))
     quant_method: str = S("rtn", "large matrices: rtn (per-row clip search) | gptq (full-Hessian GPTQ, SD clip)",
                           choices=("rtn", "gptq"), on=("gptq",))
-    gptq_calibration_batches: int = S(16, "GPTQ: training batches of TRAIN_BATCH_TOKENS for the Hessians",
-                                      rng="[1, inf)")
+    gptq_calibration_batches: int = S(16, "GPTQ: training batches (one step's tokens) for the Hessians", rng="[1, inf)")
     gptq_reserve_seconds: float = S(8.0, "GPTQ: seconds of MAX_WALLCLOCK_SECONDS kept from the training loop for "
                                     "the calibration", rng="[0, inf)")
-    matrix_clip_sigmas: float = S(12.85, "GPTQ: row scale k * std(row) / q_max, k of other matrices",
-                                  rng="(0, inf)")
+    matrix_clip_sigmas: float = S(12.85, "GPTQ: row scale k * std(row) / q_max; k of other matrices", rng="(0, inf)")
     attn_clip_sigmas: float = S(13.0, "GPTQ: k of attention matrices", rng="(0, inf)")
     mlp_clip_sigmas: float = S(11.5, "GPTQ: k of MLP matrices", rng="(0, inf)")
     embed_clip_sigmas: float = S(14.0, "GPTQ: k of the token embedding", rng="(0, inf)")
-    lqer_enabled: int = S(0, "LQER: low-rank correction of the LQER_TOP_K largest quantisation errors",
-                          choices=(0, 1), on=(1,))
+    lqer_enabled: int = S(0, "LQER: low-rank correction of the LQER_TOP_K largest quantisation errors", **BOOL, on=(1,))
     lqer_rank: int = S(4, "LQER: rank of the correction", rng="[1, inf)")
     lqer_top_k: int = S(3, "LQER: tensors corrected", rng="[1, inf)")
     lqer_factor_bits: int = S(4, "LQER: bits of both factors when not asymmetric", rng="[2, 8]")
     lqer_asym_enabled: int = S(1, "LQER: A at 2 bits with one scale, B at 4 bits with a scale per group", **BOOL)
     lqer_asym_group: int = S(64, "LQER: group size of B's scales", rng="[1, inf)")
-    gated_attn_quant_gate: int = S(0, "2-D gate weights of 32..8192 elements int8 per row instead of fp32",
-                                   choices=(0, 1), on=(1,))
+    gated_attn_quant_gate: int = S(0, "2-D gates of 32..8192 elements: int8 per row instead of fp32", **BOOL, on=(1,))
     compressor: str = S("brotli", "artifact compressor (streams per matrix group, codes column-major)",
                         choices=("brotli", "zstd", "lzma"), on=("zstd", "lzma"))
     zstd_level: int = S(22, "zstd compression level of the artifact (COMPRESSOR=zstd)", rng="[1, 22]")
@@ -269,13 +240,11 @@ class Hyperparameters:
                                                 "stored fp32 (not fp16) in the artifact")
     eval_seq_len: int = S(0, "sliding-window length, and the longest context of TTT_MODE=lora_phased (0: "
                           "TRAIN_SEQ_LEN)", rng="[0, inf)", aliases=("TTT_EVAL_SEQ_LEN",))
-    eval_stride: int = S(64, "sliding-window stride (= EVAL_SEQ_LEN: plain non-overlapping evaluation)",
-                         rng="[1, inf)")
+    eval_stride: int = S(64, "sliding-window stride (= EVAL_SEQ_LEN: plain non-overlapping evaluation)", rng="[1, inf)")
     eval_batch_seqs: int = S(64, "windows per evaluation batch and rank", rng="[1, inf)")
     float_eval: int = S(1, "also score the float model before quantisation (diagnostic)", **BOOL)
     # ---- evaluation-time methods
-    ppmc: int = S(0, "mix an online PPM-C model over token ids with the network: a * p_net + (1 - a) * p_ppm",
-                  choices=(0, 1), on=(1,))
+    ppmc: int = S(0, "mix an online PPM-C token model with the network: a * p_net + (1 - a) * p_ppm", **BOOL, on=(1,))
     ppmc_order: int = S(2, "longest PPM context, in tokens", rng="[0, 16]")
     ppmc_alpha: float = S(0.95, "weight of the network (0: PPM alone)", rng="[0, 1]")
     ppmc_exclusion: int = S(1, "PPM-C exclusion (0: blend the orders instead)", **BOOL)
@@ -305,8 +274,7 @@ class Hyperparameters:
     ttt_mlp_lora: int = S(1, "lora_phased: adapters on the MLP output (input: the MLP input)", **BOOL)
     ttt_batch_size: int = S(64, "lora_phased: documents per batch", rng="[1, inf)")
     ttt_doc_order: str = S("length", "lora_phased: length: batches of similar length, longest first (the record); "
-                           "stream: in stream order (scores depend on earlier tokens only)",
-                           choices=("length", "stream"))
+                           "stream: stream order (scores depend on earlier tokens only)", choices=("length", "stream"))
     ttt_chunk_size: int = S(48, "lora_phased: targets per document chunk (score it, then one step)", rng="[1, inf)")
     ttt_short_chunks: str = S("", "lora_phased: 'LEN:CHUNK,...': chunks of CHUNK in a batch whose longest document "
                               "has <= LEN tokens (PR #2014: 256:8,2000:24)", aliases=("TTT_SHORT_SCORE_FIRST_STEPS",))
@@ -343,12 +311,9 @@ class Hyperparameters:
 def declared(cls) -> tuple[Setting, ...]:
     """The Settings of a class body, with their env names and types filled in from the annotations."""
     types = {"int": int, "float": float, "str": str}
-    out = []
     for attr, annotation in cls.__annotations__.items():
-        s = cls.__dict__[attr]._replace(name=attr.upper(), type=types[annotation])
-        setattr(cls, attr, s)
-        out.append(s)
-    return tuple(out)
+        setattr(cls, attr, cls.__dict__[attr]._replace(name=attr.upper(), type=types[annotation]))
+    return tuple(cls.__dict__[attr] for attr in cls.__annotations__)
 
 
 SETTINGS = declared(Hyperparameters)
@@ -448,6 +413,8 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
+BOS_ID = 1  # every document starts with this token
+CASEOPS_OPERATORS = "\ue001\ue002\ue003\ue004"  # TITLE, ALLCAPS, CAPNEXT, ESC of the records' CaseOps transform
 
 
 def load_shard(path: Path, header_only: bool = False) -> np.ndarray:
@@ -505,8 +472,7 @@ def load_tokenizer(args: Hyperparameters) -> spm.SentencePieceProcessor:
 
 
 def check_manifest(args: Hyperparameters, val_bytes_total: int) -> None:
-    """When DATA_PATH has a manifest.json (python -m data.prepare writes one), the tokenizer must be the one that
-    made the shards: same sha256 and the same val byte total. Otherwise bits per byte would be silently wrong."""
+    """A DATA_PATH/manifest.json (data.prepare's) must name this tokenizer's sha256 and val byte total (true bpb)."""
     path = Path(args.data_path) / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -545,13 +511,9 @@ def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
     return base[tgt] + (space[tgt] & ~boundary[prev])
 
 
-CASEOPS_OPERATORS = "\ue001\ue002\ue003\ue004"  # TITLE, ALLCAPS, CAPNEXT, ESC of the records' CaseOps transform
-
-
 def val_byte_counts(args: Hyperparameters, ids: np.ndarray, sp: spm.SentencePieceProcessor) -> tuple[np.ndarray, str]:
-    """Bytes of each val target ids[1:], and their source: the val byte sidecar (fineweb_val_bytes_*.bin, one uint16
-    per val token: the original bytes it stands for, 0 for BOS and the CaseOps operators) when DATA_PATH holds one,
-    else the tokenizer's byte table, which would count each operator piece as 3 bytes."""
+    """Bytes of each val target ids[1:] and their source: the val byte sidecar (fineweb_val_bytes_*.bin: per token the
+    original bytes it stands for, 0 for BOS and CaseOps operators) if any, else the byte table (an operator: 3)."""
     files = shard_files(args.data_path, "val_bytes", required=False)
     ops = [i for ch in CASEOPS_OPERATORS for i in [sp.piece_to_id(ch)] if sp.id_to_piece(i) == ch]
     if not files:
@@ -570,8 +532,7 @@ def val_byte_counts(args: Hyperparameters, ids: np.ndarray, sp: spm.SentencePiec
 
 
 class TokenLoader:
-    """Reads the training shards in order, forever. Each micro-step takes one global chunk of
-    WORLD_SIZE spans of (local_tokens + 1) tokens; rank r trains on span r, so any GPU count sees the same data."""
+    """The training shards in order, forever; rank r trains on span r of each micro-step (any GPU count: same data)."""
 
     def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device, vocab_size: int = 65536):
         self.files, self.rank, self.world_size, self.device = files, rank, world_size, device
@@ -597,10 +558,9 @@ class TokenLoader:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model: GPT with GQA attention, RoPE, QK-norm, relu^2 MLP, U-Net skips, tied embeddings, logit softcap.
-# A disabled technique is None and its one `if` skips it. Each parameter's optimiser group and export precision is
-# its role, set by the module that owns it (role()): "matrix" (Muon; quantised when large), "control" (Adam at
-# SCALAR_LR; fp32 in the artifact), "embed", "head". Unmarked: 2-D -> matrix, else control.
+# Model: GPT with GQA attention, RoPE, QK-norm, relu^2 MLP, U-Net skips, tied embeddings, logit softcap. A disabled
+# technique is None. A parameter's role (role(), set by its module; unmarked: 2-D matrix, else control) is its
+# optimiser and export precision: matrix (Muon; quantised when large), control (Adam at SCALAR_LR; fp32), embed, head.
 # ----------------------------------------------------------------------------------------------------------------
 
 def role(p: nn.Parameter, kind: str) -> nn.Parameter:
@@ -615,13 +575,9 @@ def param_roles(model: nn.Module, patterns: str = "") -> dict[str, str]:
             getattr(p, "kit_role", "matrix" if p.ndim == 2 else "control") for name, p in model.named_parameters()}
 
 
-BOS_ID = 1  # every document starts with this token
-
-
 class Kernel(NamedTuple):
-    """Causal attention over (B, T, H, D) tensors: attend(q, k, v, docs). docs is None (dense), or, for
-    VARLEN_ATTN, what docs(cu_seqlens, (B, T), max_len) made of the documents: the rows laid end to end are cut at
-    cu_seqlens, and no position attends across a cut."""
+    """Causal attention over (B, T, H, D): attend(q, k, v, docs), docs None (dense) or, for VARLEN_ATTN, what
+    docs(cu_seqlens, (B, T), max_len) made: no position attends across a cut of the rows laid end to end."""
     name: str
     attend: Callable
     docs: Callable
@@ -636,8 +592,7 @@ def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, docs: Tensor | None = None) -> 
 def sdpa_docs(cu_seqlens: Tensor, shape: tuple, max_len: int) -> Tensor:
     """The block-diagonal causal mask (B, 1, T, T): i sees j iff j <= i in the same segment."""
     B, T = shape
-    seg = torch.searchsorted(cu_seqlens.long(), torch.arange(B * T, device=cu_seqlens.device), right=True)
-    seg = seg.view(B, 1, T)
+    seg = torch.searchsorted(cu_seqlens.long(), torch.arange(B * T, device=cu_seqlens.device), right=True).view(B, 1, T)
     return (seg[..., :, None] == seg[..., None, :]) & torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
 
 
@@ -666,9 +621,8 @@ def attention_kernel(device: torch.device) -> Kernel:
 
 
 def doc_bounds(idx: Tensor, max_len: int, bucket: int = 64) -> Tensor:
-    """cu_seqlens (int32) of the rows of idx laid end to end, as the 1.0611 record packs documents: a segment
-    starts at each row start and each BOS, and a document longer than max_len is cut every max_len tokens from its
-    start. Padded with the total length to a multiple of `bucket` entries (few shapes for compiled code)."""
+    """cu_seqlens (int32) of idx's rows laid end to end, cut as the 1.0611 record cuts: at each row start, each BOS
+    and every max_len tokens of a document; padded with B * T to a multiple of `bucket` (few compiled shapes)."""
     B, T = idx.shape
     pos = torch.arange(T, device=idx.device).expand(B, T)
     start = (idx == BOS_ID) | (pos == 0)
@@ -712,9 +666,8 @@ class Rotary(nn.Module):
 
 
 class Gate(nn.Module):
-    """sigma(W z + b), broadcast to `width` channels. W is full (width x n_in), low-rank (width x k)(k x n_in),
-    per-head (heads x n_in, one gate per head's channels) or scalar (1 x n_in). W starts at zero (low-rank: its
-    output factor), b at `bias`, so the gate is exactly sigma(bias) at init. Every tensor is a control tensor."""
+    """sigma(W z + b) broadcast to `width` channels, W full, low-rank (width x k)(k x n_in), per head or scalar; W
+    (low-rank: its output factor) starts at 0 and b at `bias`: sigma(bias) at init. All control tensors."""
 
     def __init__(self, n_in: int, width: int, kind: str, rank: int, heads: int, bias: float):
         super().__init__()
@@ -734,22 +687,20 @@ class Gate(nn.Module):
 class Review(nn.Module):
     """REVIEW_RESIDUAL: x + sigma(W_r [rms(x); rms(u)] + b_r) * u, the gate conditioned on the update itself."""
 
-    def __init__(self, args: Hyperparameters):
+    def __init__(self, args: Hyperparameters, n_in: int = 2):
         super().__init__()
         d = args.model_dim
-        self.gate = Gate(2 * d, d, args.review_gate, args.review_rank, args.num_heads, args.review_bias_init)
+        self.gate = Gate(n_in * d, d, args.review_gate, args.review_rank, args.num_heads, args.review_bias_init)
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         return x + self.gate(torch.cat((rms(x), rms(u)), dim=-1)) * u
 
 
-class Highway(nn.Module):
+class Highway(Review):
     """HIGHWAY: the state-only additive gate x + sigma(W_g x + b_g) * u."""
 
     def __init__(self, args: Hyperparameters):
-        super().__init__()
-        d = args.model_dim
-        self.gate = Gate(d, d, args.review_gate, args.review_rank, args.num_heads, args.review_bias_init)
+        super().__init__(args, 1)
 
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         return x + self.gate(x) * u
@@ -787,8 +738,8 @@ class SparseGate(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
         self.w = role(nn.Parameter(torch.zeros(args.num_heads, args.gate_window)), "control")
-        self.window, self.scale, self.expand = args.gate_window, args.sparse_attn_gate_scale, args.model_dim // \
-            args.num_heads
+        self.window, self.scale = args.gate_window, args.sparse_attn_gate_scale
+        self.expand = args.model_dim // args.num_heads
 
     def forward(self, a: Tensor) -> Tensor:
         g = torch.sigmoid(self.scale * F.linear(a[..., :self.window], self.w.to(a.dtype)))
@@ -880,11 +831,9 @@ class Block(nn.Module):
 
 
 class Lanes(nn.Module):
-    """PARALLEL_START_LAYER (the 1.0611 record's parallel residuals): from the first decoder block with index >=
-    start, two lanes. Attention reads lane 0 (mixed with x0), the MLP lane 1, and both write to both:
-    lane_k <- r[i,k] lane_k + P[i,0,k] a + P[i,1,k] f, r from 1.1, P from 1 (a REVIEW_RESIDUAL/HIGHWAY rule gates
-    each lane's update: attn_res lane 0, mlp_res lane 1). The output is PARALLEL_FINAL_LANE: the mean, lane 0
-    (attn) or lane 1 (mlp). One (r, P) per block, as the record counts them; blocks before `start` leave theirs."""
+    """PARALLEL_START_LAYER (the 1.0611 record's): from the first decoder block of index >= start, attention reads
+    lane 0 (mixed with x0), the MLP lane 1, both write both: lane_k <- r[i,k] lane_k + P[i,0,k] a + P[i,1,k] f (r from
+    1.1, P from 1; attn_res gates lane 0, mlp_res lane 1). One (r, P) per block, as the record counts them."""
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
@@ -904,9 +853,8 @@ class Lanes(nn.Module):
 
 
 class BigramHash(nn.Module):
-    """BIGRAM_HASH: bucket (36313 t_i XOR 27191 t_{i-1}) mod (B-1) (position 0: B-1) -> Embedding(B, dim), zero
-    init -> Linear(dim, d) -> times a learned scale (init 0.05), added to the token embedding. Inputs only. With
-    VARLEN_ATTN a BOS is hashed like position 0 (no previous token across a document start)."""
+    """BIGRAM_HASH: bucket (36313 t_i XOR 27191 t_{i-1}) mod (B-1) (position 0, and a BOS with VARLEN_ATTN: B-1) ->
+    Embedding(B, dim) from 0 -> Linear(dim, d) -> times a scale (init 0.05), added to the token embedding."""
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
@@ -932,18 +880,16 @@ class SmearGate(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
         self.smear = role(nn.Parameter(torch.zeros(args.model_dim)), "control")
-        self.bos = 1
 
     def forward(self, x: Tensor, idx: Tensor) -> Tensor:
-        prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (idx != self.bos)[..., None].to(x.dtype)
+        prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (idx != BOS_ID)[..., None].to(x.dtype)
         g = torch.sigmoid(self.smear.to(x.dtype))
         return (1 - g) * x + g * prev
 
 
 class ContentSmear(nn.Module):
-    """SMEAR_GATE=2 (the 1.0611 record's SmearGate), on the raw embedding before the first norm: for t >= 1,
-    x_t += lam * sigma(W x_t[:GATE_WINDOW]) * x_{t-1}, except where token t is a BOS. W (1 x GATE_WINDOW) and lam
-    start at 0: identity at init."""
+    """SMEAR_GATE=2 (the 1.0611 record's), on the embedding before the first norm: for t >= 1 and no BOS at t,
+    x_t += lam * sigma(W x_t[:GATE_WINDOW]) * x_{t-1}; W and lam start at 0 (identity)."""
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
@@ -958,8 +904,8 @@ class ContentSmear(nn.Module):
 
 
 def layer_order(args: Hyperparameters, looped: bool) -> tuple[list[int], list[int]]:
-    """Block indices of the encoder half (pushes U-Net skips) and the decoder half (pops them). Looped (NUM_LOOPS):
-    blocks LOOP_START..LOOP_END run 1 + NUM_LOOPS times in a row, and the sequence is split in the middle."""
+    """Block indices of the encoder (pushes U-Net skips) and decoder (pops them) halves; looped: LOOP_START..LOOP_END
+    run 1 + NUM_LOOPS times in a row, then the sequence is halved."""
     L, s, e = args.num_layers, args.loop_start, args.loop_end
     order = [*range(s), *list(range(s, e + 1)) * (args.num_loops + 1), *range(e + 1, L)] if looped else [*range(L)]
     return order[:len(order) // 2], order[len(order) // 2:]
@@ -985,10 +931,10 @@ class GPT(nn.Module):
             if args.skip_gates else None
         self.lanes = Lanes(args) if args.parallel_start_layer else None
         self.lm_head = None if args.tie_embeddings else CastedLinear(args.model_dim, args.vocab_size, True)
-        if self.lm_head is not None:
-            role(self.lm_head.weight, "head")
         if args.tie_embeddings:
             nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
+        else:
+            role(self.lm_head.weight, "head")
         for m in self.modules():
             if isinstance(m, CastedLinear) and m.zero_init:
                 nn.init.zeros_(m.weight)
@@ -996,9 +942,8 @@ class GPT(nn.Module):
                 nn.init.orthogonal_(m.weight)  # output projections are zero-initialised: no 1/sqrt(2L) needed
 
     def hidden(self, idx: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
-        """Final normalised hidden states (B, T, d); the head is applied separately so that evaluation can
-        send only the scored positions through it. VARLEN_ATTN: attention stays inside the documents, cut at
-        cu_seqlens (the rows laid end to end; by default each row's documents, uncut)."""
+        """Final normalised hidden states (B, T, d), the head apart (evaluation sends only scored positions through
+        it). VARLEN_ATTN: attention stays inside documents cut at cu_seqlens (default: each row's, uncut)."""
         x = self.tok_emb(idx)
         if torch.is_autocast_enabled(x.device.type):  # bf16 residual stream under autocast (fp32 master weights)
             x = x.to(torch.get_autocast_dtype(x.device.type))
@@ -1048,9 +993,7 @@ class GPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         logits = self.logits(self.hidden(idx, cu_seqlens))
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        return logits if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def build_model(args: Hyperparameters, device: torch.device | None = None) -> GPT:
@@ -1077,8 +1020,7 @@ POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),  #
 
 
 def ns_coefficients(kind: str, steps: int) -> tuple:
-    """MUON_NS: classic, the fixed quintic `steps` times; polar, the Polar-Express tuples (more than 5 steps run
-    the 5, as the record does)."""
+    """MUON_NS: classic, the fixed quintic `steps` times; polar, the Polar-Express tuples (at most 5, as the record)."""
     return ((3.4445, -4.7750, 2.0315),) * steps if kind == "classic" else POLAR_EXPRESS[:steps]
 
 
@@ -1098,7 +1040,7 @@ class Muon(torch.optim.Optimizer):
     """Each rank orthogonalises every WORLD_SIZE-th matrix; one all-reduce shares the updates."""
 
     def __init__(self, params, lr: float, momentum: float, coeffs: tuple, wd: float = 0.0, row_norm: bool = False):
-        super().__init__(params, dict(lr=lr, momentum=momentum, coeffs=coeffs, wd=wd, row_norm=row_norm))
+        super().__init__(params, dict(lr=lr, base_lr=lr, momentum=momentum, coeffs=coeffs, wd=wd, row_norm=row_norm))
 
     @torch.no_grad()
     def step(self):
@@ -1108,8 +1050,8 @@ class Muon(torch.optim.Optimizer):
             params = group["params"]
             flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
                                dtype=torch.bfloat16 if params[0].is_cuda else torch.float32)
-            offset = 0
-            for i, p in enumerate(params):
+            parts = flat.split([p.numel() for p in params])  # views: the all-reduce fills them
+            for i, (p, part) in enumerate(zip(params, parts)):
                 if i % world == rank and p.grad is not None:
                     buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
                     buf.mul_(group["momentum"]).add_(p.grad)
@@ -1117,16 +1059,13 @@ class Muon(torch.optim.Optimizer):
                     if group["row_norm"]:  # MUON_ROW_NORMALIZE (MuonEq-R): unit rows before Newton-Schulz
                         u = u / u.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(u.dtype)
                     g = newton_schulz(u, group["coeffs"])
-                    flat[offset:offset + p.numel()] = g.flatten() * max(1, p.size(0) / p.size(1)) ** 0.5
-                offset += p.numel()
+                    part.copy_(g.flatten() * max(1, p.size(0) / p.size(1)) ** 0.5)
             if distributed:
                 dist.all_reduce(flat)
-            offset = 0
-            for p in params:
+            for p, part in zip(params, parts):
                 if group["wd"]:
                     p.mul_(1 - group["lr"] * group["wd"])
-                p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+                p.add_(part.view_as(p).to(p.dtype), alpha=-group["lr"])
 
 
 def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.optim.Optimizer], Muon]:
@@ -1142,8 +1081,6 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.opti
                                  eps=args.adam_eps, weight_decay=wd, fused=fused)
     muon = Muon(groups["matrix"], args.matrix_lr, args.muon_momentum,
                 ns_coefficients(args.muon_ns, args.muon_backend_steps), args.muon_wd, bool(args.muon_row_normalize))
-    for g in muon.param_groups:
-        g["base_lr"] = args.matrix_lr
     embed_wd = args.adam_wd if args.embed_wd < 0 else args.embed_wd
     opts = [adam(groups["embed"], args.tied_embed_lr if args.tie_embeddings else args.embed_lr, embed_wd), muon,
             adam(groups["control"], args.scalar_lr)]
@@ -1153,15 +1090,14 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.opti
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Evaluation: exact sliding-window scoring. Every target tokens[1..N-1] is scored exactly once; windows have
-# length L and each later one scores only the targets the previous ones did not reach (at most `stride`), so every
-# scored token sees at least L - stride tokens of context. Only scored positions go through the output head.
+# Evaluation: exact sliding windows of length L. Every target tokens[1..N-1] is scored once, by the first window that
+# reaches it (at most `stride` new ones a window), with at least L - stride tokens of context; only scored positions
+# go through the output head.
 # ----------------------------------------------------------------------------------------------------------------
 
 def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """(input start, first scored target, last scored target + 1) in target positions of the token stream."""
-    out, done = [], 1
-    end = min(seq_len, n_tokens - 1)
+    out, done, end = [], 1, min(seq_len, n_tokens - 1)
     while done < n_tokens:
         out.append((max(end - seq_len, 0), done, end + 1))
         done, end = end + 1, min(end + stride, n_tokens - 1)
@@ -1200,8 +1136,7 @@ def score_nll(model: GPT, tokens: Tensor, seq_len: int, stride: int, batch_seqs:
 
 @torch.no_grad()
 def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stride: int) -> Tensor:
-    """Full log-probabilities (float64, [P, V]) for each target position, with the scorer's own context. Python API
-    for the auditor's probes and the tests (a run never calls it)."""
+    """Full log-probabilities (float64, [P, V]) of each target position in the scorer's own context (probe API)."""
     model.eval()
     wins, out = windows(tokens.numel(), seq_len, stride), []
     for p in positions:
@@ -1214,8 +1149,7 @@ def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stri
 
 def sliding_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                  seq_len: int = 0, stride: int = 0, batch_seqs: int = 0) -> tuple[Tensor, Tensor]:
-    """This rank's share of the windows, EVAL_MODE's (or the stream's of seq_len/stride, as in training's
-    validation): (target positions, NLLs)."""
+    """(target positions, NLLs) of this rank's share of EVAL_MODE's windows (or the stream's of seq_len/stride)."""
     model.eval()
     wins = windows(tokens.numel(), seq_len, stride) if seq_len else eval_windows(tokens, args)
     mine = wins[len(wins) * rank // world_size:len(wins) * (rank + 1) // world_size]
@@ -1247,8 +1181,7 @@ def mix_nll(nll_net: Tensor, p_ppm: Tensor, alpha: float) -> Tensor:
 
 
 class TTTLedger:
-    """No-op ledger (Python API): the compliance probe and the tests pass one that records every scored and trained
-    target position."""
+    """No-op ledger; the compliance probe and the tests pass one that records every scored and trained position."""
 
     def scored(self, positions: Tensor) -> None: ...
 
@@ -1257,10 +1190,9 @@ class TTTLedger:
 
 def sgd_step(model: GPT, params: list, opt: torch.optim.Optimizer, tokens: Tensor, rows: list, n_targets: int,
              clip: float, ledger: TTTLedger, packed: int = 0) -> None:
-    """One optimiser step of full-model TTT on `rows`, (input positions, target positions) pairs of (n, T) tensors
-    into the val stream: the loss summed over the targets / n_targets (every rank's together), the gradients summed
-    over the ranks in one all-reduce. Position 0 is never a target (it is never scored). packed > 0 (VARLEN_ATTN):
-    a pair's rows as one row, documents cut at each BOS and every `packed` tokens (the record's layout)."""
+    """One full-model TTT step on `rows`, (input, target) position tensors (n, T) into the val stream: loss summed /
+    n_targets (all ranks'), gradients summed over ranks; target position 0 (never scored) is skipped. packed > 0
+    (VARLEN_ATTN): a pair's rows as one row cut at each BOS and every `packed` tokens (the record's layout)."""
     opt.zero_grad(set_to_none=False)
     for inp, tgt in rows:
         if tgt.numel() == 0:
@@ -1291,9 +1223,8 @@ def full_model_sgd(model: GPT, lr: float, momentum: float) -> tuple[list, torch.
 
 def chunked_ttt(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                 ledger: TTTLedger) -> tuple[Tensor, Tensor]:
-    """TTT_MODE=chunked: the windows (EVAL_MODE's) are grouped into chunks of TTT_CHUNK_TOKENS targets; each chunk is
-    first scored under no_grad (and added to the totals), then, unless it is the last one, the model trains on
-    exactly the targets just scored: TTT_EPOCHS SGD steps, cosine LR over chunks."""
+    """TTT_MODE=chunked: EVAL_MODE's windows in chunks of TTT_CHUNK_TOKENS targets; each is scored (no_grad), then,
+    but the last, trained on: TTT_EPOCHS SGD steps on exactly its targets, cosine LR over chunks."""
     chunks: dict[int, list] = {}
     for w in eval_windows(tokens, args):
         chunks.setdefault((w[1] - 1) // args.ttt_chunk_tokens, []).append(w)
@@ -1325,14 +1256,12 @@ def chunked_ttt(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, wo
     return torch.cat(all_pos), torch.cat(all_nll)
 
 
-# TTT_MODE=lora_phased, the 1.0611 record's scored evaluation (FRONTIER.md 1.13): documents split at BOS, batched,
-# each batch with its own low-rank adapters trained chunk by chunk, score first; phases of full-model SGD on the
-# documents already scored.
+# TTT_MODE=lora_phased, the 1.0611 record's evaluation (FRONTIER.md 1.13): batches of documents, each with its own
+# LoRA adapters trained chunk by chunk, score first; phases of full-model SGD on documents already scored.
 
 def split_docs(tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """The val stream's documents as (starts, lengths), on the CPU: each runs from its BOS to the next BOS inclusive
-    (the next document's BOS is its last target), the last one to the end; tokens before the first BOS are a document
-    of their own. Every target 1..N-1 lies in exactly one document (a lone BOS at the very end has none: dropped)."""
+    """The val stream's documents (starts, lengths) on the CPU: each from its BOS to the next BOS inclusive (its last
+    target), the last to the end, tokens before the first BOS one of their own: every target in exactly one."""
     bos = torch.nonzero(tokens == BOS_ID).flatten().cpu()
     starts = torch.cat((torch.zeros(1, dtype=torch.long), bos[bos > 0]))
     lengths = torch.cat((starts[1:] + 1, torch.tensor([tokens.numel()]))) - starts
@@ -1358,9 +1287,8 @@ def short_chunks(text: str) -> list[tuple[int, int]] | None:
 
 
 def doc_batches(lengths: Tensor, args: Hyperparameters) -> list[tuple[int, Tensor]]:
-    """(batch number, document indices) of each batch of TTT_BATCH_SIZE documents, in processing order.
-    TTT_DOC_ORDER=length: the documents sorted by length (stable), cut into batches, the batches run longest first
-    (the record); stream: in stream order, so that a batch only follows batches of earlier documents."""
+    """(batch number, document indices) of batches of TTT_BATCH_SIZE documents in processing order. TTT_DOC_ORDER:
+    length, sorted by length (stable), longest batch first (the record); stream, in stream order."""
     if args.ttt_doc_order == "stream":
         return list(enumerate(torch.arange(lengths.numel()).split(args.ttt_batch_size)))
     batches = list(enumerate(torch.sort(lengths, stable=True).indices.split(args.ttt_batch_size)))
@@ -1368,9 +1296,8 @@ def doc_batches(lengths: Tensor, args: Hyperparameters) -> list[tuple[int, Tenso
 
 
 def phase_plan(batches: list, args: Hyperparameters) -> list[tuple[int, int]]:
-    """Segments of the batch queue as (end, documents the phase after it trains on; 0: no phase). A phase follows
-    the batch at which the documents scored reach PHASED_TTT_PREFIX_DOCS * k / PHASED_TTT_NUM_PHASES, at most one
-    per batch (the record's rule with one process); the last segment has none."""
+    """Segments of the batch queue as (end, documents the phase after it trains on; 0: none, as the last). A phase
+    follows the batch where the documents scored reach PHASED_TTT_PREFIX_DOCS * k / PHASED_TTT_NUM_PHASES."""
     n = min(args.phased_ttt_prefix_docs, sum(len(d) for _, d in batches))
     bounds = [n * (k + 1) // args.phased_ttt_num_phases for k in range(args.phased_ttt_num_phases)] if n else []
     plan, done = [], 0
@@ -1382,8 +1309,7 @@ def phase_plan(batches: list, args: Hyperparameters) -> list[tuple[int, int]]:
 
 
 def batch_queue(key: str, start: int):
-    """A claim() handing out queue positions start, start + 1, ... to the ranks, first come first served (dynamic
-    load balancing): one atomic add on the process group's key-value store per claim, no files."""
+    """A claim() handing out queue positions start, start + 1, ... first come first served (one store.add a claim)."""
     store, n = dist.distributed_c10d._get_default_store() if dist.is_initialized() else None, iter(range(1, 1 << 62))
     return lambda: start + (store.add(key, 1) if store is not None else next(n)) - 1
 
@@ -1394,10 +1320,8 @@ def lora_generator(seed: int, key: int, device: torch.device) -> torch.Generator
 
 
 class Adapters:
-    """lora_phased's per-document low-rank adapters, (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank for document b of a
-    batch, A ~ U(+-1/sqrt(d)), B = 0: on Q, K, V, the attention output and the MLP output of every block pass (a
-    looped block has its own per pass), each fed its sublayer's input, and on the head (fed the final hidden state).
-    One set per batch size; `use` picks the next batch's, `hooked(model)` adds it to the model's forward passes."""
+    """Per-document adapters (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank, A ~ U(+-1/sqrt(d)), B = 0, on Q, K, V, attention
+    and MLP outputs of every block pass (fed the sublayer input) and the head; one set per batch size."""
 
     def __init__(self, model: GPT, args: Hyperparameters):
         attn = next(m for m in model.modules() if isinstance(m, Attention))
@@ -1415,8 +1339,7 @@ class Adapters:
             torch.zeros(p, bsz, n, r, device=gen.device, requires_grad=True)) for k, (p, n) in self.shapes.items()}
 
     def use(self, bsz: int, gen: torch.Generator, keep_a: bool) -> list[Tensor]:
-        """The next batch's set: the kept one of TTT_BATCH_SIZE restarted (B = 0; A kept or redrawn from gen), else a
-        fresh one (the record's rule). Returns its tensors."""
+        """The next batch's tensors: the kept set of TTT_BATCH_SIZE restarted (B = 0; A kept or redrawn), else fresh."""
         if bsz not in self.sets or bsz != self.args.ttt_batch_size:
             self.fresh(bsz, gen)
         else:
@@ -1461,11 +1384,9 @@ class Adapters:
 
 
 def chunk_rows(tokens: Tensor, starts: Tensor, lengths: Tensor, ci: int, C: int, L: int, causal: bool):
-    """Chunk ci (targets ci*C..) of each document of a batch, with its context from the document start, at most L
-    tokens back from the chunk's end (the record's window; `causal`: from where the end would be if the document
-    went on, so that no score depends on where the document ends): input rows x (bsz, W) padded with 0, the row
-    positions `sel` (bsz, C) and stream positions `pos` of the chunk's targets, which of them are real (a last chunk
-    is shorter; a document with fewer chunks has none), and which rows train (a later chunk follows)."""
+    """Chunk ci (targets ci*C..) of a batch's documents, context at most L tokens back from the chunk's end (`causal`:
+    a full chunk's end, so no score depends on where a document ends): rows x (bsz, W) padded with 0, the targets'
+    row positions `sel` (bsz, C), stream positions `pos`, which are real, and which rows train (a chunk follows)."""
     dev, pred = tokens.device, lengths - 1
     nc = (pred + C - 1) // C
     end = torch.where(nc - 1 == ci, pred, (ci + 1) * C)  # the chunk's end, in targets of the document
@@ -1490,9 +1411,8 @@ def lora_nll(hidden, model: GPT, ad: Adapters, x: Tensor, sel: Tensor, y: Tensor
 
 def lora_batch(hidden, model: GPT, ad: Adapters, params: list, tokens: Tensor, starts: Tensor, lengths: Tensor,
                args: Hyperparameters, ledger: TTTLedger) -> tuple[Tensor, Tensor]:
-    """Score-first TTT of one batch of documents, chunk by chunk: every document's chunk is scored from its own
-    context and added to the totals, then (one forward pass serves both) TTT_GRAD_STEPS AdamW steps on those targets
-    of the documents with a later chunk. Returns (target positions, NLLs)."""
+    """Score-first TTT of one batch of documents, chunk by chunk: each chunk is scored, then (same forward pass)
+    TTT_GRAD_STEPS AdamW steps on those targets of documents with a later chunk. Returns (positions, NLLs)."""
     C = next((c for n, c in short_chunks(args.ttt_short_chunks) if int(lengths.max()) <= n), args.ttt_chunk_size)
     opt = torch.optim.AdamW(params, lr=args.ttt_lora_lr, betas=(args.ttt_beta1, args.ttt_beta2),
                             eps=1e-10, weight_decay=args.ttt_weight_decay, fused=tokens.is_cuda)
@@ -1517,11 +1437,9 @@ def lora_batch(hidden, model: GPT, ad: Adapters, params: list, tokens: Tensor, s
 
 def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyperparameters, rank: int,
                world_size: int, ledger: TTTLedger) -> None:
-    """A phase: all weights trained by SGD with momentum on documents laid end to end (src: their stream positions;
-    tgt: the same with 0, no target, where a document starts), in chunks of GLOBAL_TTT_CHUNK_TOKENS (the last one
-    skipped) of sequences of EVAL_SEQ_LEN, GLOBAL_TTT_BATCH_SEQS per step (all ranks together); LR: linear warm-up,
-    then cosine over the chunks. VARLEN_ATTN: a rank's sequences of a step as one row, documents cut at BOS and
-    every min(EVAL_SEQ_LEN, TRAIN_SEQ_LEN) tokens (the record's layout, within the model's varlen bound)."""
+    """A phase: SGD of all weights on documents laid end to end (src: stream positions; tgt: same, 0 at document
+    starts), GLOBAL_TTT_CHUNK_TOKENS chunks (the last skipped), LR warm-up then cosine. VARLEN_ATTN: a rank's
+    sequences as one row cut at BOS and every min(EVAL_SEQ_LEN, TRAIN_SEQ_LEN) tokens (the record's layout)."""
     params, opt = full_model_sgd(model, args.global_ttt_lr, args.global_ttt_momentum)
     L, T, total, a = args.eval_seq_len, args.global_ttt_chunk_tokens, src.numel() - 1, args
     n_chunks = max(-(-total // T), 0)
@@ -1545,16 +1463,12 @@ def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyper
 
 def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                      ledger: TTTLedger, log) -> tuple[Tensor, Tensor]:
-    """TTT_MODE=lora_phased. The ranks claim the batches of documents (doc_batches) one at a time (batch_queue); each
-    batch gets its adapters restarted (B = 0, a new AdamW; A kept with TTT_WARM_START_A) and runs lora_batch. At
-    each phase (phase_plan) every rank first finishes the batches before it; then all weights train on the first
-    documents scored, in (batch, position) order (global_sgd), and the adapters start anew. Returns this rank's
-    (target positions, NLLs)."""
+    """TTT_MODE=lora_phased: ranks claim batches and run lora_batch with restarted adapters; at a phase, once every
+    batch before it is done, global_sgd trains on the first documents scored. This rank's (positions, NLLs)."""
     starts, lengths = split_docs(tokens)
     batches, dev, t0 = doc_batches(lengths, args), tokens.device, time.perf_counter()
     hidden = type(model).hidden.__get__(model)  # eager: a compiled hidden has one fixed shape
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     ad, out, q0 = Adapters(model, args), [], 0
     if tokens.is_cuda and args.compile:  # compiled for any shape, warmed up on random tokens (never val tokens)
         hidden, B, L, g = torch.compile(hidden, dynamic=True), args.ttt_batch_size, args.eval_seq_len, \
@@ -1582,13 +1496,11 @@ def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: in
             src = torch.cat([torch.arange(int(starts[d]), int(starts[d] + lengths[d])) for d in docs]).to(dev)
             tgt = src.index_fill(0, (lengths[docs].cumsum(0) - lengths[docs]).to(dev), 0)  # no BOS -> BOS pairs
             global_sgd(model, tokens, src, tgt, args, rank, world_size, ledger)
-            for p in model.parameters():
-                p.requires_grad_(False)
+            model.requires_grad_(False)
         log(f"ttt_lora: batches {q0}..{q1 - 1} of {len(batches)}" + (f", then phase {s + 1} on {boundary} "
             f"documents ({src.numel()} tokens)" if boundary else "") + f"; {time.perf_counter() - t0:.1f}s")
         q0 = q1
-    for p in model.parameters():
-        p.requires_grad_(True)
+    model.requires_grad_(True)
     out.append((torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.float64, device=dev)))
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])  # (a rank may have had no batch)
 
@@ -1602,39 +1514,37 @@ def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world
 
 
 def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTTLedger = TTTLedger()) -> Tensor:
-    """Single-process TTT scoring: NLL of tokens[1:] in stream order (float64). Python API for the auditor's probes
-    and the tests (a run calls ttt_eval)."""
+    """Single-process TTT scoring (probe API; a run calls ttt_eval): NLL of tokens[1:] in stream order (float64)."""
     pos, nll = ttt_eval(model, tokens, args, 0, 1, ledger)
     return torch.empty_like(nll).index_copy_(0, pos - 1, nll)
 
 
-
-# PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm over the val stream, causally.
-# Token t uses the contexts of orders min(ORDER, t')..0 (t' = tokens counted since the last reset), then order -1
-# (uniform over the vocabulary). A seen context with counts c, total n and q distinct symbols gives P(x) = c(x)/(n+q)
-# and escape q/(n+q); an unseen order, or one left empty by exclusion, is skipped at no cost. Exclusion: symbols of
-# the higher orders used leave c, n and q of the lower ones; an order whose symbols, with those above it, cover the
-# whole vocabulary gets no escape (order -1 would be empty), so every distribution sums to 1. PPMC_EXCLUSION=0
-# blends instead: P_k(x) = (c_k(x) + q_k P_{k-1}(x)) / (n_k + q_k). Every order's counts are updated after the token
-# is scored; token 0 is counted, never scored; PPMC_RESET=doc clears all counts after a scored BOS, then counts it.
+# PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm over the val stream, causally. Token t uses
+# orders min(ORDER, t')..0 (t': tokens counted since the last reset), then order -1 (uniform over the vocabulary). A
+# seen context with counts c, total n and q distinct symbols gives P(x) = c(x)/(n+q) and escape q/(n+q); an unseen
+# order, or one left empty by exclusion, is skipped at no cost. Exclusion: symbols of the higher orders used leave c,
+# n and q of the lower ones; an order that with those above covers the whole vocabulary gets no escape, so every
+# distribution sums to 1. PPMC_EXCLUSION=0 blends instead: P_k(x) = (c_k(x) + q_k P_{k-1}(x)) / (n_k + q_k). Counts
+# are updated after the token is scored; token 0 is counted, never scored; PPMC_RESET=doc clears all counts after a
+# scored BOS, then counts it.
 #
 # How (exact, vectorised, no per-token loop): the order-k context of t is an integer id: order 0 = the segment (0
-# unless PPMC_RESET=doc; the count of a BOS goes to the new one), order k = the dense id of the order-(k-1)
-# (context, symbol) pair at t-1. One sort of (context * V + symbol, position) per order gives c_k(t) (earlier
-# occurrences of the pair), the pair ids and, shifted by one position, every order-(k+1) context's occurrences in
-# time order: n_{k+1}(t) = c_k(t-1), q_{k+1}(t) = first occurrences of pairs so far within that context's run.
-# Exclusion needs X_k(t) = sum of c_k(y; t) over y in S_{k+1}(t), the symbols of the order-(k+1) context (nesting
-# makes it the whole exclusion set of order k): n'_k = n_k - X_k, q'_k = q_k - q_{k+1}. It is needed where that
-# context was seen but did not offer x_t, i.e. at each context's new symbols, so a context ending with q symbols
-# costs q^2/2 look-ups "occurrences of (ctx_k(t), y) before t" (text: 5-10 per token at ORDER=2; i.i.d. random
-# tokens: ~40), answered chunk by chunk by one sort of the occurrences and look-ups together (_lookup_sums). Orders
-# are folded into p bottom-up (_fold) as soon as X and the next q are known, so at most two orders are in memory.
+# unless PPMC_RESET=doc; a BOS counts in the new one), order k = the dense id of the order-(k-1) (context, symbol)
+# pair at t-1. One sort of (context * V + symbol, position) per order gives c_k(t) (earlier occurrences of the pair),
+# the pair ids and, shifted by one, every order-(k+1) context's occurrences in time order: n_{k+1}(t) = c_k(t-1),
+# q_{k+1}(t) = first occurrences of pairs so far in that context's run. Exclusion needs X_k(t) = sum of c_k(y; t) over
+# y in S_{k+1}(t), the order-(k+1) context's symbols (by nesting, order k's whole exclusion set): n'_k = n_k - X_k,
+# q'_k = q_k - q_{k+1}, where that context was seen but did not offer x_t, i.e. at its new symbols: q^2/2 look-ups
+# for a context ending with q symbols (text: 5-10 a token at ORDER=2; i.i.d. random tokens: ~40), answered chunk by
+# chunk by one sort of occurrences and look-ups together (_lookup_sums). Orders fold into p bottom-up (_fold) as soon
+# as X and the next q are known: at most two orders in memory.
 # ----------------------------------------------------------------------------------------------------------------
+
+PPM_LOOKUP_CHUNK = 1 << 20  # elements (queries' pairs + events) sorted at once by _lookup_sums
 
 
 def _sort_by_key(key: np.ndarray, pos: np.ndarray, nb: int):
-    """Positions (increasing, < 2**nb) sorted by (key, position), and flags at the first of each run of equal keys.
-    Overwrites key."""
+    """Positions (increasing, < 2**nb) sorted by (key, position), and flags at each run start. Overwrites key."""
     if key.size == 0 or int(key.max()).bit_length() + nb <= 63:  # packed int64: a plain (SIMD) sort
         key <<= nb
         key |= pos
@@ -1658,9 +1568,6 @@ def _unpack(packed: np.ndarray):
     return packed.astype(np.int32), lo
 
 
-PPM_LOOKUP_CHUNK = 1 << 20  # elements (queries' pairs + events) sorted at once by _lookup_sums
-
-
 def _chunks(cost: np.ndarray, chunk: int) -> list[tuple[int, int]]:
     """Query ranges [i0, i1) whose cumulative `cost` grows by at most `chunk` (at least one query each)."""
     out, i0 = [], 0
@@ -1672,11 +1579,10 @@ def _chunks(cost: np.ndarray, chunk: int) -> list[tuple[int, int]]:
 
 
 def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb):
-    """For each query i (positions tq, increasing): the summed occurrences before tq[i] of the pairs
-    lp[o_i], ..., lp[o_i + cnt_i - 1] among the events (positions ev_pos, increasing; pair ids ev_pair).
-    Chunks of queries keep the arrays small: `seen` counts every pair's events before the chunk, and within it one
-    sort of events (pair, 2*local rank) and look-ups (pair, 2*local query + 1) puts each look-up just after the
-    events of its pair that precede it (rank[j]: queries at positions <= j)."""
+    """For each query i (positions tq, increasing): the occurrences before tq[i] of the pairs lp[o_i .. o_i + cnt_i)
+    among the events (positions ev_pos, increasing; pair ids ev_pair). Per chunk of queries (`seen`: every pair's
+    events before it), one sort of events (pair, 2*local rank) and look-ups (pair, 2*local query + 1) puts each
+    look-up just after its pair's earlier events (rank[j]: queries at positions <= j)."""
     X, seen = np.zeros(tq.size), np.zeros(n_pairs, np.int64)
     evb = np.searchsorted(ev_pos, tq)  # events before each query
     e0 = 0
@@ -1827,8 +1733,7 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
 
 def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
-    """The full PPM distribution (float64 [V]) for token index t >= 1, from tokens < t (direct, slow). Python API
-    for the auditor's probes and the tests (a run never calls it)."""
+    """The full PPM distribution (float64 [V]) for token t >= 1 from tokens < t (direct, slow; probe API)."""
     x, V = np.asarray(tokens).astype(np.int64)[:t], int(vocab_size)
     b = np.flatnonzero(x[1:] == bos_id) + 1 if reset_doc else np.zeros(0, np.int64)
     h = x[int(b[-1]) if b.size else 0:]  # the segment: tokens counted since the last reset
@@ -1855,7 +1760,6 @@ def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2
     return P + (mass * ~ex / max(np.count_nonzero(~ex), 1))
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Export: large matrices as int8 codes + fp16 row scales, by QUANT_METHOD: rtn (per-row clip search) or gptq
 # (full-Hessian GPTQ with SD clipping, Hessians from training shards inside the time cap); optional LQER low-rank
@@ -1870,6 +1774,13 @@ CLIP_PERCENTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 SMALL_TENSOR = 65_536
 STREAMS = ("tok_emb", "attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")  # int8 codes by group
 LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+CODE_WRAPPER = (  # what `records pack` ships for CODE_FORM wrapped/minified: runs the lzma'd source as __main__
+    "import lzma as L,base64 as B,linecache as C\n"
+    's=L.decompress(B.b85decode("{payload}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}])\n'
+    'f=globals().get("__file__","train_gpt.py")+"#inner"\n'
+    "C.cache[f]=(len(s),None,s.decode().splitlines(True),f)\n"
+    'c=compile(s,f,"exec");del L,B,C,s,f\n'
+    'exec(globals().pop("c"))\n')
 
 
 def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -1889,10 +1800,9 @@ def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 
 
 def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128) -> tuple[Tensor, Tensor]:
-    """QUANT_METHOD=gptq: SD clipping, row scale s = fp16(k * std(row) / q_max), then full-Hessian GPTQ: columns in
-    descending diag(H) order, each rounded and its error spread over the columns not yet rounded through the upper
-    Cholesky factor of H^-1, in blocks of `block` columns. Dead columns (H_ii = 0) are zeroed; damping 1% of the
-    mean of diag(H). H None: plain rounding at the same scale."""
+    """QUANT_METHOD=gptq: row scale s = fp16(k * std(row) / q_max), then full-Hessian GPTQ: columns by descending
+    diag(H), each rounded, its error spread over the later ones by the upper Cholesky factor of H^-1, `block` columns
+    at a time; dead columns (H_ii = 0) zeroed, damping 1% of mean diag(H). H None: rounding at the same scale."""
     qmax = 2 ** (bits - 1) - 1
     scale = (k * w.float().std(dim=1) / qmax).clamp_min(1e-7).half()
     s, W = scale.float(), w.float().clone()
@@ -1919,9 +1829,8 @@ def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128
 
 
 def lqer_factors(E: Tensor, args: Hyperparameters) -> dict[str, Tensor]:
-    """LQER: the error E = W - W_hat ~ A B from its rank-LQER_RANK SVD (A = U S, B = V^T). Asymmetric
-    (LQER_ASYM_ENABLED, B.numel divisible by LQER_ASYM_GROUP): A in [-2, 1] with one fp16 scale max|A| / 1.5, B in
-    [-8, 7] with an fp16 scale max|B_g| / 7.5 per group; otherwise both per row at LQER_FACTOR_BITS."""
+    """LQER: E = W - W_hat ~ A B, rank-LQER_RANK SVD (A = U S, B = V^T). Asymmetric (B.numel % LQER_ASYM_GROUP == 0):
+    A in [-2, 1], one fp16 scale max|A| / 1.5; B in [-8, 7], scale max|B_g| / 7.5 per group. Else per row, same bits."""
     U, S, Vh = torch.linalg.svd(E.float(), full_matrices=False)
     r = min(args.lqer_rank, S.numel())
     A, B, g = U[:, :r] * S[:r], Vh[:r], args.lqer_asym_group
@@ -1955,9 +1864,8 @@ def quantised_names(state: dict[str, Tensor]) -> set[str]:
 
 def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
                   H: Tensor | None = None) -> dict[str, Tensor]:
-    """How one tensor is stored: large 2-D tensors as codes + row scales (the token embedding at QUANT_EMBED_BITS,
-    MLP matrices at QUANT_MLP_BITS; GPTQ clip k by group), 2-D gates int8 per row (GATED_ATTN_QUANT_GATE), control
-    tensors and tensors of <= 4096 elements fp32, the rest fp16."""
+    """How one tensor is stored: large 2-D ones as codes + row scales (bits and GPTQ k by group), 2-D gates int8 per
+    row (GATED_ATTN_QUANT_GATE), control tensors and tensors of <= 4096 elements fp32, the rest fp16."""
     if t.ndim == 2 and t.numel() > SMALL_TENSOR:
         emb, mlp = name == "tok_emb.weight", ".mlp." in name
         bits = args.quant_embed_bits if emb else args.quant_mlp_bits or args.quant_bits if mlp else args.quant_bits
@@ -1975,8 +1883,7 @@ def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
 
 def quantize_state(state: dict[str, Tensor], roles: dict[str, str], args: Hyperparameters,
                    hessians: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-    """{name: {array: tensor}} of every tensor; with LQER_ENABLED the LQER_TOP_K quantised tensors of largest error
-    norm get LQER factors."""
+    """{name: {array: tensor}} of every tensor; LQER_ENABLED: factors for the LQER_TOP_K largest error norms."""
     out = {n: export_arrays(n, t.detach().cpu().float(), roles.get(n, "control"), args, hessians.get(n))
            for n, t in state.items()}
     if args.lqer_enabled:
@@ -2092,10 +1999,8 @@ def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Ten
 
 def collect_hessians(model: GPT, names: set[str], loader: TokenLoader, args: Hyperparameters, grad_accum: int,
                      budget_s: float | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
-    """GPTQ calibration on training batches (never validation): H = sum of X^T X over the inputs of every
-    CastedLinear whose weight is in `names` and, for the tied embedding, over the final hidden states (the head's
-    input); summed over ranks. A batch is one training step's tokens. Stops before a batch that would end past
-    `budget_s` seconds. Returns (Hessians, batches)."""
+    """(Hessians, batches): H = sum of X^T X of the inputs of each CastedLinear in `names` (tied embedding: the final
+    hidden states) over training batches of a step (never val), summed over ranks; none would end past `budget_s`."""
     hs, hooks = {}, []
 
     def add(key: str, x: Tensor) -> None:
@@ -2135,10 +2040,8 @@ def train_cap_seconds(args: Hyperparameters) -> float:
 
 
 def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[str, float]:
-    """Model bytes predicted from the shapes alone, by group: the codes of each quantised tensor priced by
-    quantising and compressing Gaussian rows of its width with the configured method, bits, clip and compressor
-    (trained weights are heavier-tailed and compress better, so this errs high); row scales, LQER factors, small
-    tensors (fp32: pessimistic) and the header records at their raw size."""
+    """Model bytes by group from the shapes: codes priced by exporting and compressing Gaussian rows (trained weights
+    compress better: errs high); scales, LQER factors, small tensors (fp32) and header records at raw size."""
     price, out, gen = {}, {}, torch.Generator().manual_seed(0)
     for name, t in state.items():
         group = next((g for g in STREAMS if g in name), "other")
@@ -2160,19 +2063,9 @@ def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[st
     return out
 
 
-CODE_WRAPPER = (  # what `records pack` ships for CODE_FORM wrapped/minified: runs the lzma'd source as __main__
-    "import lzma as L,base64 as B,linecache as C\n"
-    's=L.decompress(B.b85decode("{payload}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}])\n'
-    'f=globals().get("__file__","train_gpt.py")+"#inner"\n'
-    "C.cache[f]=(len(s),None,s.decode().splitlines(True),f)\n"
-    'c=compile(s,f,"exec");del L,B,C,s,f\n'
-    'exec(globals().pop("c"))\n')
-
-
 def shipped_code(source: bytes, form: str) -> bytes:
-    """The code bytes counted and shipped for CODE_FORM: raw (the file), wrapped (CODE_WRAPPER around the source,
-    byte for byte what `records pack --wrap` writes) or minified (python-minifier: docstrings dropped, names kept;
-    then wrapped). A file that is already such a wrapper ships as it is."""
+    """The code bytes shipped for CODE_FORM: raw, wrapped (CODE_WRAPPER, as `records pack --wrap` writes) or minified
+    (python-minifier: docstrings dropped, names kept; then wrapped). A wrapper already ships as it is."""
     if form == "raw" or source.startswith(CODE_WRAPPER[:43].encode()):
         return source
     if form == "minified":
@@ -2200,17 +2093,15 @@ def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
 
 
 def calibrate(run: Run, model: GPT, train_files: list[Path], train_ms: float) -> dict[str, Tensor]:
-    """QUANT_METHOD=gptq: the Hessians, collected from the training shards in the time MAX_WALLCLOCK_SECONDS leaves
-    after the training loop (GPTQ_RESERVE_SECONDS were kept back). Its log line shows training + calibration."""
+    """QUANT_METHOD=gptq: the Hessians, from training shards in the time the cap leaves after the training loop."""
     a = run.args
     if a.quant_method != "gptq":
         return {}
     cap_ms = 1000.0 * a.max_wallclock_seconds
     loader = TokenLoader(train_files, run.rank, run.world_size, run.device, a.vocab_size)
-    t0 = time.perf_counter()
-    hs, n = collect_hessians(model, quantised_names(model.state_dict()), loader, a, 8 // run.world_size,
-                             (cap_ms - train_ms) / 1000 if cap_ms > 0 else None, run.device)
-    ms = 1000 * (time.perf_counter() - t0)
+    budget_s = (cap_ms - train_ms) / 1000 if cap_ms > 0 else None
+    (hs, n), ms = timed(run.device, lambda: collect_hessians(model, quantised_names(model.state_dict()), loader, a,
+                                                             8 // run.world_size, budget_s, run.device))
     run.log(f"gptq_calibration batches:{n}/{a.gptq_calibration_batches} hessians:{len(hs)} time:{ms:.0f}ms "
             f"train_time:{train_ms:.0f}ms train_plus_calibration:{train_ms + ms:.0f}ms cap:{cap_ms:.0f}ms "
             f"train_cap:{1000 * train_cap_seconds(a):.0f}ms")
@@ -2277,8 +2168,7 @@ class Run:
 
 
 def training_frac(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
-    """How much of training is done: elapsed / the training loop's cap (MAX_WALLCLOCK_SECONDS less a GPTQ reserve,
-    as the record's 599.5 s), else step / ITERATIONS."""
+    """Training done: elapsed / the loop's cap (train_cap_seconds, as the record's 599.5 s), else step / ITERATIONS."""
     cap_ms = 1000.0 * train_cap_seconds(args)
     return elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
 
@@ -2315,8 +2205,7 @@ class Trainer:
         self.cap_ms = 1000.0 * cap if cap > 0 else None
 
     def loader(self) -> TokenLoader:
-        return TokenLoader(self.train_files, self.run.rank, self.run.world_size, self.run.device,
-                           self.args.vocab_size)
+        return TokenLoader(self.train_files, self.run.rank, self.run.world_size, self.run.device, self.args.vocab_size)
 
     def micro_steps(self, loader: TokenLoader) -> Tensor:
         """Forward and backward over the step's micro-batches (DDP syncs gradients on the last); the mean loss."""
@@ -2359,11 +2248,10 @@ class Trainer:
         self.run.log(f"warmup_steps:{self.args.warmup_steps} done; weights and optimisers reset")
 
     def set_schedule(self, step: int, elapsed_ms: float) -> None:
-        """Depth recurrence on when due, the momentum warm-up and the LR multiplier: read every step, nothing here
-        is frozen by compile (the looping switch is a module attribute compiled code is guarded on)."""
+        """Depth recurrence when due, momentum warm-up, LR multiplier: set every step, none frozen by compile."""
         a, scale = self.args, lr_multiplier(self.args, step, elapsed_ms)
         if not self.base_model.looping and looping_due(a, step, elapsed_ms):
-            self.base_model.looping = True
+            self.base_model.looping = True  # a module attribute: compiled code is guarded on it, never frozen
             self.run.log(f"layer_loop:enabled step:{step} frac:{training_frac(a, step, elapsed_ms):.3f}")
         frac = min(step / a.muon_momentum_warmup_steps, 1.0) if a.muon_momentum_warmup_steps > 0 else 1.0
         for g in self.muon.param_groups:
@@ -2435,8 +2323,7 @@ class Trainer:
 # ----------------------------------------------------------------------------------------------------------------
 
 def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
-    """EVAL_ONLY: the artifact's tensors and meta, refused unless it was made with this model configuration and
-    holds exactly the tensors (names and shapes) of that model."""
+    """EVAL_ONLY: the artifact's tensors and meta, if made with this model configuration and its exact tensors."""
     state, meta = unpack_artifact(Path(args.eval_only).read_bytes(), args.eval_only)
     made, now = meta.get("config", {}), args.as_dict()
     diff = [f"{k}={made.get(k)} (this run: {now[k]})" for k in ARCH_KEYS if made.get(k) != now[k]]
@@ -2454,8 +2341,7 @@ def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
 
 
 def read_val(args: Hyperparameters) -> tuple[np.ndarray, np.ndarray, str]:
-    """The val stream's token ids, the bytes of each target and their source (val_byte_counts), the tokenizer
-    checked against the shards and the data folder's manifest."""
+    """The val token ids, each target's bytes and their source; the tokenizer checked against shards and manifest."""
     sp = load_tokenizer(args)
     ids = np.concatenate([load_shard(f) for f in shard_files(args.data_path, "val")])
     if ids.size < 2 or int(ids.max()) >= args.vocab_size:
@@ -2536,13 +2422,16 @@ def timed(device: torch.device, fn):
 class Scores:
     """The final lines (val_loss, val_bpb over every rank's positions) and the time of each evaluation phase."""
 
-    def __init__(self, run: Run, val_bytes: Tensor):
-        self.run, self.val_bytes, self.scores, self.phases = run, val_bytes, {}, {}
+    def __init__(self, run: Run, val_bytes: Tensor, qname: str):
+        self.run, self.val_bytes, self.qname, self.scores, self.phases = run, val_bytes, qname, {}, {}
 
-    def add(self, name: str, line: str, pos: Tensor, nll: Tensor, ms: float) -> None:
+    def line(self, name: str) -> str:
+        return f"final_{name}_exact" if name.startswith("float_") else f"final_{self.qname}_{name}_exact"
+
+    def add(self, name: str, pos: Tensor, nll: Tensor, ms: float) -> None:
         vl, vb = reduce_score(pos, nll, self.val_bytes)
-        self.scores[name], self.phases[name] = {"val_loss": vl, "val_bpb": vb}, ms
-        self.run.log(f"{line} val_loss:{vl:.8f} val_bpb:{vb:.8f}")
+        self.scores[name] = {"val_loss": vl, "val_bpb": vb}
+        self.run.log(f"{self.line(name)} val_loss:{vl:.8f} val_bpb:{vb:.8f}")
         self.phase(name, ms)
 
     def phase(self, name: str, ms: float) -> None:
@@ -2576,8 +2465,7 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
     compile_hidden(run, base_model)
     if a.float_eval:
         (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
-        win = window_name(a)
-        scores.add(f"float_{win}", f"final_float_{win}_exact", pos, nll, ms)
+        scores.add(f"float_{window_name(a)}", pos, nll, ms)
     path = Path("artifacts") / f"{a.run_id}.ptz"
     meta = {"config": a.as_dict(), "code_sha256": hashlib.sha256(run.code).hexdigest()}
     blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns),
@@ -2620,27 +2508,23 @@ def window_name(args: Hyperparameters) -> str:
     return "sliding_window" if args.eval_mode == "stream" else "doc_window"
 
 
-def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores,
-                     qname: str) -> None:
-    """The reloaded artifact: sliding windows (EVAL_MODE=doc: inside each document), then PPM mixing and/or
-    score-first TTT."""
+def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores) -> None:
+    """The reloaded artifact: sliding windows (EVAL_MODE's), then PPM mixing and/or score-first TTT."""
     a, win = run.args, window_name(run.args)
     (pos, nll), ms = timed(run.device, lambda: sliding_eval(base_model, val_tokens, a, run.rank, run.world_size))
-    scores.add(win, f"final_{qname}_{win}_exact", pos, nll, ms)
+    scores.add(win, pos, nll, ms)
     if f"float_{win}" in scores.scores:
         gap = scores.scores[win]["val_bpb"] - scores.scores[f"float_{win}"]["val_bpb"]
         run.log(f"quant_gap_bpb:{gap:.6f}")
     if a.ppmc:
         p_ppm, ms_ppm = timed(run.device, lambda: ppm_probs(run, val_np))
-        scores.add(f"{win}_ppmc", f"final_{qname}_{win}_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha),
-                   ms_ppm)
+        scores.add(f"{win}_ppmc", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha), ms_ppm)
     if a.ttt:
         (pos, nll), ms = timed(run.device, lambda: ttt_eval(base_model, val_tokens, a, run.rank, run.world_size,
                                                             log=run.log))
-        scores.add("ttt", f"final_{qname}_ttt_exact", pos, nll, ms)
+        scores.add("ttt", pos, nll, ms)
         if a.ppmc:
-            scores.add("ttt_ppmc", f"final_{qname}_ttt_ppmc_exact", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha),
-                       0.0)
+            scores.add("ttt_ppmc", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha), 0.0)
 
 
 def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray, vocab: int) -> float:
@@ -2651,8 +2535,7 @@ def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray,
 
 
 def finish(run: Run, scores: Scores, summary: dict, uni: float | None) -> int:
-    """The closing lines and logs/<RUN_ID>.json; exit 1 when the artifact is over the limit or a score is not
-    finite (never reported as complete)."""
+    """The closing lines and logs/<RUN_ID>.json; 1 (not complete) when over the limit or a score is not finite."""
     a, final = run.args, list(scores.scores)[-1]
     eval_ms = sum(v for k, v in scores.phases.items() if not k.startswith("float"))
     run.log(f"eval_time_total:{eval_ms:.0f}ms")
@@ -2663,8 +2546,7 @@ def finish(run: Run, scores: Scores, summary: dict, uni: float | None) -> int:
     status = "nonfinite_score" if bad else "over_budget" if over else "complete"
     summary.update({"over_budget": over, "eval_phases_ms": scores.phases, "eval_time_ms": eval_ms,
                     "scores": scores.scores, "unigram_val_bpb": uni, "status": status,
-                    "final": {"metric": final, "line": f"final_{summary.pop('qname')}_{final}_exact",
-                              **scores.scores[final]}})
+                    "final": {"metric": final, "line": scores.line(final), **scores.scores[final]}})
     if run.master:
         write_atomic(run.log_path.with_suffix(".json"), json.dumps(summary, indent=1).encode())
     if over:
@@ -2688,7 +2570,8 @@ def main() -> int:
     train_files = read_train_files(args)
     run = start_run(args, world_size)
     val_tokens = torch.from_numpy(val_np.astype(np.int64)).to(run.device)
-    scores = Scores(run, torch.from_numpy(val_bytes).to(run.device))
+    qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
+    scores = Scores(run, torch.from_numpy(val_bytes).to(run.device), qname)
     run.log(f"val_tokens:{val_np.size} val_bytes:{int(val_bytes.sum())} train_shards:{len(train_files)}")
     run.log(f"val_byte_source:{byte_source}")
     base_model = build_model(args, run.device).to(run.device)
@@ -2698,22 +2581,20 @@ def main() -> int:
         stats, model_bytes, path = load_eval_only(run, base_model, eval_state, eval_meta, scores, read_ms)
     else:
         stats, model_bytes, path = train_and_export(run, base_model, train_files, val_tokens, scores)
-    qname = f"int{eval_meta.get('config', {}).get('QUANT_BITS', args.quant_bits)}"
     total, cname = model_bytes + len(run.shipped), f"{qname}+{args.compressor}"
     run.log(f"Serialized model {cname}: {model_bytes} bytes")
     run.log(f"Code size: {len(run.code)} bytes" if args.code_form == "raw" else f"Code size (uncompressed): "
             f"{len(run.code)} bytes\nCode size (compressed, CODE_FORM={args.code_form}): {len(run.shipped)} bytes")
     run.log(f"Total submission size {cname}: {total} bytes")
-    final_evaluation(run, base_model, val_np, val_tokens, scores, qname)
+    final_evaluation(run, base_model, val_np, val_tokens, scores)
     gpu = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else None
     summary = {"run_id": args.run_id, "seed": args.seed, "code_sha256": hashlib.sha256(run.code).hexdigest(),
                "code_bytes": len(run.code), "counted_code_bytes": len(run.shipped),
                "counted_code_sha256": hashlib.sha256(run.shipped).hexdigest(), "model_bytes": model_bytes,
-               "artifact_bytes": total,
-               "artifact_path": str(path), "eval_only": bool(args.eval_only), "config": args.as_dict(),
-               "world_size": world_size, "device": run.device.type, "gpu_name": gpu, "versions": versions(),
-               "attention_kernel": attention_kernel(run.device)[0], "compile_mode": run.compile_mode,
-               "num_params": num_params, **stats, "qname": qname}
+               "artifact_bytes": total, "artifact_path": str(path), "eval_only": bool(args.eval_only),
+               "config": args.as_dict(), "world_size": world_size, "device": run.device.type, "gpu_name": gpu,
+               "versions": versions(), "attention_kernel": attention_kernel(run.device)[0],
+               "compile_mode": run.compile_mode, "num_params": num_params, **stats}
     uni = unigram_bpb(train_files, val_np, val_bytes, args.vocab_size) if train_files else None
     rc = finish(run, scores, summary, uni)
     if run.distributed:
@@ -2723,9 +2604,8 @@ def main() -> int:
 
 
 def cli(argv: list[str]) -> int:
-    """`python train_gpt.py` runs; `--count-params` prints the parameter count; `--check` checks the configuration
-    and inputs only. Errors: one `error:` line (rank 0 only under torchrun); exit 2 for settings and inputs, 1 for
-    a run that could not finish honestly."""
+    """A run, or --count-params, --check (configuration and inputs) or --plan. Errors: one `error:` line (rank 0
+    only); exit 2 for settings and inputs, 1 for a run that could not finish honestly."""
     try:
         if argv == ["--count-params"]:
             print(count_params(os.environ))
