@@ -1,8 +1,9 @@
-"""Parameter Golf training script: train a compact GPT, export it as int6 + zstd, score the reloaded artifact.
+"""Parameter Golf training script: train a compact GPT, export it (int6 + brotli), score the reloaded artifact.
 
 Runs as `torchrun --standalone --nproc_per_node=K train_gpt.py` (CUDA: NCCL, bf16, torch.compile; CPU: gloo, fp32,
 eager) or as plain `python train_gpt.py`. Every setting is an environment variable declared once in Hyperparameters.
 Sections follow the data: hyperparameters, data, model, optimiser, evaluation, export, training loop, main.
+Layout as modded-nanogpt's: one blank line between definitions, two before a section.
 """
 
 from __future__ import annotations
@@ -36,20 +37,16 @@ from torch import Tensor, nn
 
 # ----------------------------------------------------------------------------------------------------------------
 # Hyperparameters: every setting declared once (env name, type, default, meaning, allowed values, architecture).
-# ----------------------------------------------------------------------------------------------------------------
 
 ARTIFACT_LIMIT = 16_000_000
 KNOWN_ENV = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
              "ROLE_RANK", "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "TORCHELASTIC_RUN_ID", "OMP_NUM_THREADS"}
 
-
 class ConfigError(ValueError):
     """A configuration or input problem, reported as one line (exit 2) before any work starts."""
 
-
 class RunError(RuntimeError):
     """A run that cannot finish honestly (disk full, non-finite score): one line, exit 1."""
-
 
 class Setting(NamedTuple):
     """One environment variable. `arch`: the artifact's computation depends on it (EVAL_ONLY refuses another value).
@@ -98,11 +95,9 @@ class Setting(NamedTuple):
             if value < lo or value > hi or (value == lo and not lo_in) or (value == hi and not hi_in):
                 raise ConfigError(f"{given}={value!r} is out of range: it must be in {self.rng}")
 
-
 S = Setting  # declares a setting in Hyperparameters; name and type come from the annotated attribute (declared())
 BOOL = dict(choices=(0, 1))
 TECH = dict(choices=(0, 1), arch=True, on=(1,))
-
 
 class Hyperparameters:
     """Every setting, declared once (env name: the attribute upper-cased); check_config checks their relations."""
@@ -307,7 +302,6 @@ class Hyperparameters:
     def as_dict(self) -> dict:
         return {s.name: getattr(self, s.name.lower()) for s in SETTINGS}
 
-
 def declared(cls) -> tuple[Setting, ...]:
     """The Settings of a class body, with their env names and types filled in from the annotations."""
     types = {"int": int, "float": float, "str": str}
@@ -315,14 +309,12 @@ def declared(cls) -> tuple[Setting, ...]:
         setattr(cls, attr, cls.__dict__[attr]._replace(name=attr.upper(), type=types[annotation]))
     return tuple(cls.__dict__[attr] for attr in cls.__annotations__)
 
-
 SETTINGS = declared(Hyperparameters)
 FLAGS = [(s.name, s.type, s.default, s.meaning) for s in SETTINGS]  # (name, type, default, meaning) for tools
 ARCH_KEYS = tuple(s.name for s in SETTINGS if s.arch)
 TECHNIQUES = [f"{s.name}={v}" + (f" {s.requires}" if s.requires else "") for s in SETTINGS for v in s.on]
 ALIASES = {(a if isinstance(a, str) else a[0]): (s, None if isinstance(a, str) else a[1])
            for s in SETTINGS for a in s.aliases}
-
 
 def read_setting(s: Setting, env) -> Any:
     """The setting's value from its own name or an alias (two different values for one setting are refused)."""
@@ -341,14 +333,12 @@ def read_setting(s: Setting, env) -> Any:
                           "set one")
     return values.pop()
 
-
 def abbreviates(key: str, name: str) -> bool:
     """GATED_ATTN -> GATED_ATTENTION: same first word, every later word a same-initial subsequence of the name's."""
     a, b = key.split("_"), name.split("_")
     if len(a) != len(b) or a[0] != b[0] or key == name or len(key) < 0.6 * len(name):
         return False
     return all(x[:1] == y[:1] and re.fullmatch(".*".join(map(re.escape, x)) + ".*", y) for x, y in zip(a, b))
-
 
 def refuse_unknown(env) -> None:
     """A near-miss, an abbreviation or a lower-case spelling of a known name is a mistake, not a new setting."""
@@ -363,7 +353,6 @@ def refuse_unknown(env) -> None:
         close = difflib.get_close_matches(key, names, n=1, cutoff=0.88) or [n for n in names if abbreviates(key, n)]
         if close:
             raise ConfigError(f"unknown setting {key}={env[key]!r}: did you mean {close[0]}?")
-
 
 def check_config(args: Hyperparameters, world_size: int) -> None:
     """The relations between settings (each setting's own range was checked when it was read)."""
@@ -410,12 +399,10 @@ def check_config(args: Hyperparameters, world_size: int) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data: shards of uint16 tokens behind a 256 x int32 header, the tokenizer's byte table, the training stream.
-# ----------------------------------------------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, HEADER_INTS = 20240520, 1, 256
 BOS_ID = 1  # every document starts with this token
 CASEOPS_OPERATORS = "\ue001\ue002\ue003\ue004"  # TITLE, ALLCAPS, CAPNEXT, ESC of the records' CaseOps transform
-
 
 def load_shard(path: Path, header_only: bool = False) -> np.ndarray:
     try:
@@ -435,7 +422,6 @@ def load_shard(path: Path, header_only: bool = False) -> np.ndarray:
                           f"({HEADER_INTS * 4 + 2 * max(int(header[2]), 0)} bytes): empty, truncated or corrupted")
     return header if header_only else np.fromfile(path, dtype="<u2", count=int(header[2]), offset=HEADER_INTS * 4)
 
-
 def checked_tokens(path: Path, vocab_size: int) -> np.ndarray:
     """A shard's tokens, refused when one is not an id of the vocabulary."""
     tokens = load_shard(path)
@@ -443,7 +429,6 @@ def checked_tokens(path: Path, vocab_size: int) -> np.ndarray:
         raise ConfigError(f"shard {path} holds token id {int(tokens.max())} >= VOCAB_SIZE={vocab_size}: it was made "
                           "with another tokenizer")
     return tokens
-
 
 def shard_files(data_path: str, split: str, required: bool = True) -> list[Path]:
     """The shards of one split ("train", "val", or "val_bytes": the val byte sidecar) in DATA_PATH, sorted."""
@@ -457,7 +442,6 @@ def shard_files(data_path: str, split: str, required: bool = True) -> list[Path]
         raise ConfigError(f"no {pattern} shards in {data_path}")
     return files
 
-
 def load_tokenizer(args: Hyperparameters) -> spm.SentencePieceProcessor:
     if not Path(args.tokenizer_path).is_file():
         raise ConfigError(f"TOKENIZER_PATH={args.tokenizer_path} does not exist")
@@ -469,7 +453,6 @@ def load_tokenizer(args: Hyperparameters) -> spm.SentencePieceProcessor:
         raise ConfigError(f"tokenizer {args.tokenizer_path} has {sp.vocab_size()} pieces but VOCAB_SIZE="
                           f"{args.vocab_size}; set VOCAB_SIZE={sp.vocab_size()} or use the matching tokenizer")
     return sp
-
 
 def check_manifest(args: Hyperparameters, val_bytes_total: int) -> None:
     """A DATA_PATH/manifest.json (data.prepare's) must name this tokenizer's sha256 and val byte total (true bpb)."""
@@ -485,7 +468,6 @@ def check_manifest(args: Hyperparameters, val_bytes_total: int) -> None:
     if want and manifest.get("val_bytes") not in (None, val_bytes_total):
         raise ConfigError(f"the val shards of {args.data_path} hold {val_bytes_total} bytes by this tokenizer but "
                           f"{manifest['val_bytes']} by their manifest.json: rebuild the data")
-
 
 def byte_tables(sp: spm.SentencePieceProcessor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per token id: bytes of the piece without its leading '▁', whether it has that '▁', whether it is a
@@ -503,13 +485,11 @@ def byte_tables(sp: spm.SentencePieceProcessor) -> tuple[np.ndarray, np.ndarray,
             base[i] = len(piece.removeprefix("\u2581").encode("utf-8"))
     return base, space, boundary
 
-
 def target_bytes(tokens: np.ndarray, tables) -> np.ndarray:
     """Bytes of each target tokens[1:]: the '▁' counts 1 only when the previous token is not a boundary."""
     base, space, boundary = tables
     prev, tgt = tokens[:-1].astype(np.int64), tokens[1:].astype(np.int64)
     return base[tgt] + (space[tgt] & ~boundary[prev])
-
 
 def val_byte_counts(args: Hyperparameters, ids: np.ndarray, sp: spm.SentencePieceProcessor) -> tuple[np.ndarray, str]:
     """Bytes of each val target ids[1:] and their source: the val byte sidecar (fineweb_val_bytes_*.bin: per token the
@@ -529,7 +509,6 @@ def val_byte_counts(args: Hyperparameters, ids: np.ndarray, sp: spm.SentencePiec
         raise ConfigError(f"the val byte sidecar of DATA_PATH={args.data_path} ({len(files)} file(s), {side.size} "
                           f"entries) does not fit its {ids.size} val tokens: rebuild or fetch the data again")
     return side[1:].astype(np.int64), "sidecar " + ",".join(f.name for f in files)
-
 
 class TokenLoader:
     """The training shards in order, forever; rank r trains on span r of each micro-step (any GPU count: same data)."""
@@ -561,19 +540,16 @@ class TokenLoader:
 # Model: GPT with GQA attention, RoPE, QK-norm, relu^2 MLP, U-Net skips, tied embeddings, logit softcap. A disabled
 # technique is None. A parameter's role (role(), set by its module; unmarked: 2-D matrix, else control) is its
 # optimiser and export precision: matrix (Muon; quantised when large), control (Adam at SCALAR_LR; fp32), embed, head.
-# ----------------------------------------------------------------------------------------------------------------
 
 def role(p: nn.Parameter, kind: str) -> nn.Parameter:
     p.kit_role = kind
     return p
-
 
 def param_roles(model: nn.Module, patterns: str = "") -> dict[str, str]:
     """{parameter name: role}; upstream's CONTROL_TENSOR_NAME_PATTERNS (comma-separated) adds control tensors."""
     extra = [x for x in patterns.split(",") if x]
     return {name: "control" if any(x in name for x in extra) else
             getattr(p, "kit_role", "matrix" if p.ndim == 2 else "control") for name, p in model.named_parameters()}
-
 
 class Kernel(NamedTuple):
     """Causal attention over (B, T, H, D): attend(q, k, v, docs), docs None (dense) or, for VARLEN_ATTN, what
@@ -582,19 +558,16 @@ class Kernel(NamedTuple):
     attend: Callable
     docs: Callable
 
-
 def sdpa_attend(q: Tensor, k: Tensor, v: Tensor, docs: Tensor | None = None) -> Tensor:
     y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=docs,
                                        is_causal=docs is None, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
-
 
 def sdpa_docs(cu_seqlens: Tensor, shape: tuple, max_len: int) -> Tensor:
     """The block-diagonal causal mask (B, 1, T, T): i sees j iff j <= i in the same segment."""
     B, T = shape
     seg = torch.searchsorted(cu_seqlens.long(), torch.arange(B * T, device=cu_seqlens.device), right=True).view(B, 1, T)
     return (seg[..., :, None] == seg[..., None, :]) & torch.ones(T, T, dtype=torch.bool, device=seg.device).tril()
-
 
 def flash_kernel(name: str, dense: Callable, varlen: Callable) -> Kernel:
     def attend(q: Tensor, k: Tensor, v: Tensor, docs: tuple | None = None) -> Tensor:
@@ -607,7 +580,6 @@ def flash_kernel(name: str, dense: Callable, varlen: Callable) -> Kernel:
         return (out[0] if isinstance(out, tuple) else out).view_as(q).to(q.dtype)
     return Kernel(name, attend, lambda cu_seqlens, shape, max_len: (cu_seqlens, max_len))
 
-
 def attention_kernel(device: torch.device) -> Kernel:
     """flash-attn 3, then 2, on CUDA; PyTorch SDPA otherwise."""
     if device.type == "cuda":
@@ -618,7 +590,6 @@ def attention_kernel(device: torch.device) -> Kernel:
             except (ImportError, AttributeError):
                 continue
     return Kernel("sdpa", sdpa_attend, sdpa_docs)
-
 
 def doc_bounds(idx: Tensor, max_len: int, bucket: int = 64) -> Tensor:
     """cu_seqlens (int32) of idx's rows laid end to end, cut as the 1.0611 record cuts: at each row start, each BOS
@@ -631,7 +602,6 @@ def doc_bounds(idx: Tensor, max_len: int, bucket: int = 64) -> Tensor:
     padded = -(-(cuts.numel() + 1) // bucket) * bucket
     return F.pad(cuts, (0, padded - cuts.numel()), value=B * T).to(torch.int32)
 
-
 class CastedLinear(nn.Linear):
     """fp32 master weights, cast to the activation dtype at matmul time."""
 
@@ -642,10 +612,8 @@ class CastedLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight.to(x.dtype))
 
-
 def rms(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
-
 
 class Rotary(nn.Module):
     """RoPE on the first `dims` channels of each head (ROPE_DIMS; all of them by default)."""
@@ -663,7 +631,6 @@ class Rotary(nn.Module):
         cos, sin = self.cos[:, :T].to(x.dtype), self.sin[:, :T].to(x.dtype)
         x1, x2, rest = x[..., :half], x[..., half:self.dims], x[..., self.dims:]
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin, rest), dim=-1)
-
 
 class Gate(nn.Module):
     """sigma(W z + b) broadcast to `width` channels, W full, low-rank (width x k)(k x n_in), per head or scalar; W
@@ -683,7 +650,6 @@ class Gate(nn.Module):
         g = torch.sigmoid(self.w(z if self.down is None else self.down(z)) + self.b.to(z.dtype))
         return g.repeat_interleave(self.expand, dim=-1) if self.expand > 1 else g
 
-
 class Review(nn.Module):
     """REVIEW_RESIDUAL: x + sigma(W_r [rms(x); rms(u)] + b_r) * u, the gate conditioned on the update itself."""
 
@@ -695,7 +661,6 @@ class Review(nn.Module):
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         return x + self.gate(torch.cat((rms(x), rms(u)), dim=-1)) * u
 
-
 class Highway(Review):
     """HIGHWAY: the state-only additive gate x + sigma(W_g x + b_g) * u."""
 
@@ -705,11 +670,9 @@ class Highway(Review):
     def forward(self, x: Tensor, u: Tensor) -> Tensor:
         return x + self.gate(x) * u
 
-
 def residual_rule(args: Hyperparameters) -> nn.Module | None:
     """The gated residual update of both sublayers; None: the plain x + u."""
     return Review(args) if args.review_residual else Highway(args) if args.highway else None
-
 
 class ValueResidual(nn.Module):
     """VALUE_RESIDUAL: v = lambda0 * v0 + lambda1 * v with layer 0's raw values v0 (init 0.5, 0.5)."""
@@ -724,12 +687,10 @@ class ValueResidual(nn.Module):
         lam = self.vr_lambda.to(v.dtype)
         return lam[0] * v0 + lam[1] * v
 
-
 def exclusive(y: Tensor, v: Tensor) -> Tensor:
     """XSA: remove from each head's output its component along its own (normalised) value vector."""
     v_hat = F.normalize(v, dim=-1).repeat_interleave(y.size(2) // v.size(2), dim=2)
     return y - (y * v_hat).sum(-1, keepdim=True) * v_hat
-
 
 class SparseGate(nn.Module):
     """GATED_ATTENTION=2 (the 1.0611 record's sparse gate): head h's output times sigma(s * W_h . a[:GATE_WINDOW]),
@@ -745,14 +706,12 @@ class SparseGate(nn.Module):
         g = torch.sigmoid(self.scale * F.linear(a[..., :self.window], self.w.to(a.dtype)))
         return g.repeat_interleave(self.expand, dim=-1)
 
-
 def out_gate(args: Hyperparameters) -> nn.Module | None:
     if args.gated_attention == 2:
         return SparseGate(args)
     mode = {"head": "head", "element": "full"}[args.gated_attention_mode]
     return Gate(args.model_dim, args.model_dim, mode, 0, args.num_heads, args.gated_attention_bias) \
         if args.gated_attention else None
-
 
 class Attention(nn.Module):
     def __init__(self, args: Hyperparameters, layer: int, max_len: int, kernel):
@@ -783,7 +742,6 @@ class Attention(nn.Module):
         y = y.reshape(B, T, -1)
         return self.proj(y if self.out_gate is None else y * self.out_gate(a)), raw_v
 
-
 class MLP(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
@@ -798,10 +756,8 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.act(self.fc(x)))
 
-
 def residual(rule: nn.Module | None, x: Tensor, u: Tensor) -> Tensor:
     return x + u if rule is None else rule(x, u)
-
 
 class Block(nn.Module):
     def __init__(self, args: Hyperparameters, layer: int, max_len: int, kernel):
@@ -829,7 +785,6 @@ class Block(nn.Module):
         x = residual(self.attn_res, x, u)
         return residual(self.mlp_res, x, self.feed(x)), v
 
-
 class Lanes(nn.Module):
     """PARALLEL_START_LAYER (the 1.0611 record's): from the first decoder block of index >= start, attention reads
     lane 0 (mixed with x0), the MLP lane 1, both write both: lane_k <- r[i,k] lane_k + P[i,0,k] a + P[i,1,k] f (r from
@@ -851,7 +806,6 @@ class Lanes(nn.Module):
     def merge(self, lanes: tuple) -> Tensor:
         return lanes[0] if self.final == "attn" else lanes[1] if self.final == "mlp" else 0.5 * (lanes[0] + lanes[1])
 
-
 class BigramHash(nn.Module):
     """BIGRAM_HASH: bucket (36313 t_i XOR 27191 t_{i-1}) mod (B-1) (position 0, and a BOS with VARLEN_ATTN: B-1) ->
     Embedding(B, dim) from 0 -> Linear(dim, d) -> times a scale (init 0.05), added to the token embedding."""
@@ -872,7 +826,6 @@ class BigramHash(nn.Module):
             h = torch.where(idx == BOS_ID, self.buckets - 1, h)
         return x + self.scale.to(x.dtype) * self.proj(self.embed(h).to(x.dtype))
 
-
 class SmearGate(nn.Module):
     """SMEAR_GATE: x_t = (1 - g) x_t + g x_{t-1}, g = sigma(w) per channel (w = 0: g = 0.5). The previous position
     is zero at position 0 and at every BOS, so nothing smears across a document start."""
@@ -885,7 +838,6 @@ class SmearGate(nn.Module):
         prev = F.pad(x[:, :-1], (0, 0, 1, 0)) * (idx != BOS_ID)[..., None].to(x.dtype)
         g = torch.sigmoid(self.smear.to(x.dtype))
         return (1 - g) * x + g * prev
-
 
 class ContentSmear(nn.Module):
     """SMEAR_GATE=2 (the 1.0611 record's), on the embedding before the first norm: for t >= 1 and no BOS at t,
@@ -902,14 +854,12 @@ class ContentSmear(nn.Module):
         keep = (idx[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)
         return torch.cat((x[:, :1], x[:, 1:] + g * x[:, :-1] * keep), dim=1)
 
-
 def layer_order(args: Hyperparameters, looped: bool) -> tuple[list[int], list[int]]:
     """Block indices of the encoder (pushes U-Net skips) and decoder (pops them) halves; looped: LOOP_START..LOOP_END
     run 1 + NUM_LOOPS times in a row, then the sequence is halved."""
     L, s, e = args.num_layers, args.loop_start, args.loop_end
     order = [*range(s), *list(range(s, e + 1)) * (args.num_loops + 1), *range(e + 1, L)] if looped else [*range(L)]
     return order[:len(order) // 2], order[len(order) // 2:]
-
 
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters, kernel=None):
@@ -995,12 +945,10 @@ class GPT(nn.Module):
         logits = self.logits(self.hidden(idx, cu_seqlens))
         return logits if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
-
 def build_model(args: Hyperparameters, device: torch.device | None = None) -> GPT:
     """The model of a configuration, seeded; the attention kernel is the best one for `device` (default: CPU)."""
     torch.manual_seed(args.seed)
     return GPT(args, attention_kernel(device or torch.device("cpu")))
-
 
 def count_params(env) -> int:
     """Exact parameter count of a configuration, built on the meta device (no memory, no GPU)."""
@@ -1010,7 +958,6 @@ def count_params(env) -> int:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Optimiser: Muon (Newton-Schulz orthogonalised Nesterov momentum) for block matrices, Adam for the rest.
-# ----------------------------------------------------------------------------------------------------------------
 
 POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),  # (a, b, c) of steps 1..5
                  (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -1018,11 +965,9 @@ POLAR_EXPRESS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),  #
                  (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
                  (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
 
-
 def ns_coefficients(kind: str, steps: int) -> tuple:
     """MUON_NS: classic, the fixed quintic `steps` times; polar, the Polar-Express tuples (at most 5, as the record)."""
     return ((3.4445, -4.7750, 2.0315),) * steps if kind == "classic" else POLAR_EXPRESS[:steps]
-
 
 def newton_schulz(G: Tensor, coeffs: tuple) -> Tensor:
     X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
@@ -1034,7 +979,6 @@ def newton_schulz(G: Tensor, coeffs: tuple) -> Tensor:
         A = X @ X.T
         X = a * X + (b * A + c * A @ A) @ X
     return X.T if transposed else X
-
 
 class Muon(torch.optim.Optimizer):
     """Each rank orthogonalises every WORLD_SIZE-th matrix; one all-reduce shares the updates."""
@@ -1067,7 +1011,6 @@ class Muon(torch.optim.Optimizer):
                     p.mul_(1 - group["lr"] * group["wd"])
                 p.add_(part.view_as(p).to(p.dtype), alpha=-group["lr"])
 
-
 def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.optim.Optimizer], Muon]:
     """By role: embeddings (token, bigram) and the untied head: Adam at their LRs; matrices: Muon; control: Adam."""
     roles = param_roles(model, args.control_tensor_name_patterns)
@@ -1093,7 +1036,6 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> tuple[list[torch.opti
 # Evaluation: exact sliding windows of length L. Every target tokens[1..N-1] is scored once, by the first window that
 # reaches it (at most `stride` new ones a window), with at least L - stride tokens of context; only scored positions
 # go through the output head.
-# ----------------------------------------------------------------------------------------------------------------
 
 def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
     """(input start, first scored target, last scored target + 1) in target positions of the token stream."""
@@ -1103,10 +1045,8 @@ def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, in
         done, end = end + 1, min(end + stride, n_tokens - 1)
     return out
 
-
 def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
 
 @torch.no_grad()
 def window_nll(model: GPT, tokens: Tensor, wins: list[tuple[int, int, int]], batch_seqs: int) -> Tensor:
@@ -1127,12 +1067,10 @@ def window_nll(model: GPT, tokens: Tensor, wins: list[tuple[int, int, int]], bat
         out.append(-logp.gather(1, tokens[idx + 1][scored][:, None]).squeeze(1).double())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
 
-
 def score_nll(model: GPT, tokens: Tensor, seq_len: int, stride: int, batch_seqs: int = 32) -> Tensor:
     """Negative log-likelihood in nats of tokens[1:], each scored once: the kit's scoring function."""
     model.eval()
     return window_nll(model, tokens, windows(tokens.numel(), seq_len, stride), batch_seqs)
-
 
 @torch.no_grad()
 def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stride: int) -> Tensor:
@@ -1146,7 +1084,6 @@ def score_distribution(model: GPT, tokens: Tensor, positions, seq_len: int, stri
         out.append(torch.log_softmax(model.logits(h).double(), dim=-1))
     return torch.stack(out)
 
-
 def sliding_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                  seq_len: int = 0, stride: int = 0, batch_seqs: int = 0) -> tuple[Tensor, Tensor]:
     """(target positions, NLLs) of this rank's share of EVAL_MODE's windows (or the stream's of seq_len/stride)."""
@@ -1157,13 +1094,11 @@ def sliding_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, w
     model.train()
     return window_positions(mine, tokens.device), nll
 
-
 def window_positions(wins: list[tuple[int, int, int]], device: torch.device) -> Tensor:
     w = torch.tensor(wins, dtype=torch.long, device=device).view(-1, 3)
     counts = w[:, 2] - w[:, 1]
     offsets = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     return torch.repeat_interleave(w[:, 1], counts) + torch.arange(int(counts.sum()), device=device) - offsets
-
 
 def reduce_score(pos: Tensor, nll: Tensor, val_bytes: Tensor) -> tuple[float, float]:
     """(val_loss, val_bpb) over the positions scored by all ranks; val_bytes[p - 1] is target p's byte count."""
@@ -1174,11 +1109,9 @@ def reduce_score(pos: Tensor, nll: Tensor, val_bytes: Tensor) -> tuple[float, fl
     loss = (totals[0] / totals[1]).item()
     return loss, loss / math.log(2) * (totals[1] / totals[2]).item()
 
-
 def mix_nll(nll_net: Tensor, p_ppm: Tensor, alpha: float) -> Tensor:
     """PPMC mixing in probability space: -log(alpha * p_net + (1 - alpha) * p_ppm). alpha is a constant."""
     return -torch.log(alpha * torch.exp(-nll_net) + (1 - alpha) * p_ppm)
-
 
 class TTTLedger:
     """No-op ledger; the compliance probe and the tests pass one that records every scored and trained position."""
@@ -1186,7 +1119,6 @@ class TTTLedger:
     def scored(self, positions: Tensor) -> None: ...
 
     def trained(self, positions: Tensor) -> None: ...
-
 
 def sgd_step(model: GPT, params: list, opt: torch.optim.Optimizer, tokens: Tensor, rows: list, n_targets: int,
              clip: float, ledger: TTTLedger, packed: int = 0) -> None:
@@ -1212,14 +1144,12 @@ def sgd_step(model: GPT, params: list, opt: torch.optim.Optimizer, tokens: Tenso
         nn.utils.clip_grad_norm_(params, clip)
     opt.step()
 
-
 def full_model_sgd(model: GPT, lr: float, momentum: float) -> tuple[list, torch.optim.SGD]:
     params = list(model.parameters())
     for p in params:  # explicit zeros: a rank with nothing to train still joins the gradient all-reduce
         p.requires_grad_(True)
         p.grad = torch.zeros_like(p)
     return params, torch.optim.SGD(params, lr=lr, momentum=momentum)
-
 
 def chunked_ttt(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                 ledger: TTTLedger) -> tuple[Tensor, Tensor]:
@@ -1255,7 +1185,6 @@ def chunked_ttt(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, wo
     model.eval()
     return torch.cat(all_pos), torch.cat(all_nll)
 
-
 # TTT_MODE=lora_phased, the 1.0611 record's evaluation (FRONTIER.md 1.13): batches of documents, each with its own
 # LoRA adapters trained chunk by chunk, score first; phases of full-model SGD on documents already scored.
 
@@ -1267,7 +1196,6 @@ def split_docs(tokens: Tensor) -> tuple[Tensor, Tensor]:
     lengths = torch.cat((starts[1:] + 1, torch.tensor([tokens.numel()]))) - starts
     return starts[lengths >= 2], lengths[lengths >= 2]
 
-
 def eval_windows(tokens: Tensor, args: Hyperparameters) -> list[tuple[int, int, int]]:
     """The stream's sliding windows, or with EVAL_MODE=doc each document's: a target sees only its own document."""
     L, stride = args.eval_seq_len, args.eval_stride
@@ -1275,7 +1203,6 @@ def eval_windows(tokens: Tensor, args: Hyperparameters) -> list[tuple[int, int, 
         return windows(tokens.numel(), L, stride)
     return [(s0 + s, s0 + a, s0 + e) for s0, n in zip(*(t.tolist() for t in split_docs(tokens)))
             for s, a, e in windows(n, L, stride)]
-
 
 def short_chunks(text: str) -> list[tuple[int, int]] | None:
     """TTT_SHORT_CHUNKS as (longest document, chunk) pairs, shortest first; None when malformed."""
@@ -1285,7 +1212,6 @@ def short_chunks(text: str) -> list[tuple[int, int]] | None:
         return None
     return pairs if all(len(p) == 2 and min(p) >= 1 for p in pairs) else None
 
-
 def doc_batches(lengths: Tensor, args: Hyperparameters) -> list[tuple[int, Tensor]]:
     """(batch number, document indices) of batches of TTT_BATCH_SIZE documents in processing order. TTT_DOC_ORDER:
     length, sorted by length (stable), longest batch first (the record); stream, in stream order."""
@@ -1293,7 +1219,6 @@ def doc_batches(lengths: Tensor, args: Hyperparameters) -> list[tuple[int, Tenso
         return list(enumerate(torch.arange(lengths.numel()).split(args.ttt_batch_size)))
     batches = list(enumerate(torch.sort(lengths, stable=True).indices.split(args.ttt_batch_size)))
     return sorted(batches, key=lambda b: -int(lengths[b[1]].max()))
-
 
 def phase_plan(batches: list, args: Hyperparameters) -> list[tuple[int, int]]:
     """Segments of the batch queue as (end, documents the phase after it trains on; 0: none, as the last). A phase
@@ -1307,17 +1232,14 @@ def phase_plan(batches: list, args: Hyperparameters) -> list[tuple[int, int]]:
             plan.append((q + 1, bounds[len(plan)]))
     return plan + [(len(batches), 0)]
 
-
 def batch_queue(key: str, start: int):
     """A claim() handing out queue positions start, start + 1, ... first come first served (one store.add a claim)."""
     store, n = dist.distributed_c10d._get_default_store() if dist.is_initialized() else None, iter(range(1, 1 << 62))
     return lambda: start + (store.add(key, 1) if store is not None else next(n)) - 1
 
-
 def lora_generator(seed: int, key: int, device: torch.device) -> torch.Generator:
     """The generator of the adapters' A: the same on every rank for a given (SEED, key)."""
     return torch.Generator(device).manual_seed(hash((seed, key)) & (2 ** 62 - 1))
-
 
 class Adapters:
     """Per-document adapters (x A_b^T) B_b^T * TTT_LORA_ALPHA / rank, A ~ U(+-1/sqrt(d)), B = 0, on Q, K, V, attention
@@ -1382,7 +1304,6 @@ class Adapters:
     def begin(self) -> None:
         self.at = {"attn": -1, "mlp": -1}
 
-
 def chunk_rows(tokens: Tensor, starts: Tensor, lengths: Tensor, ci: int, C: int, L: int, causal: bool):
     """Chunk ci (targets ci*C..) of a batch's documents, context at most L tokens back from the chunk's end (`causal`:
     a full chunk's end, so no score depends on where a document ends): rows x (bsz, W) padded with 0, the targets'
@@ -1398,7 +1319,6 @@ def chunk_rows(tokens: Tensor, starts: Tensor, lengths: Tensor, ci: int, C: int,
     pos = (starts + 1 + ci * C).to(dev)[:, None] + j
     return x, sel, pos, j < cnt, (nc - 1 > ci).to(dev)
 
-
 def lora_nll(hidden, model: GPT, ad: Adapters, x: Tensor, sel: Tensor, y: Tensor) -> Tensor:
     """Per-target NLL (bsz, C) at the row positions sel of the windows x, through the current adapters."""
     ad.begin()
@@ -1407,7 +1327,6 @@ def lora_nll(hidden, model: GPT, ad: Adapters, x: Tensor, sel: Tensor, y: Tensor
         h = h.gather(1, sel[..., None].expand(-1, -1, h.size(-1)))
         logits = model.logits(h, ad("head", 0, h))
     return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
-
 
 def lora_batch(hidden, model: GPT, ad: Adapters, params: list, tokens: Tensor, starts: Tensor, lengths: Tensor,
                args: Hyperparameters, ledger: TTTLedger) -> tuple[Tensor, Tensor]:
@@ -1434,7 +1353,6 @@ def lora_batch(hidden, model: GPT, ad: Adapters, params: list, tokens: Tensor, s
             opt.step()
     return torch.cat(out_pos), torch.cat(out_nll)
 
-
 def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyperparameters, rank: int,
                world_size: int, ledger: TTTLedger) -> None:
     """A phase: SGD of all weights on documents laid end to end (src: stream positions; tgt: same, 0 at document
@@ -1459,7 +1377,6 @@ def global_sgd(model: GPT, tokens: Tensor, src: Tensor, tgt: Tensor, args: Hyper
                 sgd_step(model, params, opt, tokens, [(src[mine], tgt[mine + 1])], int((tgt[j + 1] > 0).sum()),
                          a.global_ttt_grad_clip, ledger, min(L, model.seq_len) if model.varlen else 0)
     model.eval()
-
 
 def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
                      ledger: TTTLedger, log) -> tuple[Tensor, Tensor]:
@@ -1504,7 +1421,6 @@ def lora_phased_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: in
     out.append((torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.float64, device=dev)))
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])  # (a rank may have had no batch)
 
-
 def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world_size: int,
              ledger: TTTLedger = TTTLedger(), log=lambda msg: None) -> tuple[Tensor, Tensor]:
     """Legal score-first test-time training (TTT_MODE): this rank's (target positions, NLLs)."""
@@ -1512,12 +1428,10 @@ def ttt_eval(model: GPT, tokens: Tensor, args: Hyperparameters, rank: int, world
         return lora_phased_eval(model, tokens, args, rank, world_size, ledger, log)
     return chunked_ttt(model, tokens, args, rank, world_size, ledger)
 
-
 def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTTLedger = TTTLedger()) -> Tensor:
     """Single-process TTT scoring (probe API; a run calls ttt_eval): NLL of tokens[1:] in stream order (float64)."""
     pos, nll = ttt_eval(model, tokens, args, 0, 1, ledger)
     return torch.empty_like(nll).index_copy_(0, pos - 1, nll)
-
 
 # PPM-C context mixer (PPMC=1): p = alpha * p_net + (1 - alpha) * p_ppm over the val stream, causally. Token t uses
 # orders min(ORDER, t')..0 (t': tokens counted since the last reset), then order -1 (uniform over the vocabulary). A
@@ -1542,7 +1456,6 @@ def ttt_score_nll(model: GPT, tokens: Tensor, args: Hyperparameters, ledger: TTT
 
 PPM_LOOKUP_CHUNK = 1 << 20  # elements (queries' pairs + events) sorted at once by _lookup_sums
 
-
 def _sort_by_key(key: np.ndarray, pos: np.ndarray, nb: int):
     """Positions (increasing, < 2**nb) sorted by (key, position), and flags at each run start. Overwrites key."""
     if key.size == 0 or int(key.max()).bit_length() + nb <= 63:  # packed int64: a plain (SIMD) sort
@@ -1559,14 +1472,12 @@ def _sort_by_key(key: np.ndarray, pos: np.ndarray, nb: int):
     np.not_equal(key[1:], key[:-1], out=new[1:])
     return sp, new
 
-
 def _unpack(packed: np.ndarray):
     """(hi, lo) as int32 from int64 values hi << 32 | lo (both in [0, 2**31)). Overwrites packed."""
     lo = np.empty(packed.size, np.int32)
     np.bitwise_and(packed, 0xFFFFFFFF, out=lo, casting="unsafe")
     packed >>= 32
     return packed.astype(np.int32), lo
-
 
 def _chunks(cost: np.ndarray, chunk: int) -> list[tuple[int, int]]:
     """Query ranges [i0, i1) whose cumulative `cost` grows by at most `chunk` (at least one query each)."""
@@ -1576,7 +1487,6 @@ def _chunks(cost: np.ndarray, chunk: int) -> list[tuple[int, int]]:
         out.append((i0, i1))
         i0 = i1
     return out
-
 
 def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb):
     """For each query i (positions tq, increasing): the occurrences before tq[i] of the pairs lp[o_i .. o_i + cnt_i)
@@ -1606,7 +1516,6 @@ def _lookup_sums(ev_pos, ev_pair, n_pairs, tq, rank, lp, o, cnt, nb):
         e0 = e1
     return X
 
-
 def _fold(R: np.ndarray, c, m, q, q_up, V: int, exclusion: bool) -> np.ndarray:
     """Order k over R = p(x_t) from the orders below it, in place. c, q: the count of x_t and the distinct symbols
     of the order-k context; m: its total n (exclusion: n - X); q_up: order k+1's q. Exclusion: a hit replaces R, a
@@ -1625,7 +1534,6 @@ def _fold(R: np.ndarray, c, m, q, q_up, V: int, exclusion: bool) -> np.ndarray:
     np.copyto(R, P, where=qe > 0)
     return R
 
-
 class PPMOrder:
     """One order's counts, indexed by position t (0..N; N is a never-valid dummy) unless said otherwise. Mutable:
     arrays are dropped (None) as soon as they are used up, to keep at most two orders in memory."""
@@ -1636,7 +1544,6 @@ class PPMOrder:
         self.sorted_pos, self.run_start = sorted_pos, run_start  # valid_pos sorted by (pair, position); run starts
         self.pair_id, self.seen_before = pair_id, seen_before  # (context, x_t) id; in sorted order: earlier occurrences
         self.n_pairs = n_pairs
-
 
 def _pair_counts(sorted_pos: np.ndarray, run_start: np.ndarray, N: int):
     """From the occurrences of order k's (context, symbol) pairs, sorted by (pair, position): each pair's dense id
@@ -1651,7 +1558,6 @@ def _pair_counts(sorted_pos: np.ndarray, run_start: np.ndarray, N: int):
     del gid
     pair_id, count = _unpack(packed)
     return pair_id, seen_before, count, n_pairs
-
 
 def _context_counts(prev: PPMOrder, first: np.ndarray, valid: np.ndarray, N: int, nb: int, exclusion: bool):
     """n_k and q_k of order k's contexts (= order k-1's pairs at t-1), from order k-1's sorted occurrences. With
@@ -1682,7 +1588,6 @@ def _context_counts(prev: PPMOrder, first: np.ndarray, valid: np.ndarray, N: int
                                        distinct[tq].astype(np.int64), nb).astype(np.int32)
     prev.valid_pos = prev.pair_id = None
     return total, distinct
-
 
 def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
@@ -1730,7 +1635,6 @@ def ppm_target_probs(tokens: np.ndarray, vocab_size: int, order: int = 2, exclus
         del count, total, distinct, vp, sp, run_start, pair_id, seen_before  # prev holds them (and drops them early)
     return _fold(R, prev.count, prev.total, prev.distinct, 0, V, exclusion)[1:N]
 
-
 def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2, exclusion: bool = True,
                      reset_doc: bool = False, bos_id: int = 1) -> np.ndarray:
     """The full PPM distribution (float64 [V]) for token t >= 1 from tokens < t (direct, slow; probe API)."""
@@ -1766,7 +1670,6 @@ def ppm_distribution(tokens: np.ndarray, t: int, vocab_size: int, order: int = 2
 # correction and int8 gates; control and small tensors fp32/fp16. File: b"PGKIT002", compressor id, 8 bytes of
 # sha256 of the rest, stream lengths, then the compressed streams (the header and small arrays; the codes of each
 # matrix group, column-major); their concatenation is u32 header length + JSON header + raw arrays. No pickle.
-# ----------------------------------------------------------------------------------------------------------------
 
 ARTIFACT_MAGIC = b"PGKIT002"
 COMPRESSORS = ("zstd", "brotli", "lzma")
@@ -1782,7 +1685,6 @@ CODE_WRAPPER = (  # what `records pack` ships for CODE_FORM wrapped/minified: ru
     'c=compile(s,f,"exec");del L,B,C,s,f\n'
     'exec(globals().pop("c"))\n')
 
-
 def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """QUANT_METHOD=rtn: per-row symmetric quantisation; each row keeps the clip percentile of least squared error."""
     qmax, w = 2 ** (bits - 1) - 1, w.float()
@@ -1797,7 +1699,6 @@ def quantize_rows(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
         best_scale = scale if best_scale is None else torch.where(better, scale, best_scale)
         best_err = err if best_err is None else torch.minimum(err, best_err)
     return best_q.to(torch.int8), best_scale
-
 
 def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128) -> tuple[Tensor, Tensor]:
     """QUANT_METHOD=gptq: row scale s = fp16(k * std(row) / q_max), then full-Hessian GPTQ: columns by descending
@@ -1827,7 +1728,6 @@ def gptq_rows(w: Tensor, H: Tensor | None, k: float, bits: int, block: int = 128
         W[:, j:] -= err @ U[i:j, j:]
     return Q[:, torch.argsort(perm)].to(torch.int8), scale
 
-
 def lqer_factors(E: Tensor, args: Hyperparameters) -> dict[str, Tensor]:
     """LQER: E = W - W_hat ~ A B, rank-LQER_RANK SVD (A = U S, B = V^T). Asymmetric (B.numel % LQER_ASYM_GROUP == 0):
     A in [-2, 1], one fp16 scale max|A| / 1.5; B in [-8, 7], scale max|B_g| / 7.5 per group. Else per row, same bits."""
@@ -1845,7 +1745,6 @@ def lqer_factors(E: Tensor, args: Hyperparameters) -> dict[str, Tensor]:
         qA, qB = (torch.clamp(torch.round(X / s.float()[:, None]), -m, m) for X, s in ((A, sA), (B, sB)))
     return {"lqA": qA.to(torch.int8), "lqAs": sA, "lqB": qB.to(torch.int8), "lqBs": sB}
 
-
 def dequantize(a: dict[str, Tensor]) -> Tensor:
     """One tensor in float32 from its stored arrays: data, or q * scale per row plus the LQER product."""
     if "q" not in a:
@@ -1857,10 +1756,8 @@ def dequantize(a: dict[str, Tensor]) -> Tensor:
         W = W + A @ B
     return W
 
-
 def quantised_names(state: dict[str, Tensor]) -> set[str]:
     return {n for n, t in state.items() if t.ndim == 2 and t.numel() > SMALL_TENSOR}
-
 
 def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
                   H: Tensor | None = None) -> dict[str, Tensor]:
@@ -1880,7 +1777,6 @@ def export_arrays(name: str, t: Tensor, role_: str, args: Hyperparameters,
     keep32 = role_ == "control" or t.numel() <= 4096 or any(x in name for x in keep)
     return {"data": t.float() if keep32 else t.half()}
 
-
 def quantize_state(state: dict[str, Tensor], roles: dict[str, str], args: Hyperparameters,
                    hessians: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
     """{name: {array: tensor}} of every tensor; LQER_ENABLED: factors for the LQER_TOP_K largest error norms."""
@@ -1892,7 +1788,6 @@ def quantize_state(state: dict[str, Tensor], roles: dict[str, str], args: Hyperp
             out[n].update(lqer_factors(errs[n], args))
     return out
 
-
 def compress(data: bytes, name: str, level: int = 22) -> bytes:
     if name == "zstd":
         return zstandard.ZstdCompressor(level=level).compress(data)
@@ -1900,7 +1795,6 @@ def compress(data: bytes, name: str, level: int = 22) -> bytes:
         import brotli
         return brotli.compress(data, quality=11, lgwin=24)
     return lzma.compress(data, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
-
 
 def decompress(data: bytes, name: str) -> bytes:
     if name == "zstd":
@@ -1913,7 +1807,6 @@ def decompress(data: bytes, name: str) -> bytes:
         import brotli
         return brotli.decompress(data)
     return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
-
 
 def encode_artifact(entries: dict[str, dict], meta: dict, compressor: str, level: int = 22) -> bytes:
     """The file of `entries` (see the section's header). Stream 0: the header and the small arrays; stream 1 + i:
@@ -1938,7 +1831,6 @@ def encode_artifact(entries: dict[str, dict], meta: dict, compressor: str, level
     body = struct.pack(f"<B{len(packed)}I", len(packed), *map(len, packed)) + b"".join(packed)
     return ARTIFACT_MAGIC + bytes([COMPRESSORS.index(compressor)]) + hashlib.sha256(body).digest()[:8] + body
 
-
 def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict, roles: dict[str, str] | None = None,
                   hessians: dict[str, Tensor] | None = None) -> bytes:
     """The artifact of a state dict; `roles` (param_roles of the model) default to those of build_model(args);
@@ -1948,7 +1840,6 @@ def pack_artifact(state: dict[str, Tensor], args: Hyperparameters, meta: dict, r
             roles = param_roles(GPT(args), args.control_tensor_name_patterns)
     entries = quantize_state(state, roles, args, hessians or {})
     return encode_artifact(entries, meta, args.compressor, args.zstd_level)
-
 
 def artifact_payload(blob: bytes) -> bytes:
     """The streams of an artifact, checked against its checksum, decompressed and concatenated."""
@@ -1965,7 +1856,6 @@ def artifact_payload(blob: bytes) -> bytes:
         raise ValueError(f"{len(body) - pos} bytes follow the last stream")
     return b"".join(parts)
 
-
 def decode_tensor(payload: bytes, base: int, e: dict) -> Tensor:
     arrays = {}
     for key, a in e["arrays"].items():
@@ -1976,7 +1866,6 @@ def decode_tensor(payload: bytes, base: int, e: dict) -> Tensor:
         arr = arr.reshape(a["shape"][::-1]).T if a["T"] else arr.reshape(a["shape"])
         arrays[key] = torch.from_numpy(np.array(arr))
     return dequantize(arrays)
-
 
 def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Tensor], dict]:
     """Inverse of pack_artifact (dequantised float32 tensors, meta). Any damage raises ConfigError: a wrong magic
@@ -1995,7 +1884,6 @@ def unpack_artifact(blob: bytes, where: str = "artifact") -> tuple[dict[str, Ten
         return state, header["meta"]
     except Exception as exc:  # checksum, decompression, struct, json and shape errors all mean a damaged file
         raise ConfigError(f"{where} is truncated or corrupted ({type(exc).__name__}: {exc})") from None
-
 
 def collect_hessians(model: GPT, names: set[str], loader: TokenLoader, args: Hyperparameters, grad_accum: int,
                      budget_s: float | None, device: torch.device) -> tuple[dict[str, Tensor], int]:
@@ -2031,13 +1919,11 @@ def collect_hessians(model: GPT, names: set[str], loader: TokenLoader, args: Hyp
             dist.all_reduce(hs[key])
     return hs, n
 
-
 def train_cap_seconds(args: Hyperparameters) -> float:
     """The training loop's cap: MAX_WALLCLOCK_SECONDS less GPTQ_RESERVE_SECONDS with QUANT_METHOD=gptq (0: none)."""
     if args.max_wallclock_seconds <= 0:
         return 0.0
     return args.max_wallclock_seconds - (args.gptq_reserve_seconds if args.quant_method == "gptq" else 0.0)
-
 
 def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[str, float]:
     """Model bytes by group from the shapes: codes priced by exporting and compressing Gaussian rows (trained weights
@@ -2062,7 +1948,6 @@ def plan_model_bytes(args: Hyperparameters, state: dict[str, Tensor]) -> dict[st
         out["lqer"] = sum(sizes[:args.lqer_top_k])
     return out
 
-
 def shipped_code(source: bytes, form: str) -> bytes:
     """The code bytes shipped for CODE_FORM: raw, wrapped (CODE_WRAPPER, as `records pack --wrap` writes) or minified
     (python-minifier: docstrings dropped, names kept; then wrapped). A wrapper already ships as it is."""
@@ -2074,7 +1959,6 @@ def shipped_code(source: bytes, form: str) -> bytes:
                                         remove_literal_statements=True, prefer_single_line=True).encode()
     payload = base64.b85encode(lzma.compress(source, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)).decode()
     return CODE_WRAPPER.format(payload=payload).encode()
-
 
 def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
     """(report lines, predicted model bytes, counted code bytes) of the configuration, before any training."""
@@ -2090,7 +1974,6 @@ def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
     lines.append(f"plan: {model_b + code_b:,} bytes predicted (Gaussian weights; trained ones come out smaller), "
                  + (f"over the {ARTIFACT_LIMIT}-byte limit by {over:,}" if over > 0 else f"{-over:,} under the limit"))
     return lines, model_b, code_b
-
 
 def calibrate(run: Run, model: GPT, train_files: list[Path], train_ms: float) -> dict[str, Tensor]:
     """QUANT_METHOD=gptq: the Hessians, from training shards in the time the cap leaves after the training loop."""
@@ -2113,17 +1996,14 @@ def calibrate(run: Run, model: GPT, train_files: list[Path], train_ms: float) ->
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training loop: grad accumulation to 8 micro-batches, wallclock cap and warmdown, optional EMA.
-# ----------------------------------------------------------------------------------------------------------------
 
 def versions() -> dict:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "sentencepiece": spm.__version__, "zstandard": zstandard.__version__}
 
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write under a temporary name, then rename: `path` is whole or absent. A failed write leaves nothing."""
@@ -2138,7 +2018,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise RunError(f"cannot write {path} ({exc.strerror or exc}); free some space or run elsewhere") from None
-
 
 class Run:
     """Where a run executes and what it writes to: settings, ranks, device, compile mode, code and log."""
@@ -2166,12 +2045,10 @@ class Run:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-
 def training_frac(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """Training done: elapsed / the loop's cap (train_cap_seconds, as the record's 599.5 s), else step / ITERATIONS."""
     cap_ms = 1000.0 * train_cap_seconds(args)
     return elapsed_ms / cap_ms if cap_ms > 0 else step / max(args.iterations, 1)
-
 
 def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
     """The LR scale of every optimiser, at least MIN_LR. WARMDOWN_FRAC: 1, then linear to 0 over that last fraction
@@ -2189,10 +2066,8 @@ def lr_multiplier(args: Hyperparameters, step: int, elapsed_ms: float) -> float:
         scale = remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
     return max(scale, a.min_lr)
 
-
 def looping_due(args: Hyperparameters, step: int, elapsed_ms: float) -> bool:
     return args.num_loops > 0 and training_frac(args, step, elapsed_ms) >= args.enable_looping_at
-
 
 class Trainer:
     """Owns the optimisers, the data stream, the schedule and the EMA of one training run."""
@@ -2320,7 +2195,6 @@ class Trainer:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Orchestration: check every input, train (or load an artifact), export, reload, score, write the summary.
-# ----------------------------------------------------------------------------------------------------------------
 
 def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
     """EVAL_ONLY: the artifact's tensors and meta, if made with this model configuration and its exact tensors."""
@@ -2339,7 +2213,6 @@ def read_eval_artifact(args: Hyperparameters) -> tuple[dict, dict]:
                           f"reshaped: {', '.join(bad[:4])}); it is damaged or made by another script")
     return state, meta
 
-
 def read_val(args: Hyperparameters) -> tuple[np.ndarray, np.ndarray, str]:
     """The val token ids, each target's bytes and their source; the tokenizer checked against shards and manifest."""
     sp = load_tokenizer(args)
@@ -2351,7 +2224,6 @@ def read_val(args: Hyperparameters) -> tuple[np.ndarray, np.ndarray, str]:
     check_manifest(args, int(byte_counts.sum()))
     return ids, byte_counts, source
 
-
 def read_train_files(args: Hyperparameters) -> list[Path]:
     """The train shards' headers, and the first shard's ids (later shards: as the loader reaches them)."""
     files = [] if args.eval_only else shard_files(args.data_path, "train")
@@ -2361,7 +2233,6 @@ def read_train_files(args: Hyperparameters) -> list[Path]:
         checked_tokens(files[0], args.vocab_size)
     return files
 
-
 def check_inputs(args: Hyperparameters, world_size: int) -> None:
     """Every check that can fail, before anything is written (what main() reads first, and --check)."""
     check_config(args, world_size)
@@ -2369,7 +2240,6 @@ def check_inputs(args: Hyperparameters, world_size: int) -> None:
         read_eval_artifact(args)
     read_val(args)
     read_train_files(args)
-
 
 def start_run(args: Hyperparameters, world_size: int) -> Run:
     """Device, process group and the log's first lines (the log of an EVAL_ONLY run is <RUN_ID>_eval.txt)."""
@@ -2410,14 +2280,12 @@ def start_run(args: Hyperparameters, world_size: int) -> Run:
     run.log("config:" + json.dumps(args.as_dict()))
     return run
 
-
 def timed(device: torch.device, fn):
     sync(device)
     t = time.perf_counter()
     out = fn()
     sync(device)
     return out, 1000 * (time.perf_counter() - t)
-
 
 class Scores:
     """The final lines (val_loss, val_bpb over every rank's positions) and the time of each evaluation phase."""
@@ -2439,12 +2307,10 @@ class Scores:
         self.phases[name] = ms
         self.run.log(f"eval_phase:{name} time:{ms:.0f}ms")
 
-
 def compile_hidden(run: Run, base_model: GPT) -> None:
     """The final evaluation runs a compiled forward too (one shape: padded batches)."""
     if run.compile_mode != "none":
         base_model.hidden = torch.compile(base_model.hidden, dynamic=False, mode=run.compile_mode)
-
 
 def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tokens: Tensor, scores: Scores) -> tuple:
     """Train, score the float model (FLOAT_EVAL), write the artifact atomically and reload it into base_model."""
@@ -2478,7 +2344,6 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
     scores.phase("deserialize", ms)
     return stats, len(blob), path
 
-
 def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict, scores: Scores, read_ms: float) -> tuple:
     _, ms = timed(run.device, lambda: base_model.load_state_dict(state))
     scores.phase("deserialize", read_ms + ms)
@@ -2491,7 +2356,6 @@ def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict, scores: S
     path = Path(run.args.eval_only)
     return {}, path.stat().st_size, path
 
-
 def ppm_probs(run: Run, val_np: np.ndarray) -> Tensor:
     """One CPU PPM pass over the whole stream on rank 0, shared with the other ranks."""
     a = run.args
@@ -2503,10 +2367,8 @@ def ppm_probs(run: Run, val_np: np.ndarray) -> Tensor:
         dist.broadcast(p, 0)
     return p
 
-
 def window_name(args: Hyperparameters) -> str:
     return "sliding_window" if args.eval_mode == "stream" else "doc_window"
-
 
 def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: Tensor, scores: Scores) -> None:
     """The reloaded artifact: sliding windows (EVAL_MODE's), then PPM mixing and/or score-first TTT."""
@@ -2526,13 +2388,11 @@ def final_evaluation(run: Run, base_model: GPT, val_np: np.ndarray, val_tokens: 
         if a.ppmc:
             scores.add("ttt_ppmc", pos, mix_nll(nll, p_ppm[pos - 1], a.ppmc_alpha), 0.0)
 
-
 def unigram_bpb(train_files: list[Path], val: np.ndarray, val_bytes: np.ndarray, vocab: int) -> float:
     """Reference: an add-one unigram model fitted on the first train shard, scored like the network."""
     counts = np.bincount(load_shard(train_files[0]), minlength=vocab).astype(np.float64) + 1
     nll = -np.log(counts / counts.sum())[val[1:].astype(np.int64)]
     return float(nll.sum() / math.log(2) / val_bytes.sum())
-
 
 def finish(run: Run, scores: Scores, summary: dict, uni: float | None) -> int:
     """The closing lines and logs/<RUN_ID>.json; 1 (not complete) when over the limit or a score is not finite."""
@@ -2557,7 +2417,6 @@ def finish(run: Run, scores: Scores, summary: dict, uni: float | None) -> int:
         run.log(f"error: score {', '.join(bad)} is not finite (training diverged or the artifact is damaged); "
                 "lower the learning rates or check the data")
     return 1 if over or bad else 0
-
 
 def main() -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -2602,7 +2461,6 @@ def main() -> int:
         dist.destroy_process_group()
     return rc
 
-
 def cli(argv: list[str]) -> int:
     """A run, or --count-params, --check (configuration and inputs) or --plan. Errors: one `error:` line (rank 0
     only); exit 2 for settings and inputs, 1 for a run that could not finish honestly."""
@@ -2628,7 +2486,6 @@ def cli(argv: list[str]) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {err}", file=sys.stderr)
         return 2 if isinstance(err, ConfigError) else 1
-
 
 if __name__ == "__main__":
     sys.exit(cli(sys.argv[1:]))
