@@ -1962,7 +1962,7 @@ def shipped_code(source: bytes, form: str) -> bytes:
 
 def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
     """(report lines, predicted model bytes, counted code bytes) of the configuration, before any training."""
-    with torch.device("meta"):
+    with torch.random.fork_rng(devices=[]):  # on the CPU: a meta model's first ops cost a process 1-2 s of imports
         model = GPT(args)
     groups = plan_model_bytes(args, model.state_dict())
     model_b, code_b = int(sum(groups.values())), len(shipped_code(code, args.code_form))
