@@ -193,20 +193,26 @@ def test_sub_options_without_their_flag_leave_the_baseline(tg, over):
                        train_steps(tg, model, small_args(tg, **over), x, y))
 
 
+def one_optimizer_step(tg, args, zero_grad):
+    """A randomised model of `args` after one step of its optimizers with zero or random gradients:
+    (model, its parameters before the step, the optimizers, the Muon optimizer)."""
+    model = randomise(tg.build_model(args))
+    p0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opts, muon = tg.build_optimizers(model, args)
+    g = torch.Generator().manual_seed(5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if zero_grad else torch.randn(p.shape, generator=g)
+    for opt in opts:
+        opt.step()
+    return model, p0, opts, muon
+
+
 def test_muon_weight_decay_shrinks_by_one_minus_lr_wd(tg):
     lr, wd = 0.04, 0.5
     out = {}
     for w in (0.0, wd):
         for zero_grad in (True, False):
-            args = small_args(tg, MUON_WD=w, MATRIX_LR=lr)
-            model = randomise(tg.build_model(args))
-            p0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-            opts, muon = tg.build_optimizers(model, args)
-            g = torch.Generator().manual_seed(5)
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p) if zero_grad else torch.randn(p.shape, generator=g)
-            for opt in opts:
-                opt.step()
+            model, p0, opts, muon = one_optimizer_step(tg, small_args(tg, MUON_WD=w, MATRIX_LR=lr), zero_grad)
             matrices = {n for n, p in model.named_parameters() if any(p is q for q in muon.param_groups[0]["params"])}
             out[w, zero_grad] = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert matrices == {f"blocks.{i}.{m}.weight" for i in range(3)
@@ -224,15 +230,7 @@ def test_adam_weight_decay_shrinks_embeddings_and_scalars(tg):
     out, lrs = {}, {}
     for w in (0.0, wd):
         for zero_grad in (True, False):
-            args = small_args(tg, ADAM_WD=w, BIGRAM_HASH=1)
-            model = randomise(tg.build_model(args))
-            p0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-            opts, muon = tg.build_optimizers(model, args)
-            g = torch.Generator().manual_seed(5)
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p) if zero_grad else torch.randn(p.shape, generator=g)
-            for opt in opts:
-                opt.step()
+            model, p0, opts, muon = one_optimizer_step(tg, small_args(tg, ADAM_WD=w, BIGRAM_HASH=1), zero_grad)
             for n, p in model.named_parameters():
                 lrs[n] = next((grp["lr"] for o in opts if o is not muon for grp in o.param_groups
                                if any(p is q for q in grp["params"])), None)
