@@ -314,25 +314,32 @@ def parse_losses(text):
     return [float(m) for m in re.findall(r"step:\d+/\d+ train_loss:(\S+)", text)]
 
 
-def test_two_processes_match_one(short_dataset, tmp_path):
-    one = run_script(data_env(short_dataset, "one"), tmp_path)
+@pytest.fixture(scope="module")
+def one_run(short_dataset, tmp_path_factory):
+    """(folder, result) of one run of the tiny defaults in one process, RUN_ID=one (the two tests below check it)."""
+    cwd = tmp_path_factory.mktemp("one_run")
+    return cwd, run_script(data_env(short_dataset, "one"), cwd)
+
+
+def test_two_processes_match_one(short_dataset, one_run, tmp_path):
+    cwd, one = one_run
     two = run_script(data_env(short_dataset, "two"), tmp_path, nproc=2)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     l1, l2 = parse_losses(one.stdout), parse_losses(two.stdout)
     assert len(l1) == len(l2) == 3
     assert np.allclose(l1, l2, atol=2e-4), (l1, l2)
-    j1 = json.loads((tmp_path / "logs/one.json").read_text())
+    j1 = json.loads((cwd / "logs/one.json").read_text())
     j2 = json.loads((tmp_path / "logs/two.json").read_text())
     assert j2["world_size"] == 2 and j1["world_size"] == 1
     assert abs(j1["final"]["val_loss"] - j2["final"]["val_loss"]) < 1e-3
 
 
-def test_end_to_end_scores_the_reloaded_artifact(tg, short_dataset, tmp_path):
-    res = run_script(data_env(short_dataset, "e2e"), tmp_path)
+def test_end_to_end_scores_the_reloaded_artifact(tg, short_dataset, one_run):
+    tmp_path, res = one_run
     assert res.returncode == 0, res.stderr[-3000:]
-    log = (tmp_path / "logs/e2e.txt").read_text()
-    summary = json.loads((tmp_path / "logs/e2e.json").read_text())
+    log = (tmp_path / "logs/one.txt").read_text()
+    summary = json.loads((tmp_path / "logs/one.json").read_text())
     for key in ("code_sha256", "code_bytes", "model_bytes", "artifact_bytes", "config", "steps", "train_time_ms",
                 "eval_time_ms", "scores", "final", "num_params", "attention_kernel", "compile_mode"):
         assert key in summary
