@@ -36,34 +36,10 @@ TRAINED_STD = {"tok_emb": 0.05, "attn": 0.035, "mlp": 0.03, "other": 0.5}
 
 
 def load_record(path: Path):
-    """The record's train_gpt.py as a module, with its GPU-only imports stubbed (flash_attn_interface, triton) and
-    torch.compile as the identity while it loads; the quantiser and serialiser run unchanged."""
-    import torch
-    import torch._dynamo  # noqa: F401  (torch probes for triton before the stubs exist)
-
-    class Any:
-        def __getattr__(self, k):
-            return Any()
-
-        def __call__(self, *a, **k):
-            return a[0] if len(a) == 1 and callable(a[0]) and not k else Any()
-
-        def __getitem__(self, k):
-            return Any()
-    saved = {n: sys.modules.get(n) for n in ("flash_attn_interface", "triton", "triton.language", "triton.tools",
-                                             "triton.tools.tensor_descriptor")}
-    for name in saved:
-        mod = types.ModuleType(name)
-        mod.__getattr__ = lambda k: (_ for _ in ()).throw(AttributeError(k)) if k.startswith("__") else Any()
-        mod.jit = lambda f=None, **k: f if f is not None else (lambda g: g)
-        sys.modules[name] = mod
-    compile_, torch.compile = torch.compile, (lambda f=None, **k: f if f is not None else (lambda g: g))
-    try:
-        mod = common.import_other(path)
-    finally:
-        torch.compile = compile_
-        for name, old in saved.items():
-            sys.modules.pop(name) if old is None else sys.modules.__setitem__(name, old)
+    """The record's train_gpt.py as a module, loaded as bench/record_cpu.py imports it on a CPU (GPU-only imports
+    stubbed, torch.compile the identity while it loads); the quantiser and serialiser run unchanged."""
+    from bench import record_cpu
+    mod = record_cpu.import_on_cpu(path)
     for need in ("gptq_mixed_quantize", "dequantize_mixed", "_compress", "_decompress"):
         if not hasattr(mod, need):
             raise BenchError(f"--other {path} has no {need}(): not a GPTQ record script")
