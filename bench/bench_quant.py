@@ -186,7 +186,7 @@ def pessimistic(kit, env: dict) -> tuple[int, int, int, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_config_args(ap)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--float", default=None, metavar="PT", help="float weights (torch.save of a state_dict)")
