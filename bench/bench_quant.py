@@ -113,8 +113,9 @@ def calibrate(kit, hp, model, data: Path):
     return kit.collect_hessians(model, names, loader, hp, 1, None, torch.device("cpu"))[0]
 
 
-def side_by_side(a, kit, env: dict, data: Path, tokens, val_bytes) -> list[dict]:
-    """One row per method: bytes of the model file, val_bpb of the reloaded model and its gap to the float one."""
+def side_by_side(a, kit, env: dict, data: Path, tokens, val_bytes, rec=None) -> list[dict]:
+    """One row per method: bytes of the model file, val_bpb of the reloaded model and its gap to the float one;
+    with ``rec`` (load_record of --other) the record's own export too."""
     import torch
     hp = common.kit_args(kit, env)
     model = kit.build_model(hp)
@@ -135,8 +136,7 @@ def side_by_side(a, kit, env: dict, data: Path, tokens, val_bytes) -> list[dict]
         bpb = score(kit, hp, kit.unpack_artifact(blob)[0], tokens, val_bytes)
         rows.append({"method": label, "bytes": len(blob), "val_bpb": bpb, "gap": bpb - bpb_float, "pack_s": pack_s})
         print(f"{label}: {len(blob):,} bytes, gap {bpb - bpb_float:+.5f} bpb ({pack_s:.1f} s)", flush=True)
-    if a.other:
-        rec = load_record(Path(a.other).resolve())
+    if rec is not None:
         for lq in (0, 1):
             rhp = common.kit_args(kit, {**env, "LQER_ENABLED": str(lq)})
             nbytes, back = record_export(rec, state, hessians, rhp, a.other_compressor)
@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, metavar="PNG", help="Pareto plot of bytes vs gap")
     ap.add_argument("--kit", default=str(common.KIT), help="the kit's train_gpt.py (default: this checkout's)")
     a = ap.parse_args(argv)
+    common.check_args(a, writable=("json", "plot", "save"))
     import numpy as np
     import torch
     kit = common.import_kit(Path(a.kit))
@@ -226,12 +227,13 @@ def main(argv=None) -> int:
         return 0
     if not Path(a.float).is_file():
         raise BenchError(f"--float {a.float} does not exist")
+    rec = load_record(Path(a.other).resolve()) if a.other else None  # a bad --other: one error line, before any work
     common.setup_device(kit, torch.device("cpu"))
     sp = kit.load_tokenizer(hp)
     val_np = common.load_val(kit, data, a.max_tokens)
     tokens = torch.from_numpy(val_np.astype(np.int64))
     val_bytes = torch.from_numpy(common.val_target_bytes(kit, hp, sp, val_np, data))
-    rows = side_by_side(a, kit, env, data, tokens, val_bytes)
+    rows = side_by_side(a, kit, env, data, tokens, val_bytes, rec)
     print()
     print(common.table(["method", "model bytes", "val_bpb", "gap (bpb)"],
                        [(r["method"], f"{r['bytes']:,}" if r["bytes"] else "-", f"{r['val_bpb']:.5f}",
