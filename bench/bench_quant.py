@@ -229,7 +229,7 @@ def main(argv=None) -> int:
         raise BenchError(f"--float {a.float} does not exist")
     rec = load_record(Path(a.other).resolve()) if a.other else None  # a bad --other: one error line, before any work
     common.setup_device(kit, torch.device("cpu"))
-    sp = kit.load_tokenizer(hp)
+    sp = common.load_tokenizer(kit, hp)
     val_np = common.load_val(kit, data, a.max_tokens)
     tokens = torch.from_numpy(val_np.astype(np.int64))
     val_bytes = torch.from_numpy(common.val_target_bytes(kit, hp, sp, val_np, data))
