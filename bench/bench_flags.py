@@ -28,11 +28,14 @@ from bench.common import BenchError
 
 def checked(kit, env: dict, name: str, flags: dict) -> str | None:
     """Why the kit refuses the base plus `flags` (a setting it does not read, or its own check), or None."""
+    unknown = common.unknown_settings(kit, flags, f"configuration {name!r}")
+    if unknown:
+        return unknown
     try:
         kit.check_config(kit.Hyperparameters.from_env({**env, **flags}), 1)
     except kit.ConfigError as err:
-        return common.unknown_settings(kit, flags, f"configuration {name!r}") or f"configuration {name!r}: {err}"
-    return common.unknown_settings(kit, flags, f"configuration {name!r}")
+        return f"configuration {name!r}: {err}"
+    return None
 
 
 def parse_config(text: str) -> dict:

@@ -77,8 +77,9 @@ def plan(a, cuda: bool) -> dict:
     the kit's cheap-eval extras, the scripts to alternate."""
     common.check_args(a, at_least={"iterations": 2, "skip": 0, "rounds": 1, "nproc": 1, "threads": 1,
                                    "timeout": 1}, writable=("json",))
-    if a.workdir and unwritable(a.workdir, folder=True):
-        raise BenchError(f"--workdir {a.workdir}: {unwritable(a.workdir, folder=True)}")
+    why = a.workdir and unwritable(a.workdir, folder=True)
+    if why:
+        raise BenchError(f"--workdir {a.workdir}: {why}")
     kit_path = Path(a.kit).resolve()
     kit = common.import_kit(kit_path)
     other = other_script(a)
