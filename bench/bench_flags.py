@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bench import common, runs
 from bench.common import BenchError
+from kitlib import procs
 
 
 def checked(kit, env: dict, name: str, flags: dict) -> str | None:
@@ -110,7 +111,7 @@ def measure(a, p: dict, work: Path) -> list[dict]:
         for i, (name, flags) in enumerate(p["configs"]):
             env = {**p["inherited"], **p["env"], **flags, "RUN_ID": f"flags{i}_r{r}", "PYTHONUNBUFFERED": "1"}
             try:
-                out, parsed, (ms, _, last) = runs.measured_run(runs.command(p["kit_path"], 1), env, work / f"r{r}_{i}",
+                out, parsed, (ms, _, last) = runs.measured_run(procs.script_command(p["kit_path"], 1), env, work / f"r{r}_{i}",
                                                                "peak", a.timeout, a.verbose, p["skip"])
             except runs.RunFailed as err:
                 raise runs.RunFailed(f"configuration {name!r} (round {r}): {err}; output kept in "

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench import common, runs
 from bench.common import BenchError
+from kitlib import procs
 from kitlib.fileio import unwritable
 
 
@@ -145,7 +146,7 @@ def one_run(a, p: dict, r: int, role: str, path: Path, py: str, work: Path) -> d
     if role == "other":
         env.update(p["other_env"])
     env["PYTHONPATH"] = os.pathsep.join([str(path.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    cmd = runs.command(path, a.nproc, py)
+    cmd = procs.script_command(path, a.nproc, py)
     print(f"[round {r}/{a.rounds}] {role}: running ...", flush=True)
     try:
         out, parsed, (ms, s_from, s_to) = runs.measured_run(cmd, env, work / f"r{r}_{role}", a.kill_at, a.timeout,
