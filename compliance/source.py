@@ -21,7 +21,7 @@ import re
 import zlib
 from pathlib import Path
 
-from .astutil import walk
+from .astutil import call_name, walk
 from .pysyntax import parse, parse_modern
 
 MAX_DECODED = 64 * 1024 * 1024   # bytes a single payload may inflate to
@@ -363,8 +363,7 @@ def decode_payloads(tree: ast.Module, nodes: list | None = None, problems: list[
     calls = [n for n in nodes if isinstance(n, ast.Call)] if wrappers else runners
     runner_ids = {id(n) for n in runners}
     for node in calls:
-        f = node.func
-        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        name = call_name(node)
         is_exec = name in _CODE_RUNNERS
         if not (is_exec or name == "decompress" or name == "decode"):
             continue
@@ -581,7 +580,7 @@ def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
                     if p.name in siblings:
                         out.append((p, False))
         elif isinstance(node, ast.Call):
-            fname = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            fname = call_name(node)
             if fname == "import_module" and node.args and isinstance(node.args[0], ast.Constant):
                 p = folder / (str(node.args[0].value).split(".")[0] + ".py")
                 if p.name in siblings:
