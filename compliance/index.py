@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .astutil import FUNCS, LOOPS, _ends_block, _iter_defs, dotted, own_exprs, walk
+from .astutil import FUNCS, LOOPS, _ends_block, _iter_defs, dotted, import_aliases, own_exprs, walk
 from .source import SourceUnit
 from .vocab import OPTIMIZER_NAMES
 
@@ -191,18 +191,7 @@ class ProgramIndex:
         mod = FuncInfo("<module>", f"{unit.module}.<module>", unit.tree, unit, None, None, is_module=True)
         self.modules[id(unit)] = mod
         self.funcs.append(mod)
-        al: dict[str, str] = {}
-        for node in unit.nodes:
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    al[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                for a in node.names:
-                    al[a.asname or a.name] = f"{node.module}.{a.name}"
-            elif isinstance(node, ast.ImportFrom) and node.level and not node.module:
-                for a in node.names:
-                    al[a.asname or a.name] = a.name
-        self.aliases[id(unit)] = al
+        self.aliases[id(unit)] = import_aliases(unit.nodes, relative=True)
         self._index_body(unit.tree.body, unit, mod, None, prefix=unit.module)
 
     def _index_body(self, body, unit, owner: FuncInfo, cls: ClassInfo | None, prefix: str) -> None:

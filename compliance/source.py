@@ -21,7 +21,7 @@ import re
 import zlib
 from pathlib import Path
 
-from .astutil import call_name, walk
+from .astutil import call_name, import_aliases, walk
 from .pysyntax import parse, parse_modern
 
 MAX_DECODED = 64 * 1024 * 1024   # bytes a single payload may inflate to
@@ -160,19 +160,6 @@ class _Truncated(Exception):
     """A decompressor stopped before the end of its payload (size cap)."""
 
 
-def _import_aliases(tree: ast.Module, nodes: list | None = None) -> dict[str, str]:
-    """local name -> module or module.attr (for `import lzma as L`, `from base64 import b85decode as d`)."""
-    out: dict[str, str] = {}
-    for node in (walk(tree) if nodes is None else nodes):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            for a in node.names:
-                out[a.asname or a.name] = f"{node.module}.{a.name}"
-    return out
-
-
 def _module_constants(tree: ast.Module) -> dict[str, ast.expr]:
     out: dict[str, ast.expr] = {}
     for node in tree.body:
@@ -187,7 +174,7 @@ class _PayloadEval:
     """Evaluates the small expression language of decode chains; raises _Unknown for anything else."""
 
     def __init__(self, tree: ast.Module, nodes: list | None = None):
-        self.aliases = _import_aliases(tree, nodes)
+        self.aliases = import_aliases(walk(tree) if nodes is None else nodes)
         self.consts = _module_constants(tree)
         self.steps: list[str] = []
         self.depth = 0
@@ -348,7 +335,7 @@ def decode_payloads(tree: ast.Module, nodes: list | None = None, problems: list[
     problems = [] if problems is None else problems
     seen: set[int] = set()
     nodes = walk(tree) if nodes is None else nodes
-    aliases = _import_aliases(tree, nodes)
+    aliases = import_aliases(nodes)
     shadowed = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     runners = [n for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                and n.func.id in _CODE_RUNNERS and n.func.id not in aliases and n.func.id not in shadowed]
