@@ -270,8 +270,6 @@ class ProgramIndex:
                     visit_block(s.orelse, loops, guards + (Guard(s.test, False, f),), withs)
                     if not s.orelse and s.body and _ends_block(s.body[-1]):
                         guards = guards + (Guard(s.test, False, f, "early-exit"),)
-                    elif s.orelse and not s.body:
-                        pass
                 elif isinstance(s, LOOPS):
                     inner = guards + ((Guard(s.test, True, f, "while"),) if isinstance(s, ast.While) else ())
                     visit_block(s.body, tuple(loops) + (st,), inner, withs)
@@ -289,18 +287,17 @@ class ProgramIndex:
                         visit_block(case.body, loops, guards, withs)
 
         visit_block(body, (), (), ())
-        # the `if __name__ == "__main__":` test, and loop/with heads, are own expressions of their statements
+        # (x, i) for each `x[i - k]` / `x[i + j - k]`: x is read behind index i, so x[i] is a target (taint.py)
         for st in f.stmts:
             for sub in st.nodes:
-                if True:
-                    if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.BinOp):
-                        left = sub.slice
-                        has_sub = False
-                        while isinstance(left, ast.BinOp):
-                            has_sub = has_sub or isinstance(left.op, ast.Sub)
-                            left = left.left
-                        if has_sub and isinstance(left, ast.Name):
-                            f.ctx_index.add((ast.dump(sub.value), left.id))
+                if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.BinOp):
+                    left = sub.slice
+                    has_sub = False
+                    while isinstance(left, ast.BinOp):
+                        has_sub = has_sub or isinstance(left.op, ast.Sub)
+                        left = left.left
+                    if has_sub and isinstance(left, ast.Name):
+                        f.ctx_index.add((ast.dump(sub.value), left.id))
 
     @staticmethod
     def _collect_names(f: FuncInfo, s: ast.stmt, st: Stmt) -> None:
@@ -320,9 +317,6 @@ class ProgramIndex:
             for n in walk(t):
                 if isinstance(n, ast.Name):
                     f.local_names.add(n.id)
-        for n in (0,):
-            for sub in st.nodes:
-                if isinstance(sub, ast.NamedExpr) and isinstance(sub.target, ast.Name):
-                    f.local_names.add(sub.target.id)
-                elif isinstance(sub, ast.comprehension):
-                    pass   # comprehension variables live in the comprehension's own scope
+        for sub in st.nodes:     # comprehension variables live in the comprehension's own scope: not collected
+            if isinstance(sub, ast.NamedExpr) and isinstance(sub.target, ast.Name):
+                f.local_names.add(sub.target.id)
