@@ -144,6 +144,19 @@ class FuncInfo:
     def line(self) -> int:
         return getattr(self.node, "lineno", 1)
 
+    def dep_closure(self, names) -> set[str]:
+        """The names given (empty ones dropped) and every variable they are computed from in this function
+        (transitively through self.deps)."""
+        out: set[str] = set()
+        stack = [n for n in names if n]
+        while stack:
+            n = stack.pop()
+            if n in out:
+                continue
+            out.add(n)
+            stack.extend(self.deps.get(n, ()))
+        return out
+
     def events_of(self, *kinds: str, lifted: bool = True) -> list[Event]:
         evs = [e for e in self.events if e.kind in kinds]
         if lifted:

@@ -120,7 +120,7 @@ class NgramTarget(Rule):
                 later = [a for a in accs if a.stmt.index > r.stmt.index and cl[-1] in a.stmt.loops]
                 if not later:
                     continue
-                if read_vars and not any(read_vars & _closure(f, names_in(a.extra.get("value"))
+                if read_vars and not any(read_vars & f.dep_closure(names_in(a.extra.get("value"))
                                                              | {a.extra.get("var")}) for a in later
                                          if a.kind == EK.ACCUM):
                     if all(a.kind == EK.ACCUM for a in later):
@@ -142,7 +142,7 @@ class NgramTarget(Rule):
             return out
         feeding = set()
         for a in accs:
-            feeding |= _closure(f, names_in(a.extra.get("value")) | {a.extra.get("var")})
+            feeding |= f.dep_closure(names_in(a.extra.get("value")) | {a.extra.get("var")})
         memo = f.memo
         for st in f.stmts:
             s = st.node
@@ -275,18 +275,6 @@ def _scoring_functions(ctx: Context) -> set:
                         nxt.append(t)
         frontier = nxt
         depth += 1
-    return out
-
-
-def _closure(f: FuncInfo, names: set) -> set:
-    out = set()
-    stack = [n for n in names if n]
-    while stack:
-        n = stack.pop()
-        if n in out:
-            continue
-        out.add(n)
-        stack.extend(f.deps.get(n, ()))
     return out
 
 
