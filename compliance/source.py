@@ -488,10 +488,11 @@ def load_program(path: Path) -> LoadedProgram:
             ran.append(file)
         text = read_text(file, problems)
         display = _display(file, root)
-        file_units = _units_from_text(file, display, text, is_entry, notes, problems)
+        siblings = {p.name for p in file.parent.glob("*.py")}     # listed once a file: decoder and imports
+        file_units = _units_from_text(file, display, text, is_entry, notes, problems, siblings)
         units.extend(file_units)
         for u in file_units:
-            for sib, runs_main in _sibling_refs(u, root):
+            for sib, runs_main in _sibling_refs(u, siblings):
                 if sib.resolve() not in done:
                     queue.append((sib, runs_main))
     if path.is_file() and not any(u.tree.body for u in units) and not problems:
@@ -512,7 +513,7 @@ def _display(file: Path, root: Path) -> str:
 
 
 def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes: list[str], problems: list[str],
-                     chain: str = "", depth: int = 0) -> list[SourceUnit]:
+                     siblings: set[str], chain: str = "", depth: int = 0) -> list[SourceUnit]:
     tree, note, unread = tolerant_parse(text)
     where = f"{display}{' (decoded ' + chain + ')' if chain else ''}"
     if note:
@@ -523,7 +524,6 @@ def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes:
     problems.extend(unit.problems)
     out = [unit]
     found: list[str] = []
-    siblings = {p.name for p in file.parent.glob("*.py")}
     payloads = decode_payloads(tree, unit.nodes, found, siblings)
     problems.extend(f"{where}: {x}" for x in found)
     if depth >= MAX_DEPTH:
@@ -534,18 +534,17 @@ def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes:
         full = f"{how}>{chain}" if chain else how
         notes.append(f"{display}: decoded a self-extracting wrapper ({how}) at line {line}"
                      + (f" inside {chain}" if chain else ""))
-        out.extend(_units_from_text(file, display, inner, is_entry, notes, problems, full, depth + 1))
+        out.extend(_units_from_text(file, display, inner, is_entry, notes, problems, siblings, full, depth + 1))
     return out
 
 
 _PY_NAME = re.compile(r"([A-Za-z0-9_.\-]+\.py)\b")
 
 
-def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
+def _sibling_refs(unit: SourceUnit, siblings: set[str]) -> list[tuple[Path, bool]]:
     """Sibling .py files this unit imports (module level runs, __main__ does not) or runs as a script
     (exec(open(...)), runpy, subprocess, os.system: __main__ runs)."""
     folder = unit.path.parent
-    siblings = {p.name for p in folder.glob("*.py")}
     if not siblings - {unit.path.name}:
         return []
     out: list[tuple[Path, bool]] = []
