@@ -1960,12 +1960,13 @@ def shipped_code(source: bytes, form: str) -> bytes:
     payload = base64.b85encode(lzma.compress(source, format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)).decode()
     return CODE_WRAPPER.format(payload=payload).encode()
 
-def plan(args: Hyperparameters, code: bytes) -> tuple[list[str], int, int]:
-    """(report lines, predicted model bytes, counted code bytes) of the configuration, before any training."""
+def plan(args: Hyperparameters, shipped: bytes) -> tuple[list[str], int, int]:
+    """(report lines, predicted model bytes, counted code bytes) of the configuration, before any training;
+    `shipped`: the code as counted (shipped_code)."""
     with torch.random.fork_rng(devices=[]):  # on the CPU: a meta model's first ops cost a process 1-2 s of imports
         model = GPT(args)
     groups = plan_model_bytes(args, model.state_dict())
-    model_b, code_b = int(sum(groups.values())), len(shipped_code(code, args.code_form))
+    model_b, code_b = int(sum(groups.values())), len(shipped)
     lines = [f"plan: {sum(p.numel() for p in model.parameters()):,} parameters, QUANT_METHOD={args.quant_method} "
              f"bits {args.quant_bits} (MLP {args.quant_mlp_bits or args.quant_bits}, embedding "
              f"{args.quant_embed_bits}), COMPRESSOR={args.compressor}, CODE_FORM={args.code_form}"]
@@ -2271,9 +2272,10 @@ def start_run(args: Hyperparameters, world_size: int) -> Run:
     run.shipped = shipped_code(run.code, args.code_form)
     run.log(f"code_form:{args.code_form} counted_bytes:{len(run.shipped)} "
             f"counted_sha256:{hashlib.sha256(run.shipped).hexdigest()}")
-    lines, model_b, code_b = plan(args, run.code)
-    if model_b + code_b > ARTIFACT_LIMIT:
-        run.log(f"warning: {lines[-1][6:]}")
+    if run.master:  # the prediction only feeds this warning
+        lines, model_b, code_b = plan(args, run.shipped)
+        if model_b + code_b > ARTIFACT_LIMIT:
+            run.log(f"warning: {lines[-1][6:]}")
     run.log("versions: " + " ".join(f"{k}:{v}" for k, v in versions().items()))
     run.log(f"device:{device.type} gpu:{gpu} world_size:{world_size} grad_accum_steps:{8 // world_size} "
             f"attention:{attention_kernel(device)[0]} compile:{compile_mode}")
@@ -2334,15 +2336,14 @@ def train_and_export(run: Run, base_model: GPT, train_files: list[Path], val_tok
         scores.add(f"float_{window_name(a)}", pos, nll, ms)
     path = Path("artifacts") / f"{a.run_id}.ptz"
     meta = {"config": a.as_dict(), "code_sha256": hashlib.sha256(run.code).hexdigest()}
-    blob = pack_artifact(base_model.state_dict(), a, meta, param_roles(base_model, a.control_tensor_name_patterns),
-                         hessians)
-    if run.master:
-        write_atomic(path, blob)
+    if run.master:  # one rank quantises and compresses; every rank then reads what was written
+        write_atomic(path, pack_artifact(base_model.state_dict(), a, meta,
+                                         param_roles(base_model, a.control_tensor_name_patterns), hessians))
     if run.distributed:
         dist.barrier()
     _, ms = timed(run.device, lambda: base_model.load_state_dict(unpack_artifact(path.read_bytes(), str(path))[0]))
     scores.phase("deserialize", ms)
-    return stats, len(blob), path
+    return stats, path.stat().st_size, path
 
 def load_eval_only(run: Run, base_model: GPT, state: dict, meta: dict, scores: Scores, read_ms: float) -> tuple:
     _, ms = timed(run.device, lambda: base_model.load_state_dict(state))
@@ -2471,7 +2472,7 @@ def cli(argv: list[str]) -> int:
         if argv == ["--plan"]:
             args = Hyperparameters.from_env()
             check_config(args, int(os.environ.get("WORLD_SIZE", "1")))
-            lines, model_b, code_b = plan(args, Path(__file__).read_bytes())
+            lines, model_b, code_b = plan(args, shipped_code(Path(__file__).read_bytes(), args.code_form))
             print("\n".join(lines) + f"\nartifact_estimate bytes:{model_b + code_b} model:{model_b} code:{code_b}")
             return 0
         if argv == ["--check"]:

@@ -439,12 +439,6 @@ def archive_attempt(out: Path, rid: str, reason: str) -> Path | None:
     return dest
 
 
-def command(script: Path, nproc: int, python: str) -> list[str]:
-    if nproc > 1:
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
-    return [python, str(script)]
-
-
 def _fmt_dur(s: float | None) -> str:
     if s is None:
         return "?"
@@ -471,7 +465,7 @@ def run_one(run: RunSpec, out: Path, script: Path, nproc: int, python: str, verb
     (RUN_TIMEOUT_STATUS when `timeout` seconds passed and the process group was ended)."""
     p = _paths(out, run.run_id)
     env = {**os.environ, **run.env, "RUN_ID": run.run_id, "SEED": str(run.seed), "PYTHONUNBUFFERED": "1"}
-    cmd = command(script, nproc, python)
+    cmd = procs.script_command(script, nproc, python)
     with p["console"].open("w", encoding="utf-8") as con:
         con.write(f"# ablations: cwd={out} cmd={' '.join(cmd)}\n")
         con.write(f"# ablations: env {json.dumps({**run.env, 'RUN_ID': run.run_id, 'SEED': str(run.seed)}, sort_keys=True)}\n")

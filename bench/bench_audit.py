@@ -198,7 +198,7 @@ def records(args) -> list[str]:
 
 def main(argv=None) -> int:
     ap = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=common.ArgumentParser)
     s = sub.add_parser("synthetic", help="generated scripts of the given sizes")
     s.add_argument("--mb", type=float, nargs="+", default=[1.0, 5.0])
     s.add_argument("--other", metavar="DIR", help="a checkout holding another compliance/ package to compare")

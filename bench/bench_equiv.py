@@ -293,7 +293,7 @@ def report(rows: dict, grid: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = common.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--other", required=True, help="the 1.0611 record's train_gpt.py (a local copy)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sensitivity", action="store_true",

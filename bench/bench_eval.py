@@ -180,10 +180,7 @@ def plan(a) -> dict:
                                "EVAL_BATCH_SEQS": str(batch_seqs)})
     data, tok = common.resolve_data(a.data_path, a.tokenizer_path, env)
     hp.data_path, hp.tokenizer_path = str(data), str(tok)
-    try:
-        sp = kit.load_tokenizer(hp)
-    except kit.ConfigError as err:
-        raise BenchError(str(err)) from None
+    sp = common.load_tokenizer(kit, hp)
     val_np = common.load_val(kit, data, max_tokens, hp.vocab_size)
     return {"kit": kit, "kit_path": kit_path, "state": state, "hp": hp, "seq_len": seq_len, "stride": stride,
             "batch_seqs": batch_seqs, "max_tokens": max_tokens, "data": data, "sp": sp, "val_np": val_np}

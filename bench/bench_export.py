@@ -106,10 +106,7 @@ def plan(a) -> dict:
     data, tok = common.resolve_data(a.data_path, a.tokenizer_path, env)
     hp.data_path, hp.tokenizer_path = str(data), str(tok)
     other = other_exporter(Path(a.other).resolve(), env) if a.other else None
-    try:
-        sp = kit.load_tokenizer(hp)
-    except kit.ConfigError as err:
-        raise BenchError(str(err)) from None
+    sp = common.load_tokenizer(kit, hp)
     return {"kit": kit, "kit_path": kit_path, "state_q": state_q, "hp": hp, "env": env, "seq_len": seq_len,
             "stride": stride, "data": data, "sp": sp, "other": other,
             "val_np": common.load_val(kit, data, max_tokens, hp.vocab_size),

@@ -24,15 +24,19 @@ from pathlib import Path
 
 from bench import common, runs
 from bench.common import BenchError
+from kitlib import procs
 
 
 def checked(kit, env: dict, name: str, flags: dict) -> str | None:
     """Why the kit refuses the base plus `flags` (a setting it does not read, or its own check), or None."""
+    unknown = common.unknown_settings(kit, flags, f"configuration {name!r}")
+    if unknown:
+        return unknown
     try:
         kit.check_config(kit.Hyperparameters.from_env({**env, **flags}), 1)
     except kit.ConfigError as err:
-        return common.unknown_settings(kit, flags, f"configuration {name!r}") or f"configuration {name!r}: {err}"
-    return common.unknown_settings(kit, flags, f"configuration {name!r}")
+        return f"configuration {name!r}: {err}"
+    return None
 
 
 def parse_config(text: str) -> dict:
@@ -107,7 +111,7 @@ def measure(a, p: dict, work: Path) -> list[dict]:
         for i, (name, flags) in enumerate(p["configs"]):
             env = {**p["inherited"], **p["env"], **flags, "RUN_ID": f"flags{i}_r{r}", "PYTHONUNBUFFERED": "1"}
             try:
-                out, parsed, (ms, _, last) = runs.measured_run(runs.command(p["kit_path"], 1), env, work / f"r{r}_{i}",
+                out, parsed, (ms, _, last) = runs.measured_run(procs.script_command(p["kit_path"], 1), env, work / f"r{r}_{i}",
                                                                "peak", a.timeout, a.verbose, p["skip"])
             except runs.RunFailed as err:
                 raise runs.RunFailed(f"configuration {name!r} (round {r}): {err}; output kept in "

@@ -36,34 +36,10 @@ TRAINED_STD = {"tok_emb": 0.05, "attn": 0.035, "mlp": 0.03, "other": 0.5}
 
 
 def load_record(path: Path):
-    """The record's train_gpt.py as a module, with its GPU-only imports stubbed (flash_attn_interface, triton) and
-    torch.compile as the identity while it loads; the quantiser and serialiser run unchanged."""
-    import torch
-    import torch._dynamo  # noqa: F401  (torch probes for triton before the stubs exist)
-
-    class Any:
-        def __getattr__(self, k):
-            return Any()
-
-        def __call__(self, *a, **k):
-            return a[0] if len(a) == 1 and callable(a[0]) and not k else Any()
-
-        def __getitem__(self, k):
-            return Any()
-    saved = {n: sys.modules.get(n) for n in ("flash_attn_interface", "triton", "triton.language", "triton.tools",
-                                             "triton.tools.tensor_descriptor")}
-    for name in saved:
-        mod = types.ModuleType(name)
-        mod.__getattr__ = lambda k: (_ for _ in ()).throw(AttributeError(k)) if k.startswith("__") else Any()
-        mod.jit = lambda f=None, **k: f if f is not None else (lambda g: g)
-        sys.modules[name] = mod
-    compile_, torch.compile = torch.compile, (lambda f=None, **k: f if f is not None else (lambda g: g))
-    try:
-        mod = common.import_other(path)
-    finally:
-        torch.compile = compile_
-        for name, old in saved.items():
-            sys.modules.pop(name) if old is None else sys.modules.__setitem__(name, old)
+    """The record's train_gpt.py as a module, loaded as bench/record_cpu.py imports it on a CPU (GPU-only imports
+    stubbed, torch.compile the identity while it loads); the quantiser and serialiser run unchanged."""
+    from bench import record_cpu
+    mod = record_cpu.import_on_cpu(path)
     for need in ("gptq_mixed_quantize", "dequantize_mixed", "_compress", "_decompress"):
         if not hasattr(mod, need):
             raise BenchError(f"--other {path} has no {need}(): not a GPTQ record script")
@@ -137,8 +113,9 @@ def calibrate(kit, hp, model, data: Path):
     return kit.collect_hessians(model, names, loader, hp, 1, None, torch.device("cpu"))[0]
 
 
-def side_by_side(a, kit, env: dict, data: Path, tokens, val_bytes) -> list[dict]:
-    """One row per method: bytes of the model file, val_bpb of the reloaded model and its gap to the float one."""
+def side_by_side(a, kit, env: dict, data: Path, tokens, val_bytes, rec=None) -> list[dict]:
+    """One row per method: bytes of the model file, val_bpb of the reloaded model and its gap to the float one;
+    with ``rec`` (load_record of --other) the record's own export too."""
     import torch
     hp = common.kit_args(kit, env)
     model = kit.build_model(hp)
@@ -159,8 +136,7 @@ def side_by_side(a, kit, env: dict, data: Path, tokens, val_bytes) -> list[dict]
         bpb = score(kit, hp, kit.unpack_artifact(blob)[0], tokens, val_bytes)
         rows.append({"method": label, "bytes": len(blob), "val_bpb": bpb, "gap": bpb - bpb_float, "pack_s": pack_s})
         print(f"{label}: {len(blob):,} bytes, gap {bpb - bpb_float:+.5f} bpb ({pack_s:.1f} s)", flush=True)
-    if a.other:
-        rec = load_record(Path(a.other).resolve())
+    if rec is not None:
         for lq in (0, 1):
             rhp = common.kit_args(kit, {**env, "LQER_ENABLED": str(lq)})
             nbytes, back = record_export(rec, state, hessians, rhp, a.other_compressor)
@@ -210,7 +186,7 @@ def pessimistic(kit, env: dict) -> tuple[int, int, int, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_config_args(ap)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--float", default=None, metavar="PT", help="float weights (torch.save of a state_dict)")
@@ -225,6 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=None, metavar="PNG", help="Pareto plot of bytes vs gap")
     ap.add_argument("--kit", default=str(common.KIT), help="the kit's train_gpt.py (default: this checkout's)")
     a = ap.parse_args(argv)
+    common.check_args(a, writable=("json", "plot", "save"))
     import numpy as np
     import torch
     kit = common.import_kit(Path(a.kit))
@@ -250,12 +227,13 @@ def main(argv=None) -> int:
         return 0
     if not Path(a.float).is_file():
         raise BenchError(f"--float {a.float} does not exist")
+    rec = load_record(Path(a.other).resolve()) if a.other else None  # a bad --other: one error line, before any work
     common.setup_device(kit, torch.device("cpu"))
-    sp = kit.load_tokenizer(hp)
+    sp = common.load_tokenizer(kit, hp)
     val_np = common.load_val(kit, data, a.max_tokens)
     tokens = torch.from_numpy(val_np.astype(np.int64))
     val_bytes = torch.from_numpy(common.val_target_bytes(kit, hp, sp, val_np, data))
-    rows = side_by_side(a, kit, env, data, tokens, val_bytes)
+    rows = side_by_side(a, kit, env, data, tokens, val_bytes, rec)
     print()
     print(common.table(["method", "model bytes", "val_bpb", "gap (bpb)"],
                        [(r["method"], f"{r['bytes']:,}" if r["bytes"] else "-", f"{r['val_bpb']:.5f}",

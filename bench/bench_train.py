@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench import common, runs
 from bench.common import BenchError
+from kitlib import procs
 from kitlib.fileio import unwritable
 
 
@@ -77,8 +78,9 @@ def plan(a, cuda: bool) -> dict:
     the kit's cheap-eval extras, the scripts to alternate."""
     common.check_args(a, at_least={"iterations": 2, "skip": 0, "rounds": 1, "nproc": 1, "threads": 1,
                                    "timeout": 1}, writable=("json",))
-    if a.workdir and unwritable(a.workdir, folder=True):
-        raise BenchError(f"--workdir {a.workdir}: {unwritable(a.workdir, folder=True)}")
+    why = a.workdir and unwritable(a.workdir, folder=True)
+    if why:
+        raise BenchError(f"--workdir {a.workdir}: {why}")
     kit_path = Path(a.kit).resolve()
     kit = common.import_kit(kit_path)
     other = other_script(a)
@@ -144,7 +146,7 @@ def one_run(a, p: dict, r: int, role: str, path: Path, py: str, work: Path) -> d
     if role == "other":
         env.update(p["other_env"])
     env["PYTHONPATH"] = os.pathsep.join([str(path.parent)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    cmd = runs.command(path, a.nproc, py)
+    cmd = procs.script_command(path, a.nproc, py)
     print(f"[round {r}/{a.rounds}] {role}: running ...", flush=True)
     try:
         out, parsed, (ms, s_from, s_to) = runs.measured_run(cmd, env, work / f"r{r}_{role}", a.kill_at, a.timeout,

@@ -193,6 +193,14 @@ def kit_args(kit, env: dict):
         raise BenchError(str(err)) from None
 
 
+def load_tokenizer(kit, hp):
+    """The kit's SentencePiece model for `hp` (one that does not fit the configuration is one error line)."""
+    try:
+        return kit.load_tokenizer(hp)
+    except kit.ConfigError as err:
+        raise BenchError(str(err)) from None
+
+
 def artifact_env(kit, artifact: str | Path, env_items=()) -> tuple[dict, dict]:
     """(tensors, env) of a kit artifact: its state and the configuration it was made with, --env on top; an artifact
     that is missing or not the kit's is one error line."""

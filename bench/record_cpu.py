@@ -93,10 +93,10 @@ def _stub(name: str) -> types.ModuleType:
     return mod
 
 
-def load(path):
-    """The record's module with the CPU substitutes above, executed anew on every call: it reads the environment
-    at import (its Hyperparameters' class attributes, TTT_LORA_ALPHA), so a module loaded under another
-    configuration is never reused. Configurations are made per call with `hparams`."""
+def import_on_cpu(path):
+    """A record's train_gpt.py executed anew (never a cached module) with its GPU-only imports stubbed
+    (flash_attn_interface with the SDPA substitutes above, triton) and torch.compile as the identity while it
+    loads; nothing of the module itself is replaced. One error line (`--other ...`) when the import fails."""
     sys.modules.pop(module_name(path), None)
     saved = {n: sys.modules.get(n) for n in STUB_MODULES}
     compile_fn = torch.compile  # eager instead (and torch's own triton probes never meet the stub)
@@ -116,6 +116,14 @@ def load(path):
                 sys.modules.pop(n, None)
             else:
                 sys.modules[n] = m
+    return mod
+
+
+def load(path):
+    """The record's module with the CPU substitutes above, executed anew on every call: it reads the environment
+    at import (its Hyperparameters' class attributes, TTT_LORA_ALPHA), so a module loaded under another
+    configuration is never reused. Configurations are made per call with `hparams`."""
+    mod = import_on_cpu(path)
     for name in ("GPT", "Optimizers", "_build_cu_seqlens", "Hyperparameters", "train_model"):
         if not hasattr(mod, name):
             raise common.BenchError(f"--other {path} has no {name}: not the 1.0611 record's train_gpt.py")

@@ -12,7 +12,6 @@ if not __package__:  # imported as plain `runs` from bench/: the one bootstrap (
 
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -83,12 +82,6 @@ def inherited_env(kit_names: set[str], threads: int | None) -> dict:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return env
-
-
-def command(script: Path, nproc: int, python: str = sys.executable) -> list[str]:
-    if nproc == 1:
-        return [python, str(script)]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
 
 
 def run_once(cmd, env, cwd: Path, kill_at: str, timeout: float, verbose: bool) -> dict:

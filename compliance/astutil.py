@@ -46,6 +46,23 @@ def root_name(node: ast.expr) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
+def import_aliases(nodes, relative: bool = False) -> dict[str, str]:
+    """local name -> module or module.attr the import statements among `nodes` bind (`import lzma as L`,
+    `from base64 import b85decode as d`); with relative=True also `from . import x` (x -> x)."""
+    out: dict[str, str] = {}
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                out[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif relative and isinstance(node, ast.ImportFrom) and node.level:
+            for a in node.names:
+                out[a.asname or a.name] = a.name
+    return out
+
+
 _NAMES_MEMO: dict[int, tuple] = {}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from .astutil import assigned_calls, children, own_exprs, walk
+from .astutil import assigned_calls, call_name, children, own_exprs, walk
 from .index import CallSite, ClassInfo, FuncInfo, Guard, Stmt
 from .vocab import GENERIC_METHODS
 
@@ -289,7 +289,7 @@ class CallResolver:
                 return [(x, recv, None) for x in ts]
             return list(self.attr_fvals.get(e.attr, ()))
         if t is ast.Call:
-            name = e.func.attr if isinstance(e.func, ast.Attribute) else getattr(e.func, "id", "")
+            name = call_name(e)
             if name == "partial" and e.args:
                 return [(x, r, e) for x, r, _ in self._refs(f, e.args[0], depth + 1, call)]
             if name in ("items", "values", "get", "pop", "copy", "setdefault") and isinstance(e.func, ast.Attribute):
@@ -522,7 +522,7 @@ def _stored_refs(s: ast.stmt) -> set:
 def _class_name_of_call(call: ast.Call, prog: CallResolver, caller: FuncInfo | None = None) -> str | None:
     """The user class a call builds: `ClassName(...)`, or a factory function that returns one."""
     f = call.func
-    name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+    name = call_name(call)
     if name and name in prog.classes:
         return name
     if caller is not None and isinstance(f, ast.Name):

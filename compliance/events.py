@@ -504,15 +504,7 @@ class EventScan:
                             if isinstance(k, ast.Constant) and isinstance(k.value, str) and \
                                     _REPORT_TARGET.search(k.value):
                                 roots |= names_in(v)
-        slice_vars = set()
-        stack = list(roots)
-        while stack:
-            n = stack.pop()
-            if n in slice_vars:
-                continue
-            slice_vars.add(n)
-            stack.extend(f.deps.get(n, ()))
-        f.report_vars = slice_vars
+        slice_vars = f.report_vars = f.dep_closure(roots)
         params = set(f.params[1:] if f.is_method else f.params)
         for st in f.stmts:
             s = st.node

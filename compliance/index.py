@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .astutil import FUNCS, LOOPS, _ends_block, _iter_defs, dotted, own_exprs, walk
+from .astutil import FUNCS, LOOPS, _ends_block, _iter_defs, dotted, import_aliases, own_exprs, walk
 from .source import SourceUnit
 from .vocab import OPTIMIZER_NAMES
 
@@ -144,6 +144,19 @@ class FuncInfo:
     def line(self) -> int:
         return getattr(self.node, "lineno", 1)
 
+    def dep_closure(self, names) -> set[str]:
+        """The names given (empty ones dropped) and every variable they are computed from in this function
+        (transitively through self.deps)."""
+        out: set[str] = set()
+        stack = [n for n in names if n]
+        while stack:
+            n = stack.pop()
+            if n in out:
+                continue
+            out.add(n)
+            stack.extend(self.deps.get(n, ()))
+        return out
+
     def events_of(self, *kinds: str, lifted: bool = True) -> list[Event]:
         evs = [e for e in self.events if e.kind in kinds]
         if lifted:
@@ -191,18 +204,7 @@ class ProgramIndex:
         mod = FuncInfo("<module>", f"{unit.module}.<module>", unit.tree, unit, None, None, is_module=True)
         self.modules[id(unit)] = mod
         self.funcs.append(mod)
-        al: dict[str, str] = {}
-        for node in unit.nodes:
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    al[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                for a in node.names:
-                    al[a.asname or a.name] = f"{node.module}.{a.name}"
-            elif isinstance(node, ast.ImportFrom) and node.level and not node.module:
-                for a in node.names:
-                    al[a.asname or a.name] = a.name
-        self.aliases[id(unit)] = al
+        self.aliases[id(unit)] = import_aliases(unit.nodes, relative=True)
         self._index_body(unit.tree.body, unit, mod, None, prefix=unit.module)
 
     def _index_body(self, body, unit, owner: FuncInfo, cls: ClassInfo | None, prefix: str) -> None:
@@ -281,8 +283,6 @@ class ProgramIndex:
                     visit_block(s.orelse, loops, guards + (Guard(s.test, False, f),), withs)
                     if not s.orelse and s.body and _ends_block(s.body[-1]):
                         guards = guards + (Guard(s.test, False, f, "early-exit"),)
-                    elif s.orelse and not s.body:
-                        pass
                 elif isinstance(s, LOOPS):
                     inner = guards + ((Guard(s.test, True, f, "while"),) if isinstance(s, ast.While) else ())
                     visit_block(s.body, tuple(loops) + (st,), inner, withs)
@@ -300,18 +300,17 @@ class ProgramIndex:
                         visit_block(case.body, loops, guards, withs)
 
         visit_block(body, (), (), ())
-        # the `if __name__ == "__main__":` test, and loop/with heads, are own expressions of their statements
+        # (x, i) for each `x[i - k]` / `x[i + j - k]`: x is read behind index i, so x[i] is a target (taint.py)
         for st in f.stmts:
             for sub in st.nodes:
-                if True:
-                    if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.BinOp):
-                        left = sub.slice
-                        has_sub = False
-                        while isinstance(left, ast.BinOp):
-                            has_sub = has_sub or isinstance(left.op, ast.Sub)
-                            left = left.left
-                        if has_sub and isinstance(left, ast.Name):
-                            f.ctx_index.add((ast.dump(sub.value), left.id))
+                if isinstance(sub, ast.Subscript) and isinstance(sub.slice, ast.BinOp):
+                    left = sub.slice
+                    has_sub = False
+                    while isinstance(left, ast.BinOp):
+                        has_sub = has_sub or isinstance(left.op, ast.Sub)
+                        left = left.left
+                    if has_sub and isinstance(left, ast.Name):
+                        f.ctx_index.add((ast.dump(sub.value), left.id))
 
     @staticmethod
     def _collect_names(f: FuncInfo, s: ast.stmt, st: Stmt) -> None:
@@ -331,9 +330,6 @@ class ProgramIndex:
             for n in walk(t):
                 if isinstance(n, ast.Name):
                     f.local_names.add(n.id)
-        for n in (0,):
-            for sub in st.nodes:
-                if isinstance(sub, ast.NamedExpr) and isinstance(sub.target, ast.Name):
-                    f.local_names.add(sub.target.id)
-                elif isinstance(sub, ast.comprehension):
-                    pass   # comprehension variables live in the comprehension's own scope
+        for sub in st.nodes:     # comprehension variables live in the comprehension's own scope: not collected
+            if isinstance(sub, ast.NamedExpr) and isinstance(sub.target, ast.Name):
+                f.local_names.add(sub.target.id)

@@ -533,7 +533,7 @@ class Evaluator:
     def _call(self, node: ast.Call, func, depth, cls):
         ev = lambda n: self.ev(n, func, depth + 1, cls)  # noqa: E731
         f = node.func
-        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+        name = call_name(node)
         args = [ev(a) for a in node.args]
         if isinstance(f, ast.Name) and name in ("int", "float", "bool", "str", "abs", "len", "max", "min", "round"):
             if any(a is UNKNOWN for a in args):

@@ -21,7 +21,7 @@ import re
 import zlib
 from pathlib import Path
 
-from .astutil import walk
+from .astutil import call_name, import_aliases, walk
 from .pysyntax import parse, parse_modern
 
 MAX_DECODED = 64 * 1024 * 1024   # bytes a single payload may inflate to
@@ -160,19 +160,6 @@ class _Truncated(Exception):
     """A decompressor stopped before the end of its payload (size cap)."""
 
 
-def _import_aliases(tree: ast.Module, nodes: list | None = None) -> dict[str, str]:
-    """local name -> module or module.attr (for `import lzma as L`, `from base64 import b85decode as d`)."""
-    out: dict[str, str] = {}
-    for node in (walk(tree) if nodes is None else nodes):
-        if isinstance(node, ast.Import):
-            for a in node.names:
-                out[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            for a in node.names:
-                out[a.asname or a.name] = f"{node.module}.{a.name}"
-    return out
-
-
 def _module_constants(tree: ast.Module) -> dict[str, ast.expr]:
     out: dict[str, ast.expr] = {}
     for node in tree.body:
@@ -187,7 +174,7 @@ class _PayloadEval:
     """Evaluates the small expression language of decode chains; raises _Unknown for anything else."""
 
     def __init__(self, tree: ast.Module, nodes: list | None = None):
-        self.aliases = _import_aliases(tree, nodes)
+        self.aliases = import_aliases(walk(tree) if nodes is None else nodes)
         self.consts = _module_constants(tree)
         self.steps: list[str] = []
         self.depth = 0
@@ -348,7 +335,7 @@ def decode_payloads(tree: ast.Module, nodes: list | None = None, problems: list[
     problems = [] if problems is None else problems
     seen: set[int] = set()
     nodes = walk(tree) if nodes is None else nodes
-    aliases = _import_aliases(tree, nodes)
+    aliases = import_aliases(nodes)
     shadowed = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     runners = [n for n in nodes if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                and n.func.id in _CODE_RUNNERS and n.func.id not in aliases and n.func.id not in shadowed]
@@ -363,8 +350,7 @@ def decode_payloads(tree: ast.Module, nodes: list | None = None, problems: list[
     calls = [n for n in nodes if isinstance(n, ast.Call)] if wrappers else runners
     runner_ids = {id(n) for n in runners}
     for node in calls:
-        f = node.func
-        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        name = call_name(node)
         is_exec = name in _CODE_RUNNERS
         if not (is_exec or name == "decompress" or name == "decode"):
             continue
@@ -502,10 +488,11 @@ def load_program(path: Path) -> LoadedProgram:
             ran.append(file)
         text = read_text(file, problems)
         display = _display(file, root)
-        file_units = _units_from_text(file, display, text, is_entry, notes, problems)
+        siblings = {p.name for p in file.parent.glob("*.py")}     # listed once a file: decoder and imports
+        file_units = _units_from_text(file, display, text, is_entry, notes, problems, siblings)
         units.extend(file_units)
         for u in file_units:
-            for sib, runs_main in _sibling_refs(u, root):
+            for sib, runs_main in _sibling_refs(u, siblings):
                 if sib.resolve() not in done:
                     queue.append((sib, runs_main))
     if path.is_file() and not any(u.tree.body for u in units) and not problems:
@@ -526,7 +513,7 @@ def _display(file: Path, root: Path) -> str:
 
 
 def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes: list[str], problems: list[str],
-                     chain: str = "", depth: int = 0) -> list[SourceUnit]:
+                     siblings: set[str], chain: str = "", depth: int = 0) -> list[SourceUnit]:
     tree, note, unread = tolerant_parse(text)
     where = f"{display}{' (decoded ' + chain + ')' if chain else ''}"
     if note:
@@ -537,7 +524,6 @@ def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes:
     problems.extend(unit.problems)
     out = [unit]
     found: list[str] = []
-    siblings = {p.name for p in file.parent.glob("*.py")}
     payloads = decode_payloads(tree, unit.nodes, found, siblings)
     problems.extend(f"{where}: {x}" for x in found)
     if depth >= MAX_DEPTH:
@@ -548,18 +534,17 @@ def _units_from_text(file: Path, display: str, text: str, is_entry: bool, notes:
         full = f"{how}>{chain}" if chain else how
         notes.append(f"{display}: decoded a self-extracting wrapper ({how}) at line {line}"
                      + (f" inside {chain}" if chain else ""))
-        out.extend(_units_from_text(file, display, inner, is_entry, notes, problems, full, depth + 1))
+        out.extend(_units_from_text(file, display, inner, is_entry, notes, problems, siblings, full, depth + 1))
     return out
 
 
 _PY_NAME = re.compile(r"([A-Za-z0-9_.\-]+\.py)\b")
 
 
-def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
+def _sibling_refs(unit: SourceUnit, siblings: set[str]) -> list[tuple[Path, bool]]:
     """Sibling .py files this unit imports (module level runs, __main__ does not) or runs as a script
     (exec(open(...)), runpy, subprocess, os.system: __main__ runs)."""
     folder = unit.path.parent
-    siblings = {p.name for p in folder.glob("*.py")}
     if not siblings - {unit.path.name}:
         return []
     out: list[tuple[Path, bool]] = []
@@ -581,7 +566,7 @@ def _sibling_refs(unit: SourceUnit, root: Path) -> list[tuple[Path, bool]]:
                     if p.name in siblings:
                         out.append((p, False))
         elif isinstance(node, ast.Call):
-            fname = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            fname = call_name(node)
             if fname == "import_module" and node.args and isinstance(node.args[0], ast.Constant):
                 p = folder / (str(node.args[0].value).split(".")[0] + ".py")
                 if p.name in siblings:

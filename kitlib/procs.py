@@ -1,11 +1,11 @@
 """Commands in their own process group: started so that the whole group can be ended at once (a ``torchrun``
 launcher and its workers), and so that they die with the process that started them (Linux).
 
-    proc = start([python, "train_gpt.py"], cwd=run_dir, env=env)     # stdout+stderr as text lines on proc.stdout
-    with Deadline(proc, 3600) as deadline:                            # ends the group after 3600 s
+    proc = start(script_command("train_gpt.py", 2), cwd=run_dir, env=env)  # torchrun; stdout+stderr as text lines
+    with Deadline(proc, 3600) as deadline:                                   # ends the group after 3600 s
         for line in proc.stdout: ...
-    deadline.expired                                                  # True if it had to
-    stop(proc)                                                        # SIGTERM to the group, then SIGKILL
+    deadline.expired                                                         # True if it had to
+    stop(proc)                                                               # SIGTERM to the group, then SIGKILL
 """
 
 from __future__ import annotations
@@ -24,6 +24,14 @@ def _die_with_parent() -> None:  # runs in the child before exec: SIGTERM when t
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
     except Exception:  # noqa: BLE001 - not Linux / no libc: the child merely outlives a killed parent
         pass
+
+
+def script_command(script, nproc: int = 1, python: str = sys.executable) -> list[str]:
+    """The command line of a training script: ``python SCRIPT``, or with ``nproc`` > 1 torchrun's
+    ``python -m torch.distributed.run --standalone --nproc_per_node=NPROC SCRIPT``."""
+    if nproc > 1:
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script)]
+    return [python, str(script)]
 
 
 def start(cmd: list[str], *, cwd=None, env: dict | None = None) -> subprocess.Popen:

@@ -191,6 +191,9 @@ class FolderLogs:
 
 
 def read_folder_logs(folder: Path, res: CheckResult | None = None) -> FolderLogs:
+    """The folder's scored runs, each counted once, and every log parsed; what is wrong with a log goes to ``res``
+    (findings and notes), or nowhere without one."""
+    res = res if res is not None else CheckResult(path=str(folder))
     scored: list[RunLog] = []
     every: list[RunLog] = []
     seen: dict[tuple, str] = {}
@@ -198,40 +201,34 @@ def read_folder_logs(folder: Path, res: CheckResult | None = None) -> FolderLogs
         try:
             run = load_text_log(p)
         except Exception as exc:  # noqa: BLE001 - never crash on a log
-            if res:
-                res.find(f"log:{p.name}", f"cannot parse: {exc}")
+            res.find(f"log:{p.name}", f"cannot parse: {exc}")
             continue
         every.append(run)
         rel = str(p.relative_to(folder))
         for prob in run.problems:
-            if res:
-                res.find(f"log:{rel}", prob)
+            res.find(f"log:{rel}", prob)
         if run.final is None:
             if run.has_training_lines or run.scores or run.code_sha256:
-                if res:
-                    res.find(f"log:{rel}", "incomplete log: no final score line (final_*_exact / legal_ttt_exact)")
-            elif res:
+                res.find(f"log:{rel}", "incomplete log: no final score line (final_*_exact / legal_ttt_exact)")
+            else:
                 res.note(f"log:{rel}", "not a training log (no step or score lines); ignored")
             continue
         if run.final.val_loss is None or run.final.val_bpb is None or not (
             math.isfinite(run.final.val_loss) and math.isfinite(run.final.val_bpb)
         ):
-            if res:
-                res.find(f"log:{rel}", f"final score is not a finite number: {run.final}")
+            res.find(f"log:{rel}", f"final score is not a finite number: {run.final}")
             continue
         why = not_a_training_run(run)
         if why:
-            if res:
-                res.find(f"log:{rel}", f"not a seed of this submission: {why}")
+            res.find(f"log:{rel}", f"not a seed of this submission: {why}")
             continue
-        if not run.final.exact and res:
+        if not run.final.exact:
             res.note(f"log:{rel}", f"no *_exact score line; using the last '{run.final.metric}' line")
         key = (round(run.final.val_loss, 8), round(run.final.val_bpb, 8), run.seed)
         key_noseed = key[:2]
         dup = seen.get(key) or next((v for k, v in seen.items() if k[:2] == key_noseed and (k[2] is None or run.seed is None)), None)
         if dup:
-            if res:
-                res.note(f"log:{rel}", f"same final score as {dup}: counted once")
+            res.note(f"log:{rel}", f"same final score as {dup}: counted once")
             continue
         seen[key] = rel
         scored.append(run)

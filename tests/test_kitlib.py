@@ -185,6 +185,15 @@ def test_deadline_and_output(tmp_path):
         procs.start(["/nonexistent/python"])
 
 
+def test_script_command_is_python_or_torchrun():
+    """One process: the interpreter runs the script; several: torchrun's module, standalone, one worker per process
+    (the command bench/ and ablations/ start their runs with)."""
+    assert procs.script_command(Path("t.py")) == [sys.executable, "t.py"]
+    assert procs.script_command("t.py", 1, "py") == ["py", "t.py"]
+    assert procs.script_command("t.py", 4, "py") == ["py", "-m", "torch.distributed.run", "--standalone",
+                                                      "--nproc_per_node=4", "t.py"]
+
+
 # ---------------------------------------------------------------- scripts
 
 @pytest.mark.parametrize("source,message", [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 
-from ..astutil import assigned_calls, walk
+from ..astutil import assigned_calls, call_name, walk
 from .base import Context, Rule
 from .registry import register
 
@@ -84,8 +84,7 @@ def _dynamic_modules(ctx: Context, f) -> dict:
 
 
 def _imported(call: ast.Call, ctx: Context, f) -> str | None:
-    fn = call.func
-    name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+    name = call_name(call)
     if name in ("import_module", "__import__") and call.args:
         return _const_str(call.args[0], ctx, f)
     return None

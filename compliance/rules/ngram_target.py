@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 
-from ..astutil import names_in, node_key, root_name, walk
+from ..astutil import call_name, names_in, node_key, root_name, walk
 
 from ..events import EK, expr_root
 from ..index import FuncInfo
@@ -120,7 +120,7 @@ class NgramTarget(Rule):
                 later = [a for a in accs if a.stmt.index > r.stmt.index and cl[-1] in a.stmt.loops]
                 if not later:
                     continue
-                if read_vars and not any(read_vars & _closure(f, names_in(a.extra.get("value"))
+                if read_vars and not any(read_vars & f.dep_closure(names_in(a.extra.get("value"))
                                                              | {a.extra.get("var")}) for a in later
                                          if a.kind == EK.ACCUM):
                     if all(a.kind == EK.ACCUM for a in later):
@@ -142,7 +142,7 @@ class NgramTarget(Rule):
             return out
         feeding = set()
         for a in accs:
-            feeding |= _closure(f, names_in(a.extra.get("value")) | {a.extra.get("var")})
+            feeding |= f.dep_closure(names_in(a.extra.get("value")) | {a.extra.get("var")})
         memo = f.memo
         for st in f.stmts:
             s = st.node
@@ -160,7 +160,7 @@ class NgramTarget(Rule):
                 for n in st.nodes:
                     if not isinstance(n, ast.Call):
                         continue
-                    name = _call_name(n)
+                    name = call_name(n)
                     scores = [a for a in n.args if memo.get(id(a), 0) & LOSS]
                     if name in _PAIRWISE and len(scores) >= 2 and node_key(scores[0]) != node_key(scores[1]):
                         hit = n
@@ -240,7 +240,7 @@ def _gate_using(f: FuncInfo, names: set):
         for n in st.nodes:
             if isinstance(n, ast.IfExp):
                 tests.append(n.test)
-            elif isinstance(n, ast.Call) and _call_name(n) == "where" and n.args:
+            elif isinstance(n, ast.Call) and call_name(n) == "where" and n.args:
                 tests.append(n.args[0])
         for t in tests:
             for c in walk(t):
@@ -278,18 +278,6 @@ def _scoring_functions(ctx: Context) -> set:
     return out
 
 
-def _closure(f: FuncInfo, names: set) -> set:
-    out = set()
-    stack = [n for n in names if n]
-    while stack:
-        n = stack.pop()
-        if n in out:
-            continue
-        out.add(n)
-        stack.extend(f.deps.get(n, ()))
-    return out
-
-
 def _loss_compare(f: FuncInfo, test):
     """The two sides of a comparison between two per-token losses, else None."""
     for n in walk(test):
@@ -307,11 +295,6 @@ def _targets(s):
     if isinstance(s, (ast.AugAssign, ast.AnnAssign)):
         return [s.target]
     return []
-
-
-def _call_name(n: ast.Call) -> str:
-    f = n.func
-    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
 
 
 def _src(node) -> str:
