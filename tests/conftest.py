@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data.shards import read_shard, write_shard  # noqa: E402
+from kitlib.procs import script_command  # noqa: E402
 from kitlib.scripts import load_script  # noqa: E402
 
 # A model small enough to train in seconds on two CPU cores.
@@ -168,8 +169,7 @@ def start_script(env: dict, cwd: Path, nproc: int = 1, script: Path = ROOT / "tr
     full = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "TMPDIR")}
     full.update(env)
     full.setdefault("OMP_NUM_THREADS", "1")
-    cmd = [sys.executable, str(script), *args] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
+    cmd = [*script_command(script, nproc), *args]
     return subprocess.Popen(cmd, cwd=cwd, env=full, stdout=output, stderr=output, text=True)
 
 
