@@ -6,14 +6,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench import bench_eval, runs
+from conftest import ROOT, cut_val, short_data
+from data.shards import encode_shard
 
-ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 
 
@@ -22,16 +22,7 @@ def small_data(dataset, tmp_path_factory):
     """The embedded dataset with its val split cut to 4,000 tokens (the runs' end-of-training validation and the
     evaluations stay short); the train shard is linked, not copied."""
     data_path, tok = dataset
-    out = tmp_path_factory.mktemp("bench_data")
-    for f in data_path.glob("fineweb_train_*.bin"):
-        (out / f.name).symlink_to(f)
-    src = data_path / "fineweb_val_000000.bin"
-    header = np.fromfile(src, dtype="<i4", count=256).copy()
-    val = np.fromfile(src, dtype="<u2", offset=1024)[:4000]
-    header[2] = val.size
-    with open(out / src.name, "wb") as f:
-        f.write(header.tobytes() + val.tobytes())
-    return out, tok
+    return short_data(data_path, tmp_path_factory.mktemp("bench_data"), cut_val(data_path, 4000)), tok
 
 
 def bench(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -259,19 +250,13 @@ def _bad_data(tmp, small_data, val: bytes):
     return ["--data-path", d, "--tokenizer-path", tok]
 
 
-def _zero_token_shard() -> bytes:
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = (20240520, 1, 0)
-    return header.tobytes()
-
-
 # (script, extra arguments given (tmp, small_data), text of the one stderr line); every row exits 2
 BAD = [
     ("export", lambda t, d: ["--tiny", "--save", _file(t, "f") / "a.ptz"], "error: --save"),
     ("export", lambda t, d: ["--tiny", "--save", t], "is a folder"),
     ("export", lambda t, d: ["--tiny", "--json", _file(t, "f") / "a.json"], "error: --json"),
     ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, b""), "is 0 bytes, shorter than its 1024-byte header"),
-    ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, _zero_token_shard()), " 0 token"),
+    ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, encode_shard([])), " 0 token"),
     ("export", lambda t, d: ["--tiny"] + _bad_data(t, d, b"\x01" * 3000), "has magic 16843009"),
     ("export", lambda t, d: ["--tiny", "--max-tokens", "-1"], "error: --max-tokens -1 must be at least 0"),
     ("export", lambda t, d: ["--artifact", t / "nope.ptz"], "error: --artifact"),
@@ -310,7 +295,7 @@ BAD = [
     ("ppmc", lambda t, d: ["--shard", t / "nope.bin"], "error: --shard"),
     ("ppmc", lambda t, d: ["--shard", _file(t, "empty.bin", b"")], "is 0 bytes, shorter than its 1024-byte header"),
     ("ppmc", lambda t, d: ["--shard", ROOT / "README.md"], "has magic"),
-    ("ppmc", lambda t, d: ["--shard", _file(t, "zero.bin", _zero_token_shard())], " 0 token"),
+    ("ppmc", lambda t, d: ["--shard", _file(t, "zero.bin", encode_shard([]))], " 0 token"),
     ("ppmc", lambda t, d: ["--shard", d[0] / "fineweb_val_000000.bin", "--vocab", "3"], ">= --vocab 3"),
     ("ppmc", lambda t, d: ["--script", t / "nope.py"], "error: --script"),
 ]

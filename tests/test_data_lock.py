@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from conftest import ROOT
 from data.bytes import byte_table_from_sentencepiece, count_bytes
 from data.lock import clean_interrupted, dataset_lock, lock_path
 from data.manifest import sha256_file
 from data.shards import read_header, read_shard
 from data.sources import load_wiki, split_docs, wiki_summaries_path
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ sidecar that does not fit the val stream; VOCAB_SIZE=8192 end to end (embedding,
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import shutil
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from conftest import ROOT, TINY_ENV, run_script
+from conftest import ROOT, TINY_ENV, cli_in_process, data_env, run_script
 from data.shards import read_shard, write_shard
 
 
@@ -39,10 +37,8 @@ def copy_data(src: Path, dst: Path, drop=()) -> Path:
 
 
 def args_for(tg, data_path, tok, **over):
-    env = {**TINY_ENV, "DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tok),
-           "VOCAB_SIZE": str(spm.SentencePieceProcessor(model_file=str(tok)).vocab_size()),
-           **{k: str(v) for k, v in over.items()}}
-    return tg.Hyperparameters.from_env(env)
+    vocab = spm.SentencePieceProcessor(model_file=str(tok)).vocab_size()
+    return tg.Hyperparameters.from_env(data_env((data_path, tok), VOCAB_SIZE=vocab, **over))
 
 
 def test_read_val_takes_the_sidecar(tg, caseops8192):
@@ -68,16 +64,8 @@ def test_plain_data_keeps_the_byte_table(tg, dataset):
 
 def refuse(tg, monkeypatch, tmp_path, env) -> str:
     """cli() with `env`: one error line, exit 2, nothing written; returns the line."""
-    for key in list(__import__("os").environ):
-        if key.upper() in {s.name for s in tg.SETTINGS} | {"WORLD_SIZE", "RANK"}:
-            monkeypatch.delenv(key)
-    for k, v in env.items():
-        monkeypatch.setenv(k, str(v))
-    monkeypatch.chdir(tmp_path)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = tg.cli([])
-    lines = err.getvalue().strip().splitlines()
+    rc, err = cli_in_process(tg, monkeypatch, tmp_path, env)
+    lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
     assert not (tmp_path / "logs").exists() and not (tmp_path / "artifacts").exists()
     return lines[0]

@@ -8,12 +8,9 @@ Runtime: a validation shard cut to ~4,000 tokens (whole documents) keeps every e
 runs that only need an artifact call main() in-process with EVAL_ONLY (no torch start-up per run)."""
 import json
 import math
-import os
 import re
 import socket
 import struct
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,31 +20,16 @@ import sentencepiece as spm
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import ROOT, TINY_ENV, start_script
+from conftest import (cut_val, data_env, finish_script, random_weights, reload_artifact, set_run_env, short_data,
+                      start_script, tiny_args)
 
 VAL_TOKENS = 4000  # the small validation shard: whole documents up to the first BOS at or after this index
 LINE = r"^{name} val_loss:(\d+\.\d{{8}}) val_bpb:(\d+\.\d{{8}})$"  # 8 decimals, exactly
 
 
-def tiny_args(tg, **over):
-    env = {**TINY_ENV, "VOCAB_SIZE": "1024", **{k: str(v) for k, v in over.items()}}
-    return tg.Hyperparameters.from_env(env)
-
-
 def random_model(tg, args, std=0.05, seed=0):
     """A float64 model with every parameter random (zero-initialised projections would hide context use)."""
-    model = tg.build_model(args).double()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
-    return model.eval()
-
-
-def write_shard(path: Path, tokens: np.ndarray) -> None:
-    header = np.zeros(256, "<i4")
-    header[:3] = (20240520, 1, len(tokens))
-    path.write_bytes(header.tobytes() + np.asarray(tokens, "<u2").tobytes())
+    return random_weights(tg.build_model(args).double(), std, seed).eval()
 
 
 def find_line(log: str, name: str):
@@ -62,14 +44,7 @@ def bpb(tg, val: np.ndarray, nll: torch.Tensor, tables) -> float:
 
 # ---------------------------------------------------------------- shared data and runs
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster on a loaded two-core machine (no spinning);
-    the subprocess runs use OMP_NUM_THREADS=1 as well, so in-process scores are computed the same way."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -77,39 +52,24 @@ def small(tg, dataset, tmp_path_factory):
     """Folders with the embedded dataset's validation shard cut to whole documents (~VAL_TOKENS tokens):
     'train' also holds the train shard, 'valonly' holds nothing else (EVAL_ONLY must not need training data)."""
     data_path, tok = dataset
-    val = tg.load_shard(data_path / "fineweb_val_000000.bin")
-    starts = np.flatnonzero(val == 1)
-    cut = int(starts[np.searchsorted(starts, VAL_TOKENS)])
+    val = cut_val(data_path, VAL_TOKENS, whole_docs=True)
     root = tmp_path_factory.mktemp("small")
-    for name in ("train", "valonly"):
-        (root / name).mkdir()
-        write_shard(root / name / "fineweb_val_000000.bin", val[:cut])
-    (root / "train" / "fineweb_train_000000.bin").symlink_to(data_path / "fineweb_train_000000.bin")
     sp = spm.SentencePieceProcessor(model_file=str(tok))
-    return {"train": root / "train", "valonly": root / "valonly", "tok": tok, "val": val[:cut],
+    return {"train": short_data(data_path, root / "train", val),
+            "valonly": short_data(data_path, root / "valonly", val, train=False), "tok": tok, "val": val,
             "tables": tg.byte_tables(sp)}
 
 
 def run_env(small, run_id, data="train", **over):
-    return {**TINY_ENV, "DATA_PATH": str(small[data]), "TOKENIZER_PATH": str(small["tok"]), "RUN_ID": run_id,
-            "FLOAT_EVAL": "0", "TTT_CHUNK_TOKENS": "1024", "TTT_LR": "0.01", "TTT_EPOCHS": "2",
-            **{k: str(v) for k, v in over.items()}}
-
-
-def start(env: dict, cwd: Path) -> subprocess.Popen:
-    return start_script(env, cwd)
-
-
-def finish(proc: subprocess.Popen, timeout: int = 300) -> subprocess.CompletedProcess:
-    out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return data_env((small[data], small["tok"]), run_id, **{"FLOAT_EVAL": 0, "TTT_CHUNK_TOKENS": 1024, "TTT_LR": 0.01,
+                                                           "TTT_EPOCHS": 2, **over})
 
 
 @pytest.fixture(scope="module")
 def trained(small, tmp_path_factory):
     """One real training run with PPMC=1 and TTT=1: its log, JSON summary and artifact."""
     cwd = tmp_path_factory.mktemp("trained")
-    res = finish(start(run_env(small, "tr", PPMC=1, TTT=1), cwd))
+    res = finish_script(start_script(run_env(small, "tr", PPMC=1, TTT=1), cwd))
     assert res.returncode == 0, res.stderr[-3000:]
     return {"cwd": cwd, "log": (cwd / "logs/tr.txt").read_text(),
             "summary": json.loads((cwd / "logs/tr.json").read_text()), "artifact": cwd / "artifacts/tr.ptz"}
@@ -117,24 +77,12 @@ def trained(small, tmp_path_factory):
 
 def main_in_process(tg, monkeypatch, cwd: Path, env: dict):
     """main() in this process (no interpreter start-up): returns (exit code, log text, summary or None)."""
-    monkeypatch.chdir(cwd)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    set_run_env(tg, monkeypatch, cwd, env)
     rc = tg.main()
     name = env["RUN_ID"] + ("_eval" if env.get("EVAL_ONLY") else "")  # an EVAL_ONLY run has its own log names
     summary = cwd / "logs" / f"{name}.json"
     return rc, (cwd / "logs" / f"{name}.txt").read_text(), (
         json.loads(summary.read_text()) if summary.exists() else None)
-
-
-def reload(tg, path: Path):
-    state, meta = tg.unpack_artifact(path.read_bytes())
-    args = tg.Hyperparameters.from_env({k: str(v) for k, v in meta["config"].items()})
-    model = tg.build_model(args)
-    model.load_state_dict(state)
-    return model.eval(), args, meta
 
 
 # ---------------------------------------------------------------- PPMC: the mixed distribution
@@ -393,7 +341,7 @@ def test_training_run_with_ppmc_and_ttt(tg, trained):
 
 def test_ttt_score_recomputed_from_the_artifact(tg, small, trained):
     """The logged TTT and TTT+PPMC scores are score-first TTT (ttt_score_nll) of the reloaded artifact."""
-    model, args, _ = reload(tg, trained["artifact"])
+    model, args, _ = reload_artifact(tg, trained["artifact"])
     val = small["val"]
     nll = tg.ttt_score_nll(model, torch.from_numpy(val.astype(np.int64)), args)
     assert bpb(tg, val, nll, small["tables"]) == pytest.approx(trained["summary"]["scores"]["ttt"]["val_bpb"],
@@ -409,7 +357,7 @@ def test_eval_only_reproduces_and_adds_ppmc(tg, small, trained, tmp_path):
     (score_nll of the reloaded model + ppm_target_probs + mix_nll + byte totals) matches to 1e-7."""
     art = trained["artifact"]
     before = art.read_bytes()
-    res = finish(start(run_env(small, "ev", data="valonly", PPMC=1, EVAL_ONLY=art), tmp_path))
+    res = finish_script(start_script(run_env(small, "ev", data="valonly", PPMC=1, EVAL_ONLY=art), tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
     log = (tmp_path / "logs/ev_eval.txt").read_text()
     s = json.loads((tmp_path / "logs/ev_eval.json").read_text())
@@ -425,7 +373,7 @@ def test_eval_only_reproduces_and_adds_ppmc(tg, small, trained, tmp_path):
     assert re.search(r"^eval_time_total:\d+ms$", log, re.M)
     assert not (tmp_path / "artifacts").exists()  # EVAL_ONLY writes no new artifact
     # independent recomputation
-    model, args, _ = reload(tg, art)
+    model, args, _ = reload_artifact(tg, art)
     val = small["val"]
     nll = tg.score_nll(model, torch.from_numpy(val.astype(np.int64)), 64, 32, batch_seqs=256)
     p = torch.from_numpy(tg.ppm_target_probs(val, 1024, 2, True, False))
@@ -445,7 +393,7 @@ def test_ppmc_variants_end_to_end(tg, small, trained, tmp_path, monkeypatch, ove
     rc, log, s = main_in_process(tg, monkeypatch, tmp_path, env)
     assert rc == 0 and s["final"]["metric"] == "sliding_window_ppmc"
     args = tg.Hyperparameters.from_env(env)
-    model, _, _ = reload(tg, trained["artifact"])
+    model, _, _ = reload_artifact(tg, trained["artifact"])
     val = small["val"]
     nll = tg.score_nll(model, torch.from_numpy(val.astype(np.int64)), 64, 32, batch_seqs=256)
     p = tg.ppm_target_probs(val, 1024, args.ppmc_order, bool(args.ppmc_exclusion), args.ppmc_reset == "doc")
@@ -480,14 +428,14 @@ def test_ttt_two_processes_match_one(tg, small, trained, tmp_path):
         port = sock.getsockname()[1]
     env = run_env(small, "two", data="valonly", TTT=1, PPMC=1, EVAL_ONLY=trained["artifact"], TTT_CHUNK_TOKENS=2048,
                   TTT_EPOCHS=1, TTT_LR=0.02, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-    procs = [start({**env, "RANK": str(r), "LOCAL_RANK": str(r)}, tmp_path) for r in (0, 1)]
-    model, _, _ = reload(tg, trained["artifact"])  # the single-process reference, meanwhile
+    procs = [start_script({**env, "RANK": str(r), "LOCAL_RANK": str(r)}, tmp_path) for r in (0, 1)]
+    model, _, _ = reload_artifact(tg, trained["artifact"])  # the single-process reference, meanwhile
     val = small["val"]
     nll = tg.ttt_score_nll(model, torch.from_numpy(val.astype(np.int64)), tg.Hyperparameters.from_env(env))
     one = bpb(tg, val, nll, small["tables"])
     p_ppm = torch.from_numpy(tg.ppm_target_probs(val, 1024, 2, True, False))
     one_ppmc = bpb(tg, val, tg.mix_nll(nll, p_ppm, 0.95), small["tables"])
-    results = [finish(p) for p in procs]
+    results = [finish_script(p) for p in procs]
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     assert results[1].stdout == ""  # only rank 0 logs
@@ -508,7 +456,7 @@ def test_eval_only_refusals(tg, small, trained, tmp_path, monkeypatch):
     raise the same ConfigError that the script's entry point turns into that line and exit 2
     (test_train_gpt.py::test_config_errors pins that mapping); they run in-process to save two interpreter starts."""
     art = trained["artifact"]
-    proc = start(run_env(small, "bad", data="valonly", EVAL_ONLY=art, MODEL_DIM=32), tmp_path)
+    proc = start_script(run_env(small, "bad", data="valonly", EVAL_ONLY=art, MODEL_DIM=32), tmp_path)
     blob = art.read_bytes()
     (tmp_path / "trunc.ptz").write_bytes(blob[: len(blob) // 2])
     for path, message in ((tmp_path / "trunc.ptz", r"trunc\.ptz is truncated or corrupted"),
@@ -517,7 +465,7 @@ def test_eval_only_refusals(tg, small, trained, tmp_path, monkeypatch):
             main_in_process(tg, monkeypatch, tmp_path, run_env(small, "bad2", data="valonly", EVAL_ONLY=path))
         assert "\n" not in str(err.value)
     assert not (tmp_path / "logs/bad2.json").exists()
-    res = finish(proc)
+    res = finish_script(proc)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(r"^error: EVAL_ONLY=.*was made with a different model.*MODEL_DIM", lines[0])
@@ -590,9 +538,9 @@ def test_lora_phased_two_processes_match_one(tg, small, trained, tmp_path):
                   TTT_LORA_LR=0.003, TTT_WARM_START_A=0, PHASED_TTT_PREFIX_DOCS=6, PHASED_TTT_NUM_PHASES=2,
                   GLOBAL_TTT_CHUNK_TOKENS=512, GLOBAL_TTT_LR=0.01, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
                   MASTER_PORT=port)
-    procs = [start({**env, "RANK": str(r), "LOCAL_RANK": str(r)}, tmp_path) for r in (0, 1)]
+    procs = [start_script({**env, "RANK": str(r), "LOCAL_RANK": str(r)}, tmp_path) for r in (0, 1)]
     args = tg.Hyperparameters.from_env(env)
-    model, _, _ = reload(tg, trained["artifact"])  # the single-process reference, meanwhile
+    model, _, _ = reload_artifact(tg, trained["artifact"])  # the single-process reference, meanwhile
     val = small["val"]
     tokens = torch.from_numpy(val.astype(np.int64))
     pos, nll = tg.sliding_eval(model, tokens, args, 0, 1)
@@ -600,7 +548,7 @@ def test_lora_phased_two_processes_match_one(tg, small, trained, tmp_path):
     nll = tg.ttt_score_nll(model, tokens, args)
     p_ppm = torch.from_numpy(tg.ppm_target_probs(val, 1024, 2, True, False))
     one, one_ppmc = bpb(tg, val, nll, small["tables"]), bpb(tg, val, tg.mix_nll(nll, p_ppm, 0.95), small["tables"])
-    results = [finish(p) for p in procs]
+    results = [finish_script(p) for p in procs]
     for res in results:
         assert res.returncode == 0, res.stderr[-3000:]
     s, log = json.loads((tmp_path / "logs/lp_eval.json").read_text()), (tmp_path / "logs/lp_eval.txt").read_text()

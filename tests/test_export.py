@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TINY_ENV, run_script, start_script
+from conftest import ROOT, TINY_ENV, data_env, run_script, start_script, tiny_args
 
 # A tiny shape whose token embedding (1024 x 128) and MLP matrices (640 x 128) are large enough to be quantised.
 QUANT_ENV = {**TINY_ENV, "MODEL_DIM": "128", "MLP_MULT": "5", "ITERATIONS": "4", "EVAL_STRIDE": "64",
@@ -21,13 +21,7 @@ QUANT_ENV = {**TINY_ENV, "MODEL_DIM": "128", "MLP_MULT": "5", "ITERATIONS": "4",
 
 
 def args_for(tg, **over):
-    return tg.Hyperparameters.from_env({**QUANT_ENV, "VOCAB_SIZE": "1024", **{k: str(v) for k, v in over.items()}})
-
-
-def data_env(dataset, run_id, **over):
-    data_path, tok = dataset
-    return {**QUANT_ENV, "DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tok), "RUN_ID": run_id,
-            **{k: str(v) for k, v in over.items()}}
+    return tiny_args(tg, QUANT_ENV, **over)
 
 
 def correlated_hessian(cols: int, seed: int = 0) -> torch.Tensor:
@@ -114,7 +108,7 @@ def test_calibration_reads_only_training_shards(short_dataset, tmp_path):
             raw = val.read_bytes()
             tokens = np.random.default_rng(0).integers(4, 1024, (len(raw) - 1024) // 2).astype("<u2")
             val.write_bytes(raw[:1024] + tokens.tobytes())
-        procs[name] = start_script({**data_env(short_dataset, "cal"), "DATA_PATH": "data"}, tmp_path / name)
+        procs[name] = start_script({**data_env(short_dataset, "cal", QUANT_ENV), "DATA_PATH": "data"}, tmp_path / name)
     digests = []
     for name, proc in procs.items():
         out, err = proc.communicate(timeout=900)
@@ -154,7 +148,7 @@ def test_wrapped_minified_script_trains_calibrates_inside_the_cap_and_exports(tg
     training + calibration inside the cap."""
     script = tmp_path / "train_gpt.py"
     script.write_bytes(tg.shipped_code((ROOT / "train_gpt.py").read_bytes(), "minified"))
-    env = data_env(short_dataset, "wrapped", CODE_FORM="minified", ITERATIONS=100000, MAX_WALLCLOCK_SECONDS=20,
+    env = data_env(short_dataset, "wrapped", QUANT_ENV, CODE_FORM="minified", ITERATIONS=100000, MAX_WALLCLOCK_SECONDS=20,
                    GPTQ_RESERVE_SECONDS=17, WARMDOWN_ITERS=0, TRAIN_LOG_EVERY=0)
     res = run_script(env, tmp_path, nproc=2, script=script, timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, TINY_ENV, run_script
+from conftest import ROOT, TINY_ENV, cut_val, data_env, reload_artifact, run_script, short_data, strs, tiny_args
 
 GOLDEN = ROOT / "tests" / "golden" / "baseline_trace.json"
 REPO_MANIFEST = ROOT / "data" / "datasets" / "wiki_sp1024" / "manifest.json"
@@ -32,16 +32,7 @@ S4 = float(torch.sigmoid(torch.tensor(4.0, dtype=torch.float64)))
 
 
 def small_args(tg, **over):
-    return tg.Hyperparameters.from_env({**SMALL, **{k: str(v) for k, v in over.items()}})
-
-
-def tiny_args(tg, **over):
-    return tg.Hyperparameters.from_env({**TINY_ENV, "VOCAB_SIZE": "1024", **{k: str(v) for k, v in over.items()}})
-
-
-def data_env(data_path, tok, run_id, **over):
-    return {**TINY_ENV, "DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tok), "RUN_ID": run_id,
-            **{k: str(v) for k, v in over.items()}}
+    return tg.Hyperparameters.from_env({**SMALL, **strs(over)})
 
 
 def tokens(B=2, T=32, vocab=64, seed=0, bos=((0, 0), (0, 9), (1, 17))):
@@ -193,20 +184,26 @@ def test_sub_options_without_their_flag_leave_the_baseline(tg, over):
                        train_steps(tg, model, small_args(tg, **over), x, y))
 
 
+def one_optimizer_step(tg, args, zero_grad):
+    """A randomised model of `args` after one step of its optimizers with zero or random gradients:
+    (model, its parameters before the step, the optimizers, the Muon optimizer)."""
+    model = randomise(tg.build_model(args))
+    p0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opts, muon = tg.build_optimizers(model, args)
+    g = torch.Generator().manual_seed(5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if zero_grad else torch.randn(p.shape, generator=g)
+    for opt in opts:
+        opt.step()
+    return model, p0, opts, muon
+
+
 def test_muon_weight_decay_shrinks_by_one_minus_lr_wd(tg):
     lr, wd = 0.04, 0.5
     out = {}
     for w in (0.0, wd):
         for zero_grad in (True, False):
-            args = small_args(tg, MUON_WD=w, MATRIX_LR=lr)
-            model = randomise(tg.build_model(args))
-            p0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-            opts, muon = tg.build_optimizers(model, args)
-            g = torch.Generator().manual_seed(5)
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p) if zero_grad else torch.randn(p.shape, generator=g)
-            for opt in opts:
-                opt.step()
+            model, p0, opts, muon = one_optimizer_step(tg, small_args(tg, MUON_WD=w, MATRIX_LR=lr), zero_grad)
             matrices = {n for n, p in model.named_parameters() if any(p is q for q in muon.param_groups[0]["params"])}
             out[w, zero_grad] = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert matrices == {f"blocks.{i}.{m}.weight" for i in range(3)
@@ -224,15 +221,7 @@ def test_adam_weight_decay_shrinks_embeddings_and_scalars(tg):
     out, lrs = {}, {}
     for w in (0.0, wd):
         for zero_grad in (True, False):
-            args = small_args(tg, ADAM_WD=w, BIGRAM_HASH=1)
-            model = randomise(tg.build_model(args))
-            p0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-            opts, muon = tg.build_optimizers(model, args)
-            g = torch.Generator().manual_seed(5)
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p) if zero_grad else torch.randn(p.shape, generator=g)
-            for opt in opts:
-                opt.step()
+            model, p0, opts, muon = one_optimizer_step(tg, small_args(tg, ADAM_WD=w, BIGRAM_HASH=1), zero_grad)
             for n, p in model.named_parameters():
                 lrs[n] = next((grp["lr"] for o in opts if o is not muon for grp in o.param_groups
                                if any(p is q for q in grp["params"])), None)
@@ -647,15 +636,10 @@ RUNS = {
 def flag_runs(tg, dataset, tmp_path_factory):
     data_path, tok = dataset
     root = tmp_path_factory.mktemp("flag_runs")
-    small = root / "data"
-    small.mkdir()
-    header = np.fromfile(data_path / "fineweb_val_000000.bin", dtype="<i4", count=tg.HEADER_INTS).copy()
-    val = tg.load_shard(data_path / "fineweb_val_000000.bin")[:VAL_TOKENS]
-    header[2] = val.size
-    (small / "fineweb_val_000000.bin").write_bytes(header.tobytes() + val.astype("<u2").tobytes())
-    (small / "fineweb_train_000000.bin").symlink_to(data_path / "fineweb_train_000000.bin")
+    val = cut_val(data_path, VAL_TOKENS)
+    small = short_data(data_path, root / "data", val)
     with ThreadPoolExecutor(len(RUNS)) as pool:  # the two runs share the two cores
-        futures = {name: pool.submit(run_script, data_env(small, tok, name, FLOAT_EVAL=0, TRAIN_BATCH_TOKENS=1024,
+        futures = {name: pool.submit(run_script, data_env((small, tok), name, FLOAT_EVAL=0, TRAIN_BATCH_TOKENS=1024,
                                                           ZSTD_LEVEL=3, **over), root)
                    for name, over in RUNS.items()}
         return root, val, {name: f.result() for name, f in futures.items()}
@@ -676,9 +660,7 @@ def test_flagged_run_exports_reloads_and_scores(tg, flag_runs, name):
     log = (root / "logs" / f"{name}.txt").read_text()
     assert f"ema: swapped in the EMA weights (decay {float(RUNS[name].get('EMA_DECAY', 0.997))})" in log
     # reload the artifact into a model built from its own config and score it again
-    state, meta = tg.unpack_artifact((root / summary["artifact_path"]).read_bytes())
-    model = tg.build_model(tg.Hyperparameters.from_env({k: str(v) for k, v in meta["config"].items()}))
-    model.load_state_dict(state)  # strict: the flagged tensors all round-trip
+    model, _, _ = reload_artifact(tg, root / summary["artifact_path"])  # strict: the flagged tensors all round-trip
     nll = tg.score_nll(model, torch.from_numpy(val.astype(np.int64)), 64, 32, batch_seqs=256)
     assert nll.numel() == VAL_TOKENS - 1
     assert nll.mean().item() == pytest.approx(summary["final"]["val_loss"], abs=1e-5)

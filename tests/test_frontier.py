@@ -3,8 +3,6 @@ documented value, parameter counts follow the formulas, causality holds with eve
 documents, the seed techniques compose with it, a run trains, exports, reloads and scores, EVAL_ONLY refuses another
 architecture, and the depth-recurrence switch reaches compiled code. The record's own script is compared with the
 kit by bench/bench_equiv.py (bench/RESULTS.md)."""
-import contextlib
-import io
 import json
 import math
 import os
@@ -13,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
-from test_flags import data_env, randomise, tokens
+from conftest import ROOT, cli_in_process, cut_val, data_env, reload_artifact, run_script, short_data, strs
+from test_flags import randomise, tokens
 
 # 5 blocks. Plain order: encoder [0, 1], decoder [2, 3, 4]; looped (blocks 1-2 twice): [0, 1, 2] / [1, 2, 3, 4];
 # two lanes from block 3 (after the loop).
@@ -29,7 +27,7 @@ BOS_AT = ((0, 0), (0, 9), (0, 10), (1, 5), (1, 21))  # (row, position) of the BO
 
 
 def args_of(tg, **over):
-    return tg.Hyperparameters.from_env({**SMALL, **{k: str(v) for k, v in over.items()}})
+    return tg.Hyperparameters.from_env({**SMALL, **strs(over)})
 
 
 def model_of(tg, looping=False, **over):
@@ -83,15 +81,8 @@ def test_record_names_set_the_kit_settings(tg):
 ], ids=["loop-order", "loop-end", "lanes-in-loop", "lanes-end", "window", "record-value", "ns", "warmdown",
         "min-lr", "final-lane"])
 def test_bad_values_one_line_exit_2(tg, monkeypatch, tmp_path, over, message):
-    monkeypatch.chdir(tmp_path)
-    for s in tg.SETTINGS:
-        monkeypatch.delenv(s.name, raising=False)
-    for k, v in {**SMALL, **over}.items():
-        monkeypatch.setenv(k, v)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = tg.cli(["--check"])
-    lines = err.getvalue().strip().splitlines()
+    rc, err = cli_in_process(tg, monkeypatch, tmp_path, {**SMALL, **over}, ["--check"])
+    lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "logs").exists()
 
@@ -341,7 +332,7 @@ def test_causality_and_gradients_with_every_flag(tg, name, looping):
 # ---------------------------------------------------------------- training: the switch, the packing, a whole run
 
 def trainer(tg, dataset, logs, **over):
-    args = tg.Hyperparameters.from_env(data_env(dataset[0], dataset[1], "t", **{
+    args = tg.Hyperparameters.from_env(data_env(dataset, "t", **{
         "VOCAB_SIZE": 1024, "TRAIN_BATCH_TOKENS": 512, "TRAIN_SEQ_LEN": 32, "WARMUP_STEPS": 0, **over}))
     model = tg.build_model(args)
     run = tg.Run(args, 0, 1, torch.device("cpu"), False, "none", b"", None)
@@ -388,14 +379,10 @@ VAL_TOKENS = 4097
 def frontier_run(tg, dataset, tmp_path_factory):
     """A 3-step run of the whole stack on a 4,097-token val split (looping on from step 2)."""
     root = tmp_path_factory.mktemp("frontier_run")
-    (root / "data").mkdir()
-    header = np.fromfile(dataset[0] / "fineweb_val_000000.bin", dtype="<i4", count=tg.HEADER_INTS).copy()
-    val = tg.load_shard(dataset[0] / "fineweb_val_000000.bin")[:VAL_TOKENS]
-    header[2] = val.size
-    (root / "data" / "fineweb_val_000000.bin").write_bytes(header.tobytes() + val.astype("<u2").tobytes())
-    (root / "data" / "fineweb_train_000000.bin").symlink_to(dataset[0] / "fineweb_train_000000.bin")
+    val = cut_val(dataset[0], VAL_TOKENS)
+    data = short_data(dataset[0], root / "data", val)
     shape = {k: SMALL[k] for k in ("NUM_LAYERS", "MODEL_DIM", "NUM_HEADS", "NUM_KV_HEADS")}
-    env = data_env(root / "data", dataset[1], "fr", VOCAB_SIZE=1024, FLOAT_EVAL=0, TRAIN_BATCH_TOKENS=1024,
+    env = data_env((data, dataset[1]), "fr", VOCAB_SIZE=1024, FLOAT_EVAL=0, TRAIN_BATCH_TOKENS=1024,
                    ZSTD_LEVEL=3, ITERATIONS=3, ENABLE_LOOPING_AT=0.5, WARMDOWN_FRAC=0.5, MIN_LR=0.1, MUON_NS="polar",
                    MUON_ROW_NORMALIZE=1, EMBED_WD=0.05, EMA=1, **shape, **FRONTIER)
     return root, env, val, run_script(env, root)
@@ -408,9 +395,7 @@ def test_frontier_run_trains_exports_reloads_and_scores(tg, frontier_run):
     assert summary["status"] == "complete" and summary["steps"] == 3 and math.isfinite(summary["final"]["val_bpb"])
     assert "layer_loop:enabled step:2 frac:0.667" in (root / "logs" / "fr.txt").read_text()
     assert summary["num_params"] == tg.count_params(env)
-    state, meta = tg.unpack_artifact((root / summary["artifact_path"]).read_bytes())
-    model = tg.build_model(tg.Hyperparameters.from_env({k: str(v) for k, v in meta["config"].items()}))
-    model.load_state_dict(state)
+    model, _, _ = reload_artifact(tg, root / summary["artifact_path"])
     model.looping = True  # evaluation loops
     nll = tg.score_nll(model, torch.from_numpy(val.astype(np.int64)), 64, 32, batch_seqs=256)
     assert nll.numel() == VAL_TOKENS - 1

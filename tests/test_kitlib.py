@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kitlib import fileio, procs, scripts, stats  # noqa: E402
+from conftest import ROOT
+from kitlib import fileio, procs, scripts, stats
 
 
 # ---------------------------------------------------------------- fileio

@@ -4,15 +4,10 @@ The kit's own format (docs/CONTRACT.md), upstream variants (timestamps, ``train_
 a kit text log with its JSON run file, and input that is not a log at all.
 """
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from compliance.logparse import find_runs, load_run, load_text_log, parse_text_log  # noqa: E402
+from compliance.logparse import find_runs, load_run, load_text_log, parse_text_log
 
 SHA = "3bc690f2d6da09fbae155d320b224a2e480063d7b43c731df2ea7d92f9297a33"
 

@@ -8,14 +8,12 @@ be empty), the order that got there has no escape.
 """
 import importlib
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from conftest import ROOT
+
 _impl = importlib.import_module("train_gpt")
 ppm_target_probs, ppm_distribution = _impl.ppm_target_probs, _impl.ppm_distribution
 

@@ -17,14 +17,12 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from compliance.logparse import load_run, parse_text_log  # noqa: E402
-from records.__main__ import main as records_main  # noqa: E402
-from records.check import check_path  # noqa: E402
-from records.pack import PackOptions, Refusal, pack  # noqa: E402
-from records.wrap import decode_wrapper, make_wrapper  # noqa: E402
+from compliance.logparse import load_run, parse_text_log
+from conftest import ROOT
+from records.__main__ import main as records_main
+from records.check import check_path
+from records.pack import PackOptions, Refusal, pack
+from records.wrap import decode_wrapper, make_wrapper
 
 FX = Path(__file__).resolve().parent / "fixtures" / "records"
 SEEDS = (42, 1337, 2025)

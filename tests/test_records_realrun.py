@@ -6,20 +6,17 @@ data is missing. The module-scoped `real_runs` fixture calls it once for every t
 """
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from compliance.logparse import load_run  # noqa: E402
-from records.check import check_path  # noqa: E402
-from records.pack import PackOptions, Refusal, pack  # noqa: E402
-from records.wrap import decode_wrapper, make_wrapper  # noqa: E402
+from compliance.logparse import load_run
+from conftest import ROOT, data_env, run_script, start_script
+from records.check import check_path
+from records.pack import PackOptions, Refusal, pack
+from records.wrap import decode_wrapper, make_wrapper
 
 SCRIPT = ROOT / "train_gpt.py"
 DATA_PATH = ROOT / "data" / "datasets" / "wiki_sp1024"
@@ -34,15 +31,6 @@ TINY_RUN_ENV = {
 }
 
 
-def _run_env(seed, data_path, tokenizer_path, run_id, extra=None):
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH")}
-    env.update(TINY_RUN_ENV)
-    env.update({"DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tokenizer_path), "SEED": str(seed),
-                "RUN_ID": run_id, "OMP_NUM_THREADS": "1"})
-    env.update(extra or {})
-    return env
-
-
 def _check_inputs(script, data_path, tokenizer_path):
     if not Path(script).is_file():
         pytest.skip(f"{script} does not exist yet: no real runs to pack")
@@ -55,10 +43,8 @@ def _start_runs(tmpdir, seeds, script, data_path, tokenizer_path, run_prefix, ex
     procs = []
     for seed in seeds:
         run_id = f"{run_prefix}_seed{seed}"
-        env = _run_env(seed, data_path, tokenizer_path, run_id, extra_env)
-        procs.append((Path(tmpdir) / "logs" / f"{run_id}.json", subprocess.Popen(
-            [sys.executable, str(script)], cwd=tmpdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)))
+        env = {**data_env((data_path, tokenizer_path), run_id, TINY_RUN_ENV, SEED=seed), **(extra_env or {})}
+        procs.append((Path(tmpdir) / "logs" / f"{run_id}.json", start_script(env, tmpdir, script=script)))
     return procs
 
 
@@ -173,10 +159,9 @@ def test_real_eval_only_run_is_not_a_seed(real_runs):
     """A real EVAL_ONLY run of seed 3's artifact (no training in it) is refused as a seed of the submission."""
     rr = real_runs
     work = rr["work"]
-    env = _run_env(3, rr["data_path"], rr["tokenizer_path"], "rec_eval_seed3",
-                   {"EVAL_ONLY": str(work / "artifacts" / "rec_seed3.ptz")})
-    proc = subprocess.run([sys.executable, str(rr["script"])], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = data_env((rr["data_path"], rr["tokenizer_path"]), "rec_eval_seed3", TINY_RUN_ENV, SEED=3,
+                   EVAL_ONLY=work / "artifacts" / "rec_seed3.ptz")
+    proc = run_script(env, work, script=rr["script"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     evaluated = sorted((work / "logs").glob("*eval*seed3*.json"))
     assert len(evaluated) == 1, sorted(p.name for p in (work / "logs").iterdir())

@@ -1,11 +1,14 @@
 """The core of train_gpt.py: configuration checks, exact byte accounting, sliding-window scoring, the artifact,
 distributed equivalence and the end-to-end run."""
-import contextlib
-import io
+import ast
 import json
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +16,8 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import TINY_ENV, run_script
-
-
-def tiny_args(tg, **over):
-    env = {**TINY_ENV, "VOCAB_SIZE": "1024", **{k: str(v) for k, v in over.items()}}
-    return tg.Hyperparameters.from_env(env)
-
-
-def data_env(dataset, run_id="t", **over):
-    data_path, tok = dataset
-    return {**TINY_ENV, "DATA_PATH": str(data_path), "TOKENIZER_PATH": str(tok), "RUN_ID": run_id,
-            **{k: str(v) for k, v in over.items()}}
+from conftest import ROOT, cli_in_process, data_env, reload_artifact, run_script, set_run_env, start_script, tiny_args
+from data.shards import encode_shard
 
 
 # ---------------------------------------------------------------- windows and scoring
@@ -162,12 +155,6 @@ def test_damaged_artifact_fails_clearly(tg, damage):
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, before any work
 
-def shard_bytes(tokens, count=None) -> bytes:
-    header = np.zeros(256, "<i4")
-    header[:3] = (20240520, 1, len(tokens) if count is None else count)
-    return header.tobytes() + np.asarray(tokens, "<u2").tobytes()
-
-
 @pytest.fixture(scope="module")
 def bad_inputs(dataset, tmp_path_factory):
     """Data folders with one fault each (the val split and tokenizer are the good ones)."""
@@ -197,9 +184,9 @@ def bad_inputs(dataset, tmp_path_factory):
     (Path(with_manifest) / "manifest.json").write_text(json.dumps(manifest))
     return {
         "truncated": folder("truncated", train[:5000], b"\0" * 2000),
-        "big_id": folder("big_id", shard_bytes([1, 5, 1023, 1024, 7])),
-        "empty_train": folder("empty_train", shard_bytes([], 0)),
-        "empty_val": folder("empty_val", val_blob=shard_bytes([], 0)),
+        "big_id": folder("big_id", encode_shard([1, 5, 1023, 1024, 7])),
+        "empty_train": folder("empty_train", encode_shard([])),
+        "empty_val": folder("empty_val", val_blob=encode_shard([])),
         "dir_shard": folder("dir_shard", dir_shard=True),
         "manifest": with_manifest, "other_tok": str(other_tok), "not_sp": str(root / "x.model"),
     }
@@ -252,16 +239,8 @@ def test_bad_input_one_line_exit_2_nothing_written(tg, dataset, bad_inputs, tmp_
     artifact (a case that got past the checks would train and fail the last assertion)."""
     env = data_env(dataset, "bad", **{k: (bad_inputs.get(v[1:], str(tmp_path / v[1:])) if v.startswith("@")
                                           else v) for k, v in over.items()})
-    for key in list(os.environ):
-        if key.upper() in {s.name for s in tg.SETTINGS} | {"WORLD_SIZE", "RANK"}:
-            monkeypatch.delenv(key)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.chdir(tmp_path)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = tg.cli([])
-    lines = err.getvalue().strip().splitlines()
+    rc, err = cli_in_process(tg, monkeypatch, tmp_path, env)
+    lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), lines
     assert not (tmp_path / "logs").exists() and not (tmp_path / "artifacts").exists()
 
@@ -314,25 +293,32 @@ def parse_losses(text):
     return [float(m) for m in re.findall(r"step:\d+/\d+ train_loss:(\S+)", text)]
 
 
-def test_two_processes_match_one(short_dataset, tmp_path):
-    one = run_script(data_env(short_dataset, "one"), tmp_path)
+@pytest.fixture(scope="module")
+def one_run(short_dataset, tmp_path_factory):
+    """(folder, result) of one run of the tiny defaults in one process, RUN_ID=one (the two tests below check it)."""
+    cwd = tmp_path_factory.mktemp("one_run")
+    return cwd, run_script(data_env(short_dataset, "one"), cwd)
+
+
+def test_two_processes_match_one(short_dataset, one_run, tmp_path):
+    cwd, one = one_run
     two = run_script(data_env(short_dataset, "two"), tmp_path, nproc=2)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     l1, l2 = parse_losses(one.stdout), parse_losses(two.stdout)
     assert len(l1) == len(l2) == 3
     assert np.allclose(l1, l2, atol=2e-4), (l1, l2)
-    j1 = json.loads((tmp_path / "logs/one.json").read_text())
+    j1 = json.loads((cwd / "logs/one.json").read_text())
     j2 = json.loads((tmp_path / "logs/two.json").read_text())
     assert j2["world_size"] == 2 and j1["world_size"] == 1
     assert abs(j1["final"]["val_loss"] - j2["final"]["val_loss"]) < 1e-3
 
 
-def test_end_to_end_scores_the_reloaded_artifact(tg, short_dataset, tmp_path):
-    res = run_script(data_env(short_dataset, "e2e"), tmp_path)
+def test_end_to_end_scores_the_reloaded_artifact(tg, short_dataset, one_run):
+    tmp_path, res = one_run
     assert res.returncode == 0, res.stderr[-3000:]
-    log = (tmp_path / "logs/e2e.txt").read_text()
-    summary = json.loads((tmp_path / "logs/e2e.json").read_text())
+    log = (tmp_path / "logs/one.txt").read_text()
+    summary = json.loads((tmp_path / "logs/one.json").read_text())
     for key in ("code_sha256", "code_bytes", "model_bytes", "artifact_bytes", "config", "steps", "train_time_ms",
                 "eval_time_ms", "scores", "final", "num_params", "attention_kernel", "compile_mode"):
         assert key in summary
@@ -345,10 +331,7 @@ def test_end_to_end_scores_the_reloaded_artifact(tg, short_dataset, tmp_path):
     m = re.search(r"^final_int6_sliding_window_exact val_loss:(\S+) val_bpb:(\S+)$", log, re.M)
     assert m and float(m.group(2)) == pytest.approx(summary["final"]["val_bpb"], abs=1e-8)
     # re-score the artifact independently: the reported score is the reloaded model's
-    state, meta = tg.unpack_artifact(artifact.read_bytes())
-    args = tg.Hyperparameters.from_env({k: str(v) for k, v in meta["config"].items()})
-    model = tg.build_model(args)
-    model.load_state_dict(state)
+    model, _, _ = reload_artifact(tg, artifact)
     data_path, tok = short_dataset
     val = tg.load_shard(data_path / "fineweb_val_000000.bin")
     nll = tg.score_nll(model, torch.from_numpy(val.astype(np.int64)), 64, 32, batch_seqs=256)
@@ -362,9 +345,7 @@ def test_end_to_end_scores_the_reloaded_artifact(tg, short_dataset, tmp_path):
 
 
 def test_over_budget_run_says_so_and_fails(tg, short_dataset, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for k, v in data_env(short_dataset, "big", ITERATIONS=1, FLOAT_EVAL=0).items():
-        monkeypatch.setenv(k, v)
+    set_run_env(tg, monkeypatch, tmp_path, data_env(short_dataset, "big", ITERATIONS=1, FLOAT_EVAL=0))
     monkeypatch.setattr(tg, "ARTIFACT_LIMIT", 10_000)
     assert tg.main() == 1
     log = (tmp_path / "logs/big.txt").read_text().splitlines()
@@ -373,8 +354,6 @@ def test_over_budget_run_says_so_and_fails(tg, short_dataset, tmp_path, monkeypa
 
 
 def test_readme_lists_every_flag():
-    import sys
-    from conftest import ROOT
     sys.path.insert(0, str(ROOT / "scripts"))
     import flags_table
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -383,23 +362,10 @@ def test_readme_lists_every_flag():
 
 # ---------------------------------------------------------------- runs that cannot finish honestly
 
-def in_process(tg, monkeypatch, cwd, env):
-    monkeypatch.chdir(cwd)
-    for key in list(os.environ):
-        if key.upper() in {s.name for s in tg.SETTINGS} | {"WORLD_SIZE", "RANK", "LOCAL_RANK"}:
-            monkeypatch.delenv(key)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = tg.cli([])
-    return rc, err.getvalue()
-
-
 def test_nonfinite_score_fails_and_says_why(tg, short_dataset, tmp_path, monkeypatch):
     """A NaN score (here: the scorer's totals) is never `complete` with exit 0."""
     monkeypatch.setattr(tg, "reduce_score", lambda pos, nll, vb: (float("nan"), float("nan")))
-    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "nan", ITERATIONS=1, FLOAT_EVAL=0))
+    rc, _ = cli_in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "nan", ITERATIONS=1, FLOAT_EVAL=0))
     summary = json.loads((tmp_path / "logs/nan.json").read_text())
     assert rc == 1 and summary["status"] == "nonfinite_score"
     assert (tmp_path / "logs/nan.txt").read_text().splitlines()[-1].startswith(
@@ -415,7 +381,7 @@ def test_full_disk_while_writing_the_artifact(tg, short_dataset, tmp_path, monke
             raise OSError(28, "No space left on device")
         return real_fsync(fd)
     monkeypatch.setattr(tg.os, "fsync", full)
-    rc, err = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "full", ITERATIONS=1, FLOAT_EVAL=0))
+    rc, err = cli_in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "full", ITERATIONS=1, FLOAT_EVAL=0))
     lines = err.strip().splitlines()
     assert rc == 1 and len(lines) == 1 and re.match(r"error: cannot write artifacts/full.ptz \(No space left", lines[0])
     assert list((tmp_path / "artifacts").iterdir()) == []
@@ -424,7 +390,7 @@ def test_full_disk_while_writing_the_artifact(tg, short_dataset, tmp_path, monke
 def test_eval_only_refuses_damaged_contents_and_keeps_the_training_log(tg, short_dataset, tmp_path, monkeypatch):
     """EVAL_ONLY of an artifact with a tensor missing or two shapes swapped: one line, exit 2. A good EVAL_ONLY run
     with the training run's RUN_ID writes logs/<RUN_ID>_eval.*, never over the training run's logs."""
-    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "src", ITERATIONS=1, FLOAT_EVAL=0))
+    rc, _ = cli_in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "src", ITERATIONS=1, FLOAT_EVAL=0))
     assert rc == 0
     train_log = (tmp_path / "logs/src.txt").read_text()
     art = tmp_path / "artifacts/src.ptz"
@@ -436,9 +402,10 @@ def test_eval_only_refuses_damaged_contents_and_keeps_the_training_log(tg, short
         state["blocks.0.attn.c_k.weight"]
     for name, st in (("missing", missing), ("swapped", swapped)):
         (tmp_path / f"{name}.ptz").write_bytes(tg.pack_artifact(st, args, meta))
-        rc, err = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "ev", EVAL_ONLY=tmp_path / f"{name}.ptz"))
+        rc, err = cli_in_process(tg, monkeypatch, tmp_path,
+                                 data_env(short_dataset, "ev", EVAL_ONLY=tmp_path / f"{name}.ptz"))
         assert rc == 2 and re.match(r"error: EVAL_ONLY=.* does not hold this model's tensors", err), err
-    rc, _ = in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "src", EVAL_ONLY=art))
+    rc, _ = cli_in_process(tg, monkeypatch, tmp_path, data_env(short_dataset, "src", EVAL_ONLY=art))
     assert rc == 0 and (tmp_path / "logs/src.txt").read_text() == train_log
     assert json.loads((tmp_path / "logs/src_eval.json").read_text())["eval_only"] is True
 
@@ -447,17 +414,10 @@ def test_kill_9_leaves_nothing_half_written(tg, short_dataset, tmp_path):
     """kill -9 mid-training, then again as the export starts: never a summary JSON, never an artifact under its
     final name unless it is whole; the next run with the same RUN_ID removes what a killed write left
     (a planted `.tmp`) and completes."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from conftest import ROOT
-    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
-           **data_env(short_dataset, "k9", ITERATIONS=400, FLOAT_EVAL=0), "OMP_NUM_THREADS": "1"}
+    env = data_env(short_dataset, "k9", FLOAT_EVAL=0)
     for iterations, marker in (("400", "step:3/"), ("2", "peak memory")):
         env["ITERATIONS"] = iterations
-        proc = subprocess.Popen([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_script(env, tmp_path, output=subprocess.DEVNULL)
         log = tmp_path / "logs/k9.txt"
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -472,8 +432,7 @@ def test_kill_9_leaves_nothing_half_written(tg, short_dataset, tmp_path):
     (tmp_path / "artifacts").mkdir(exist_ok=True)
     (tmp_path / "artifacts/k9.ptz.99999.tmp").write_bytes(b"half")  # what a kill inside write_atomic leaves
     env["ITERATIONS"] = "1"
-    res = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = run_script(env, tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["k9.ptz"]
 
@@ -484,24 +443,14 @@ def test_config_error_under_torchrun_is_one_line_once(short_dataset, tmp_path):
     res = run_script(data_env(short_dataset, "tr", NUM_LAYERS=0), tmp_path, nproc=2)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
     assert res.returncode != 0 and errors == ["error: NUM_LAYERS=0 is out of range: it must be in [1, inf)"]
-    import subprocess
-    import sys
-    from conftest import ROOT
-    env = {**{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}, **data_env(short_dataset, "tr"),
-           "NUM_LAYERS": "0"}
-    res = subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), "--check"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    res = run_script(data_env(short_dataset, "tr", NUM_LAYERS=0), tmp_path, args=["--check"], timeout=120)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [errors[0]]
-    env["NUM_LAYERS"] = "2"
-    res = subprocess.run([sys.executable, str(ROOT / "train_gpt.py"), "--check"], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    res = run_script(data_env(short_dataset, "tr", NUM_LAYERS=2), tmp_path, args=["--check"], timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "config ok" and not (tmp_path / "logs").exists()
 
 
 def test_script_stays_reviewable():
     """The design rules a reviewer relies on: train_gpt.py under 2,500 lines, no function over 80."""
-    import ast
-    from conftest import ROOT
     source = (ROOT / "train_gpt.py").read_text(encoding="utf-8")
     assert len(source.splitlines()) < 2500
     long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse(source))

@@ -12,11 +12,9 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import ROOT, TINY_ENV
-
-sys.path.insert(0, str(ROOT))
-from compliance.audit import audit  # noqa: E402
-from compliance.probe import run_probes  # noqa: E402
+from compliance.audit import audit
+from compliance.probe import run_probes
+from conftest import ROOT, TINY_ENV, random_weights, strs
 
 FRONTIER = dict(NUM_LAYERS=5, NUM_LOOPS=1, LOOP_START=1, LOOP_END=2, PARALLEL_START_LAYER=3, SKIP_GATES=1,
                 VARLEN_ATTN=1, SMEAR_GATE=2, GATED_ATTENTION=2, GATE_WINDOW=8)  # loops, lanes, varlen phases
@@ -25,16 +23,11 @@ LORA = dict(VOCAB_SIZE=512, EVAL_SEQ_LEN=32, EVAL_STRIDE=8, TTT=1, TTT_MODE="lor
             GLOBAL_TTT_CHUNK_TOKENS=64, GLOBAL_TTT_BATCH_SEQS=2, GLOBAL_TTT_LR=0.01)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def lora_args(tg, **over):
-    env = {**TINY_ENV, **{k: str(v) for k, v in {**LORA, **over}.items()}}
+    env = {**TINY_ENV, **strs({**LORA, **over})}
     args = tg.Hyperparameters.from_env(env)
     tg.check_config(args, 1)
     return args
@@ -52,12 +45,8 @@ def stream(n=400, docs=14, seed=0, vocab=512):
 def model_of(tg, args, seed=0):
     """A float64 model with every parameter random (zero-initialised projections would hide context use), looping as
     at evaluation."""
-    model = tg.build_model(args).double()
+    model = random_weights(tg.build_model(args).double(), 0.05, seed)
     model.looping = bool(args.num_loops)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.05)
     return model.eval()
 
 
@@ -252,7 +241,7 @@ def test_a_rank_that_claims_no_batch_returns_nothing(tg, monkeypatch):
 
 # ---------------------------------------------------------------- the auditor: the kit, and a broken copy
 
-PROBE_ENV = {**{k: str(v) for k, v in LORA.items()}, "VOCAB_SIZE": "16", "TTT_BATCH_SIZE": "2",
+PROBE_ENV = {**strs(LORA), "VOCAB_SIZE": "16", "TTT_BATCH_SIZE": "2",
              "PHASED_TTT_PREFIX_DOCS": "3", "GLOBAL_TTT_CHUNK_TOKENS": "32"}
 SCORE_LINE = "        nll = lora_nll(hidden, model, ad, x, sel, y)\n        out_pos.append(pos[real])"
 
