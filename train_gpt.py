@@ -2485,7 +2485,9 @@ def cli(argv: list[str]) -> int:
         return main()
     except (ConfigError, RunError) as err:
         if os.environ.get("RANK", "0") == "0":
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr, flush=True)
+        else:  # every rank fails alike: leave after rank 0 has printed, before torchrun stops the group
+            time.sleep(2)
         return 2 if isinstance(err, ConfigError) else 1
 
 if __name__ == "__main__":
